@@ -1,0 +1,85 @@
+// Bilinear sampling shared by the CPU and CUDA kernels.
+//
+// A normalized location (x, y) of a level of size (H, W) samples pixel
+// (x * W - 0.5, y * H - 0.5) with zero padding: exactly grid_sample with
+// align_corners=False and padding_mode="zeros".
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <cmath>
+#include <cstdint>
+
+namespace d2ext {
+
+template <typename acc_t>
+struct BilinearCorners {
+  // Pixel index h * W + w inside the level of the corners (low, low),
+  // (low, high), (high, low), (high, high) in (h, w) order; -1 outside the map.
+  int64_t pixel[4];
+  acc_t weight[4];
+  // Fractional parts of the pixel coordinate.
+  acc_t lh, lw;
+};
+
+// Fills `corners`; returns false when the location is so far outside the map
+// (or NaN) that no corner is inside.
+template <typename acc_t>
+C10_HOST_DEVICE inline bool bilinear_corners(
+    acc_t x, acc_t y, int64_t H, int64_t W, BilinearCorners<acc_t>& corners) {
+  const acc_t h_im = y * static_cast<acc_t>(H) - acc_t(0.5);
+  const acc_t w_im = x * static_cast<acc_t>(W) - acc_t(0.5);
+  // Written so that NaN fails it too.
+  if (!(h_im >= acc_t(-1) && h_im < static_cast<acc_t>(H) && w_im >= acc_t(-1) &&
+        w_im < static_cast<acc_t>(W))) {
+    return false;
+  }
+  const acc_t h_floor = floor(h_im);
+  const acc_t w_floor = floor(w_im);
+  const int64_t h_low = static_cast<int64_t>(h_floor);
+  const int64_t w_low = static_cast<int64_t>(w_floor);
+  const acc_t lh = h_im - h_floor;
+  const acc_t lw = w_im - w_floor;
+  const acc_t hh = acc_t(1) - lh;
+  const acc_t hw = acc_t(1) - lw;
+  const bool h_low_in = h_low >= 0;
+  const bool h_high_in = h_low + 1 < H;
+  const bool w_low_in = w_low >= 0;
+  const bool w_high_in = w_low + 1 < W;
+  corners.pixel[0] = (h_low_in && w_low_in) ? h_low * W + w_low : -1;
+  corners.pixel[1] = (h_low_in && w_high_in) ? h_low * W + w_low + 1 : -1;
+  corners.pixel[2] = (h_high_in && w_low_in) ? (h_low + 1) * W + w_low : -1;
+  corners.pixel[3] = (h_high_in && w_high_in) ? (h_low + 1) * W + w_low + 1 : -1;
+  corners.weight[0] = hh * hw;
+  corners.weight[1] = hh * lw;
+  corners.weight[2] = lh * hw;
+  corners.weight[3] = lh * lw;
+  corners.lh = lh;
+  corners.lw = lw;
+  return true;
+}
+
+// Given dot[c] = <grad_output, value at corner c> (0 outside the map), the
+// gradient of <grad_output, sample> w.r.t. the attention weight (the sample
+// itself projected on grad_output) and w.r.t. the normalized location (x, y).
+template <typename acc_t>
+struct BilinearGrad {
+  acc_t sampled;
+  acc_t grad_x;
+  acc_t grad_y;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline BilinearGrad<acc_t> bilinear_grad(
+    const BilinearCorners<acc_t>& c, const acc_t dot[4], int64_t H, int64_t W) {
+  const acc_t lh = c.lh, lw = c.lw;
+  BilinearGrad<acc_t> g;
+  g.sampled = c.weight[0] * dot[0] + c.weight[1] * dot[1] + c.weight[2] * dot[2] +
+      c.weight[3] * dot[3];
+  g.grad_x = ((acc_t(1) - lh) * (dot[1] - dot[0]) + lh * (dot[3] - dot[2])) *
+      static_cast<acc_t>(W);
+  g.grad_y = ((acc_t(1) - lw) * (dot[2] - dot[0]) + lw * (dot[3] - dot[1])) *
+      static_cast<acc_t>(H);
+  return g;
+}
+
+} // namespace d2ext

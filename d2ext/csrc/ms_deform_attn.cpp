@@ -1,0 +1,29 @@
+// Registers the d2ext_C operators; the CPU and CUDA kernels register their
+// implementations in cpu/ and cuda/.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(d2ext_C, m) {
+  m.def(
+      "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, "
+      "Tensor level_start_index, Tensor sampling_locations, "
+      "Tensor attention_weights) -> Tensor");
+  m.def(
+      "ms_deform_attn_backward(Tensor grad_output, Tensor value, "
+      "Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def(
+      "cuda_compiled",
+      []() {
+#ifdef D2EXT_WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether the CUDA kernels were compiled into this extension.");
+}

@@ -1,0 +1,253 @@
+"""The multi-scale deformable attention op: input validation, backend choice,
+and its registration with torch.library (op, fake implementation, autograd).
+
+The compiled and Numba kernels run behind the custom op ``d2ext::ms_deform_attn``
+so that ``torch.compile(fullgraph=True)`` and ``torch.export`` see one opaque,
+shape-propagating node; the torch backend is the differentiable reference itself.
+"""
+import warnings
+
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from d2ext.backends import resolve_backend
+from d2ext.reference import ms_deform_attn_reference
+
+__all__ = ["ms_deform_attn"]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in, and in which they take sampling
+    locations and attention weights: float32 for half types, else `dtype`."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Multi-scale deformable attention.
+
+    Args:
+        value: (N, S, M, D) floating point; S = sum of H_l * W_l, the levels
+            concatenated, each flattened row-major.
+        spatial_shapes: (L, 2) integer, (H_l, W_l) of every level.
+        level_start_index: (L,) integer, offset of every level in S.
+        sampling_locations: (N, Lq, M, L, P, 2) floating point, normalized (x, y):
+            (0, 0) is the top-left corner of a map, (1, 1) its bottom-right one.
+        attention_weights: (N, Lq, M, L, P) floating point.
+        backend: "auto", "cpp", "numba" or "torch" (see d2ext.available_backends()).
+            "auto", or $D2EXT_BACKEND when set, picks cpp where it is built for
+            the device, else numba on CUDA, else torch.
+
+    Returns:
+        (N, Lq, M * D) of value's dtype: for every query and head, the sum over
+        levels and points of the attention weight times the value bilinearly
+        sampled at pixel (x * W_l - 0.5, y * H_l - 0.5), zero outside the map;
+        exactly grid_sample(align_corners=False, padding_mode="zeros").
+
+    Dtypes: value's dtype sets the output's. Sampling locations and attention
+    weights are used in float32 when value is float16 or bfloat16 (as autocast
+    mixes them), and in value's dtype otherwise; their gradients come back in
+    their own dtype. Accumulation is in float32 for half types.
+    """
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    backend = resolve_backend(backend, value.device, value.dtype)
+    dtype = compute_dtype(value.dtype)
+    spatial_shapes = spatial_shapes.to(torch.int64).contiguous()
+    level_start_index = level_start_index.to(torch.int64).contiguous()
+    sampling_locations = sampling_locations.to(dtype).contiguous()
+    attention_weights = attention_weights.to(dtype).contiguous()
+    if backend == "torch":
+        output = ms_deform_attn_reference(
+            value.to(dtype), spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        return output.to(value.dtype)
+    return torch.ops.d2ext.ms_deform_attn(
+        value.contiguous(), spatial_shapes, level_start_index, sampling_locations, attention_weights, backend
+    )
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def _shape(t_or_shape) -> str:
+    shape = t_or_shape.shape if isinstance(t_or_shape, torch.Tensor) else t_or_shape
+    return f"({', '.join(str(s) for s in shape)})"
+
+
+def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    named = {
+        "value": value,
+        "spatial_shapes": spatial_shapes,
+        "level_start_index": level_start_index,
+        "sampling_locations": sampling_locations,
+        "attention_weights": attention_weights,
+    }
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name in ("value", "sampling_locations", "attention_weights"):
+        if not named[name].is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {named[name].dtype}")
+    for name in ("spatial_shapes", "level_start_index"):
+        t = named[name]
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor (int64), got {t.dtype}")
+    for name, t in named.items():
+        if t.device != value.device:
+            raise ValueError(
+                f"all tensors must be on one device: value is on {value.device}, {name} on {t.device}"
+            )
+
+    if value.dim() != 4:
+        raise ValueError(f"value must be (N, S, M, D), got shape {_shape(value)}")
+    N, S, M, D = value.shape
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+        raise ValueError(f"spatial_shapes must be (L, 2) of (H, W), got shape {_shape(spatial_shapes)}")
+    L = spatial_shapes.shape[0]
+    if L == 0:
+        raise ValueError("spatial_shapes must hold at least one level, got shape (0, 2)")
+    if tuple(level_start_index.shape) != (L,):
+        raise ValueError(
+            f"level_start_index must be (L,) = ({L},) like spatial_shapes, got shape {_shape(level_start_index)}"
+        )
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
+        raise ValueError(
+            f"sampling_locations must be (N, Lq, M, L, P, 2), got shape {_shape(sampling_locations)}"
+        )
+    _, Lq, _, _, P, _ = sampling_locations.shape
+    expected = (N, Lq, M, L, P, 2)
+    if tuple(sampling_locations.shape) != expected:
+        raise ValueError(
+            f"sampling_locations must be (N, Lq, M, L, P, 2) = {_shape(expected)} for value "
+            f"{_shape(value)} and {L} levels, got {_shape(sampling_locations)}"
+        )
+    if tuple(attention_weights.shape) != expected[:-1]:
+        raise ValueError(
+            f"attention_weights must be (N, Lq, M, L, P) = {_shape(expected[:-1])}, "
+            f"got {_shape(attention_weights)}"
+        )
+    if not torch.compiler.is_compiling():
+        _check_levels(spatial_shapes, level_start_index, S)
+
+
+# spatial_shapes already checked, with the level_start_index and S they were
+# checked against; a model passes one spatial_shapes tensor to all its layers,
+# so the device-to-host copy below happens once per forward pass.
+_checked_levels = WeakTensorKeyDictionary()
+
+
+def _check_levels(spatial_shapes, level_start_index, S):
+    key = (spatial_shapes._version, id(level_start_index), level_start_index._version, S)
+    if _checked_levels.get(spatial_shapes) == key:
+        return
+    both = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1)]).to(torch.int64).tolist()
+    L = spatial_shapes.shape[0]
+    shapes = [(both[2 * i], both[2 * i + 1]) for i in range(L)]
+    starts = both[2 * L :]
+    if any(h <= 0 or w <= 0 for h, w in shapes):
+        raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
+    expected_starts = [0]
+    for h, w in shapes[:-1]:
+        expected_starts.append(expected_starts[-1] + h * w)
+    if starts != expected_starts:
+        raise ValueError(
+            f"level_start_index must be the offsets of the levels in value, {expected_starts} for "
+            f"spatial_shapes {shapes}, got {starts}"
+        )
+    total = sum(h * w for h, w in shapes)
+    if total != S:
+        raise ValueError(
+            f"value has S = {S} positions but spatial_shapes {shapes} sum to {total} (sum of H * W)"
+        )
+    _checked_levels[spatial_shapes] = key
+
+
+# ---------------------------------------------------------------------------
+# torch.library registration of the cpp and numba backends
+
+
+def _forward_kernel(backend: str):
+    if backend == "cpp":
+        return torch.ops.d2ext_C.ms_deform_attn_forward
+    from d2ext import numba_kernels
+
+    return numba_kernels.forward
+
+
+def _backward_kernel(backend: str):
+    if backend == "cpp":
+        return torch.ops.d2ext_C.ms_deform_attn_backward
+    from d2ext import numba_kernels
+
+    return numba_kernels.backward
+
+
+@torch.library.custom_op("d2ext::ms_deform_attn", mutates_args=())
+def _ms_deform_attn_op(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    backend: str,
+) -> torch.Tensor:
+    return _forward_kernel(backend)(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+@_ms_deform_attn_op.register_fake
+def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    N, _, M, D = value.shape
+    return value.new_empty((N, sampling_locations.shape[1], M * D))
+
+
+@torch.library.custom_op("d2ext::ms_deform_attn_backward", mutates_args=())
+def _ms_deform_attn_backward_op(
+    grad_output: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if backend == "numba" and torch.are_deterministic_algorithms_enabled():
+        message = (
+            "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with "
+            "atomic adds and has no deterministic implementation, but "
+            "torch.use_deterministic_algorithms(True) is set; use backend='cpp' on CPU"
+        )
+        if not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(message)
+        warnings.warn(message)
+    return _backward_kernel(backend)(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
+
+
+@_ms_deform_attn_backward_op.register_fake
+def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+
+
+def _setup_context(ctx, inputs, output):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = inputs
+    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_output):
+    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
+        grad_output.contiguous(), *ctx.saved_tensors, ctx.backend
+    )
+    return grad_value, None, None, grad_locations, grad_weights, None
+
+
+_ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,72 @@
+"""Builds d2ext._C (the MSDA op's C++ CPU kernel, and its CUDA kernel when a
+CUDA toolkit is found) and installs the d2ext and deformable_detr packages.
+
+Environment:
+    FORCE_CUDA=1           compile the CUDA kernel even where no GPU is visible
+    FORCE_CUDA=0           never compile it
+    CUDA_HOME              CUDA toolkit (default: /usr/local/cuda when it exists)
+    TORCH_CUDA_ARCH_LIST   GPU architectures to compile for (torch's default otherwise)
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+# torch guesses CUDA_HOME from `which nvcc` and can land on a prefix it cannot
+# link against; prefer the conventional toolkit location.
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+CSRC = os.path.join("d2ext", "csrc")
+
+
+def _with_cuda() -> bool:
+    force = os.environ.get("FORCE_CUDA")
+    if force is not None:
+        return force == "1"
+    return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+
+
+def _library_header_dirs():
+    """ATen's CUDA headers include cuBLAS/cuSPARSE/cuSOLVER headers, which a bare
+    CUDA toolkit may lack; torch's pip wheels bring them in nvidia/cu*/include.
+    Those are searched after the toolkit's own headers (-isystem)."""
+    if os.path.exists(os.path.join(CUDA_HOME or "", "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return [d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "cu*", "include"))]
+
+
+def _extension():
+    sources = [os.path.join(CSRC, "ms_deform_attn.cpp")] + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
+    extra_compile_args = {"cxx": ["-O3"]}
+    if _with_cuda():
+        sources += glob.glob(os.path.join(CSRC, "cuda", "*.cu"))
+        extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+        for include in _library_header_dirs():
+            extra_compile_args["nvcc"] += ["-isystem", include]
+        return CUDAExtension(
+            "d2ext._C",
+            sources,
+            define_macros=[("D2EXT_WITH_CUDA", None)],
+            extra_compile_args=extra_compile_args,
+        )
+    return CppExtension("d2ext._C", sources, extra_compile_args=extra_compile_args)
+
+
+setup(
+    name="d2ext-deformable-detr",
+    version="0.1.0",
+    description="Deformable DETR for detectron2, with a multi-scale deformable attention op",
+    packages=find_packages(include=["d2ext", "d2ext.*"])
+    + find_packages("projects/DeformableDETR", include=["deformable_detr", "deformable_detr.*"]),
+    package_dir={"deformable_detr": "projects/DeformableDETR/deformable_detr"},
+    python_requires=">=3.10",
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
+)

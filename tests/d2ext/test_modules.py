@@ -1,0 +1,66 @@
+"""d2ext.MSDeformAttn: the paper's initialisation, both kinds of reference
+points, padding masks, and agreement between backends."""
+import pytest
+import torch
+
+import d2ext
+
+from .msda_inputs import level_tensors
+
+
+def _inputs(N=2, Lq=6, C=32, shapes=((6, 5), (3, 3)), box=False):
+    spatial_shapes, level_start_index, S = level_tensors(list(shapes))
+    L = len(shapes)
+    reference = torch.rand(N, Lq, L, 4 if box else 2)
+    return torch.randn(N, Lq, C), reference, torch.randn(N, S, C), spatial_shapes, level_start_index
+
+
+def test_initial_offsets_point_around_the_reference_and_weights_are_uniform():
+    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    offsets = attn.sampling_offsets.bias.view(4, 2, 3, 2)
+    # head 0 looks right (+x), head 1 down (+y) at 90 degrees, points at 1, 2, 3 pixels
+    torch.testing.assert_close(offsets[0, 1], torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]))
+    torch.testing.assert_close(offsets[1, 0, :, 1], torch.tensor([1.0, 2.0, 3.0]))
+    assert offsets[1, 0, :, 0].abs().max() < 1e-6
+    query = torch.randn(1, 5, 32)
+    logits = attn.attention_weights(query)
+    assert torch.all(logits == 0), "uniform attention at initialisation"
+    assert torch.all(attn.sampling_offsets.weight == 0)
+
+
+@pytest.mark.parametrize("box", [False, True], ids=["points", "boxes"])
+def test_backends_agree(box):
+    if not d2ext.available_backends()["cpp"].available:
+        pytest.skip("d2ext._C is not built")
+    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3).double()
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.1)
+    inputs = [t.double() if t.is_floating_point() else t for t in _inputs(box=box)]
+    outputs = []
+    for backend in ("cpp", "torch"):
+        attn.backend = backend
+        outputs.append(attn(*inputs))
+    assert outputs[0].shape == (2, 6, 32)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-10, atol=1e-10)
+
+
+def test_padding_is_ignored():
+    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    query, reference, features, spatial_shapes, level_start_index = _inputs()
+    mask = torch.zeros(features.shape[:2], dtype=torch.bool)
+    mask[:, -4:] = True
+    noisy = features.clone()
+    noisy[:, -4:] = 1e3
+    a = attn(query, reference, features, spatial_shapes, level_start_index, mask)
+    b = attn(query, reference, noisy, spatial_shapes, level_start_index, mask)
+    torch.testing.assert_close(a, b)
+
+
+def test_bad_configuration_and_reference_points():
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        d2ext.MSDeformAttn(d_model=30, n_heads=4)
+    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    query, reference, features, spatial_shapes, level_start_index = _inputs()
+    with pytest.raises(ValueError, match="must end in 2"):
+        attn(query, reference[..., :1], features, spatial_shapes, level_start_index)
+    with pytest.raises(ValueError, match="this module has 2 levels"):
+        attn(query, reference, features, spatial_shapes[:1], level_start_index[:1])

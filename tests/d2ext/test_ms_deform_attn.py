@@ -1,0 +1,281 @@
+"""The MSDA op: parity of the compiled backend with the reference, gradients,
+dtypes, empty and odd shapes, determinism, torch.compile/export, bad input."""
+import pytest
+import torch
+
+import d2ext
+from d2ext.reference import ms_deform_attn_reference
+
+from .msda_inputs import level_tensors, make_inputs, reference_with_grads
+
+CPP_CPU = d2ext.available_backends()["cpp"].available
+CPP_CUDA = CPP_CPU and "cuda" in d2ext.available_backends()["cpp"].devices and torch.cuda.is_available()
+requires_cpp = pytest.mark.skipif(not CPP_CPU, reason="d2ext._C is not built")
+
+DEVICES = ["cpu"] + (["cuda"] if CPP_CUDA else [])
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+# (N, Lq, M, D, level shapes, P): odd channel counts, 1 to 5 levels, 1 to 8 points
+CASES = [
+    (2, 5, 2, 1, [(6, 7)], 1),
+    (1, 9, 3, 3, [(5, 4), (3, 2)], 4),
+    (3, 4, 2, 30, [(8, 5), (4, 3), (2, 2)], 2),
+    (2, 7, 8, 32, [(9, 11), (5, 6), (3, 3), (2, 2)], 4),
+    (1, 6, 1, 64, [(4, 4), (2, 2)], 8),
+    (2, 3, 2, 71, [(3, 5), (2, 3), (1, 2), (1, 1)], 3),
+    (1, 2, 1, 1025, [(3, 3), (2, 1)], 2),
+    (2, 4, 2, 4, [(7, 3), (5, 2), (3, 3), (2, 5), (1, 1)], 5),
+]
+
+
+def _assert_close(actual, expected, dtype, what):
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
+
+
+@requires_cpp
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"N{c[0]}Lq{c[1]}M{c[2]}D{c[3]}L{len(c[4])}P{c[5]}")
+def test_cpp_matches_reference(case, dtype, device):
+    N, Lq, M, D, shapes, P = case
+    inputs = make_inputs(N, Lq, M, D, shapes, P, dtype=dtype, device=device)
+    value, spatial_shapes, level_start_index, locations, weights = [
+        t.clone().requires_grad_(t.is_floating_point()) for t in inputs
+    ]
+    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+    grad_output = torch.randn_like(output)
+    expected, expected_grads = reference_with_grads(inputs, grad_output)
+    _assert_close(output, expected, dtype, "output")
+    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
+    for name, grad, expected_grad in zip(("value", "sampling_locations", "attention_weights"), grads, expected_grads):
+        _assert_close(grad, expected_grad, dtype, f"grad of {name}")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_gradcheck_float64(backend):
+    if backend == "cpp" and not CPP_CPU:
+        pytest.skip("d2ext._C is not built")
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        2, 3, 2, 3, [(4, 3), (2, 3)], 2, dtype=torch.float64, border_fraction=0.0
+    )
+
+    def op(value, locations, weights):
+        return d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+
+    inputs = tuple(t.requires_grad_() for t in (value, locations, weights))
+    assert torch.autograd.gradcheck(op, inputs, eps=1e-6, atol=1e-6)
+
+
+@requires_cpp
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0)], ids=["N0", "Lq0"])
+def test_empty_batch_or_queries(shape):
+    N, Lq = shape
+    value, spatial_shapes, level_start_index, locations, weights = [
+        t.requires_grad_(t.is_floating_point()) for t in make_inputs(N, Lq, 2, 5, [(3, 3)], 2)
+    ]
+    for backend in ("cpp", "torch"):
+        output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+        assert output.shape == (N, Lq, 10)
+        grads = torch.autograd.grad(output.sum(), (value, locations, weights), allow_unused=True)
+        assert grads[0] is None or (grads[0] == 0).all()
+
+
+@requires_cpp
+def test_non_contiguous_inputs():
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(2, 5, 3, 4, [(4, 5), (2, 3)], 3)
+    # same values, other memory layouts
+    value_t = value.transpose(0, 2).contiguous().transpose(0, 2)
+    locations_t = locations.transpose(0, 1).contiguous().transpose(0, 1)
+    weights_t = weights.transpose(1, 3).contiguous().transpose(1, 3)
+    assert not (value_t.is_contiguous() or locations_t.is_contiguous() or weights_t.is_contiguous())
+    output = d2ext.ms_deform_attn(value_t, spatial_shapes, level_start_index, locations_t, weights_t, backend="cpp")
+    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+    torch.testing.assert_close(output, expected, rtol=1e-10, atol=1e-10)
+
+
+@requires_cpp
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_types_accumulate_in_float32(dtype, device):
+    inputs = make_inputs(2, 6, 2, 32, [(6, 5), (3, 3)], 4, dtype=torch.float32, device=device)
+    value, spatial_shapes, level_start_index, locations, weights = [t.clone() for t in inputs]
+    value = value.to(dtype).requires_grad_()
+    locations.requires_grad_()
+    weights.requires_grad_()
+    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+    assert output.dtype == dtype
+    grad_output = torch.randn(output.shape, device=device).to(dtype)
+    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
+    assert [g.dtype for g in grads] == [dtype, torch.float32, torch.float32]
+
+    # the reference on the same (rounded) values, in float32
+    exact_inputs = (value.detach().float(),) + inputs[1:3] + (locations.detach(), weights.detach())
+    expected, expected_grads = reference_with_grads(exact_inputs, grad_output.float())
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(output.float(), expected, rtol=2 * eps, atol=4 * eps)
+    torch.testing.assert_close(grads[0].float(), expected_grads[0], rtol=2 * eps, atol=4 * eps)
+    for grad, expected_grad in zip(grads[1:], expected_grads[1:]):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
+@requires_cpp
+def test_mixed_dtypes_follow_value():
+    inputs = make_inputs(1, 4, 2, 3, [(3, 4)], 2, dtype=torch.float32)
+    value, spatial_shapes, level_start_index, locations, weights = inputs
+    locations = locations.double().requires_grad_()
+    weights = weights.half().requires_grad_()
+    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+    assert output.dtype == torch.float32
+    grad_locations, grad_weights = torch.autograd.grad(output.sum(), (locations, weights))
+    assert grad_locations.dtype == torch.float64 and grad_weights.dtype == torch.float16
+    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations.float(), weights.float())
+    torch.testing.assert_close(output, expected)
+
+
+@requires_cpp
+def test_int32_levels_are_accepted():
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(1, 3, 1, 2, [(2, 3), (1, 2)], 1)
+    output = d2ext.ms_deform_attn(
+        value, spatial_shapes.int(), level_start_index.int(), locations, weights, backend="cpp"
+    )
+    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+    torch.testing.assert_close(output, expected)
+
+
+@requires_cpp
+def test_cpu_backward_is_deterministic():
+    inputs = make_inputs(2, 50, 2, 8, [(3, 3)], 4, dtype=torch.float32)
+    value, spatial_shapes, level_start_index, locations, weights = inputs
+    value.requires_grad_()
+    grads = []
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+            grads.append(torch.autograd.grad(output.sum(), value)[0])
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_auto_backend_and_env_override(monkeypatch):
+    inputs = make_inputs(1, 3, 1, 2, [(2, 2)], 1)
+    expected = ms_deform_attn_reference(*inputs)
+    monkeypatch.setenv("D2EXT_BACKEND", "torch")
+    torch.testing.assert_close(d2ext.ms_deform_attn(*inputs), expected)
+    monkeypatch.setenv("D2EXT_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="D2EXT_BACKEND"):
+        d2ext.ms_deform_attn(*inputs)
+    monkeypatch.delenv("D2EXT_BACKEND")
+    torch.testing.assert_close(d2ext.ms_deform_attn(*inputs), expected)
+
+
+def test_available_backends_explains_itself():
+    backends = d2ext.available_backends()
+    assert set(backends) == {"cpp", "numba", "torch"}
+    assert backends["torch"].available
+    for info in backends.values():
+        assert info.detail, "every backend says what it runs on or why it does not"
+        assert info.available == bool(info.devices)
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        d2ext.ms_deform_attn(*make_inputs(1, 2, 1, 2, [(2, 2)], 1), backend="cuda")
+
+
+# ---------------------------------------------------------------------------
+# torch.compile and torch.export
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = d2ext.MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2, backend="cpp")
+
+    def forward(self, query, reference_points, features, spatial_shapes, level_start_index):
+        return self.attn(query, reference_points, features, spatial_shapes, level_start_index)
+
+
+def _attention_inputs():
+    spatial_shapes, level_start_index, S = level_tensors([(4, 5), (2, 3)])
+    return (torch.randn(2, 7, 16), torch.rand(2, 7, 2, 2), torch.randn(2, S, 16), spatial_shapes, level_start_index)
+
+
+@requires_cpp
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch.manual_seed(0)
+    model = _Attention()
+    inputs = _attention_inputs()
+    expected = model(*inputs)
+    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    output = compiled(*inputs)
+    grads = torch.autograd.grad(output.sum(), list(model.parameters()))
+    torch.testing.assert_close(output, expected)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+@requires_cpp
+def test_torch_export_keeps_the_op():
+    model = _Attention().eval()
+    inputs = _attention_inputs()
+    exported = torch.export.export(model, inputs)
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "d2ext.ms_deform_attn.default" in targets
+    torch.testing.assert_close(exported.module()(*inputs), model(*inputs))
+
+
+# ---------------------------------------------------------------------------
+# Bad input
+
+
+def _good():
+    return list(make_inputs(2, 3, 2, 4, [(3, 4), (2, 2)], 2, dtype=torch.float32))
+
+
+def _with(index, tensor):
+    args = _good()
+    args[index] = tensor(args) if callable(tensor) else tensor
+    return args
+
+
+BAD_INPUTS = {
+    "value rank": (_with(0, lambda a: a[0].flatten(2)), r"value must be \(N, S, M, D\)"),
+    "value integer": (_with(0, lambda a: a[0].long()), "value must be a floating-point tensor"),
+    "locations integer": (_with(3, lambda a: a[3].long()), "sampling_locations must be a floating-point"),
+    "weights integer": (_with(4, lambda a: a[4].int()), "attention_weights must be a floating-point"),
+    "shapes float": (_with(1, lambda a: a[1].float()), "spatial_shapes must be an integer tensor"),
+    "starts float": (_with(2, lambda a: a[2].double()), "level_start_index must be an integer tensor"),
+    "shapes rank": (_with(1, lambda a: a[1].flatten()), r"spatial_shapes must be \(L, 2\)"),
+    "starts length": (_with(2, lambda a: a[2][:1]), r"level_start_index must be \(L,\)"),
+    "locations last dim": (_with(3, lambda a: a[3][..., :1]), r"sampling_locations must be \(N, Lq, M, L, P, 2\)"),
+    "locations batch": (_with(3, lambda a: a[3][:1]), r"sampling_locations must be .* got \(1, 3, 2, 2, 2, 2\)"),
+    "locations levels": (_with(3, lambda a: a[3][:, :, :, :1]), r"for value .* and 2 levels"),
+    "weights shape": (_with(4, lambda a: a[4][..., :1]), r"attention_weights must be \(N, Lq, M, L, P\)"),
+    "starts wrong": (_with(2, lambda a: torch.tensor([0, 11])), r"level_start_index must be the offsets .*\[0, 12\]"),
+    "S mismatch": (_with(0, lambda a: a[0][:, :-1]), "value has S = 15 positions but spatial_shapes"),
+    "non-positive shape": (_with(1, lambda a: torch.tensor([[3, 4], [0, 2]])), "spatial_shapes must be positive"),
+    "not a tensor": (_with(1, [[3, 4], [2, 2]]), "spatial_shapes must be a torch.Tensor"),
+    "device": (_with(2, lambda a: a[2].to("meta")), "all tensors must be on one device"),
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_raises_value_error(name, backend):
+    args, message = BAD_INPUTS[name]
+    with pytest.raises(ValueError, match=message):
+        d2ext.ms_deform_attn(*args, backend=backend)
+
+
+def test_changed_levels_are_checked_again():
+    value, spatial_shapes, level_start_index, locations, weights = _good()
+    d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+    level_start_index[1] = 5  # in place: the cached check must not hide it
+    with pytest.raises(ValueError, match="level_start_index must be the offsets"):
+        d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
