@@ -1,5 +1,11 @@
-"""Random inputs of the MSDA op for the tests."""
+"""Random inputs of the MSDA op, and the parity check against the reference,
+shared by the backends' tests."""
 import torch
+
+import d2ext
+from d2ext.reference import ms_deform_attn_reference
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
 def level_tensors(shapes, device="cpu"):
@@ -10,31 +16,80 @@ def level_tensors(shapes, device="cpu"):
     return spatial_shapes, level_start_index, int(areas.sum())
 
 
-def make_inputs(N, Lq, M, D, shapes, P, dtype=torch.float64, device="cpu", border_fraction=0.1):
+def _map_size(shapes):
+    """(L, 1, 2) float64 (W, H) of every level, in the (x, y) order of locations."""
+    return torch.tensor(shapes, dtype=torch.float64).flip(1)[:, None, :]
+
+
+def random_locations(N, Lq, M, shapes, P):
+    """(N, Lq, M, L, P, 2) float64 locations from [-0.2, 1.2], so some fall outside
+    the maps, with some coordinates exactly on the borders 0 and 1."""
+    size = _map_size(shapes)
+    locations = torch.empty(N, Lq, M, len(shapes), P, 2, dtype=torch.float64).uniform_(-0.2, 1.2)
+    # Off integer pixel coordinates, where the location gradient jumps: a
+    # backend and grid_sample could round to different sides.
+    pixel = locations * size - 0.5
+    locations = torch.where((pixel - pixel.round()).abs() < 1e-3, locations + 0.25 / size, locations)
+    flat = locations.view(-1, 2)
+    flat[0::5, 0] = 0.0
+    flat[1::5, 1] = 0.0
+    flat[2::5, 0] = 1.0
+    flat[3::5, 1] = 1.0
+    flat[4::11] = 1.0
+    return locations
+
+
+def lattice_locations(N, Lq, M, shapes, P):
+    """(N, Lq, M, L, P, 2) float64 locations on the half-pixel lattice (exactly
+    representable, so every backend rounds alike): pixel coordinates -1.5, -1
+    (outside, yet the neighbour 0 gives a gradient), integers and half integers
+    inside, size - 1, size and size + 0.5. Sample 0 of query 0, head 0 is at pixel
+    (-1, 0.5) and sample 1 at (0.5, -1) on every level."""
+    size = _map_size(shapes)
+    k = torch.randint(-2, int(2 * size.max()) + 3, (N, Lq, M, len(shapes), P, 2)).to(torch.float64)
+    locations = torch.minimum(k, 2 * size + 2) / (2 * size)  # pixel k / 2 - 0.5
+    locations[0, 0, 0, :, 0] = torch.stack([-0.5 / size[:, 0, 0], 1 / size[:, 0, 1]], 1)
+    locations[0, 0, 0, :, 1] = torch.stack([1 / size[:, 0, 0], -0.5 / size[:, 0, 1]], 1)
+    return locations
+
+
+def make_inputs(N, Lq, M, D, shapes, P, dtype=torch.float64, device="cpu", locations=None):
     """Fresh random (value, spatial_shapes, level_start_index, sampling_locations,
-    attention_weights). Locations are drawn from [-0.2, 1.2] so some fall outside
-    the maps; a fraction of coordinates sits exactly on the borders 0 and 1."""
+    attention_weights); locations from `random_locations` unless given."""
     spatial_shapes, level_start_index, S = level_tensors(shapes, device)
-    L = len(shapes)
+    if locations is None:
+        locations = random_locations(N, Lq, M, shapes, P)
     value = torch.randn(N, S, M, D, dtype=dtype, device=device)
-    locations = torch.rand(N, Lq, M, L, P, 2, dtype=dtype, device=device) * 1.4 - 0.2
-    on_border = torch.rand(locations.shape, device=device) < border_fraction
-    border = (torch.rand(locations.shape, device=device) < 0.5).to(dtype)
-    locations = torch.where(on_border, border, locations)
-    weights = torch.rand(N, Lq, M, L, P, dtype=dtype, device=device)
-    return value, spatial_shapes, level_start_index, locations, weights
+    weights = torch.rand(N, Lq, M, len(shapes), P, dtype=dtype, device=device)
+    return value, spatial_shapes, level_start_index, locations.to(dtype=dtype, device=device), weights
 
 
-def reference_with_grads(inputs, grad_output=None):
-    """The reference output and, given grad_output, its gradients w.r.t. value,
+def reference_with_grads(inputs, grad_output):
+    """The reference output and its gradients for grad_output w.r.t. value,
     sampling_locations and attention_weights."""
-    from d2ext.reference import ms_deform_attn_reference
-
     value, spatial_shapes, level_start_index, locations, weights = [
         t.detach().requires_grad_(t.is_floating_point()) for t in inputs
     ]
     output = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
-    if grad_output is None:
-        return output.detach(), None
     grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
     return output.detach(), grads
+
+
+def assert_backend_matches_reference(backend, inputs):
+    """Forward and backward of d2ext.ms_deform_attn(backend=...) equal the
+    reference's on `inputs`; returns the backend's gradients."""
+    dtype = inputs[0].dtype
+    tol = TOLERANCE[dtype]
+    value, spatial_shapes, level_start_index, locations, weights = [
+        t.clone().requires_grad_(t.is_floating_point()) for t in inputs
+    ]
+    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+    grad_output = torch.randn_like(output)
+    expected, expected_grads = reference_with_grads(inputs, grad_output)
+    torch.testing.assert_close(output, expected, rtol=tol, atol=tol, msg=lambda m: f"{backend} output: {m}")
+    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
+    for name, grad, expected_grad in zip(("value", "sampling_locations", "attention_weights"), grads, expected_grads):
+        torch.testing.assert_close(
+            grad, expected_grad, rtol=tol, atol=tol, msg=lambda m: f"{backend} grad of {name}: {m}"
+        )
+    return grads

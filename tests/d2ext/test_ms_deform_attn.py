@@ -6,14 +6,19 @@ import torch
 import d2ext
 from d2ext.reference import ms_deform_attn_reference
 
-from .msda_inputs import level_tensors, make_inputs, reference_with_grads
+from .msda_inputs import (
+    assert_backend_matches_reference,
+    lattice_locations,
+    level_tensors,
+    make_inputs,
+    reference_with_grads,
+)
 
 CPP_CPU = d2ext.available_backends()["cpp"].available
 CPP_CUDA = CPP_CPU and "cuda" in d2ext.available_backends()["cpp"].devices and torch.cuda.is_available()
 requires_cpp = pytest.mark.skipif(not CPP_CPU, reason="d2ext._C is not built")
 
 DEVICES = ["cpu"] + (["cuda"] if CPP_CUDA else [])
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 # (N, Lq, M, D, level shapes, P): odd channel counts, 1 to 5 levels, 1 to 8 points
 CASES = [
@@ -28,28 +33,23 @@ CASES = [
 ]
 
 
-def _assert_close(actual, expected, dtype, what):
-    tol = TOLERANCE[dtype]
-    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol, msg=lambda m: f"{what}: {m}")
-
-
 @requires_cpp
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"N{c[0]}Lq{c[1]}M{c[2]}D{c[3]}L{len(c[4])}P{c[5]}")
 def test_cpp_matches_reference(case, dtype, device):
-    N, Lq, M, D, shapes, P = case
-    inputs = make_inputs(N, Lq, M, D, shapes, P, dtype=dtype, device=device)
-    value, spatial_shapes, level_start_index, locations, weights = [
-        t.clone().requires_grad_(t.is_floating_point()) for t in inputs
-    ]
-    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
-    grad_output = torch.randn_like(output)
-    expected, expected_grads = reference_with_grads(inputs, grad_output)
-    _assert_close(output, expected, dtype, "output")
-    grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
-    for name, grad, expected_grad in zip(("value", "sampling_locations", "attention_weights"), grads, expected_grads):
-        _assert_close(grad, expected_grad, dtype, f"grad of {name}")
+    assert_backend_matches_reference("cpp", make_inputs(*case, dtype=dtype, device=device))
+
+
+@requires_cpp
+@pytest.mark.parametrize("device", DEVICES)
+def test_cpp_on_the_pixel_lattice(device):
+    shapes = [(4, 2), (2, 8)]
+    locations = lattice_locations(1, 3, 2, shapes, 8)
+    grads = assert_backend_matches_reference("cpp", make_inputs(1, 3, 2, 3, shapes, 8, device=device, locations=locations))
+    grad_locations = grads[1][0, 0, 0]
+    assert (grad_locations[:, 0, 0] != 0).all(), "pixel x = -1 is outside, but its neighbour x = 0 gives a gradient"
+    assert (grad_locations[:, 1, 1] != 0).all(), "pixel y = -1 is outside, but its neighbour y = 0 gives a gradient"
 
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
@@ -57,7 +57,7 @@ def test_gradcheck_float64(backend):
     if backend == "cpp" and not CPP_CPU:
         pytest.skip("d2ext._C is not built")
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(
-        2, 3, 2, 3, [(4, 3), (2, 3)], 2, dtype=torch.float64, border_fraction=0.0
+        2, 3, 2, 3, [(4, 3), (2, 3)], 2, dtype=torch.float64
     )
 
     def op(value, locations, weights):

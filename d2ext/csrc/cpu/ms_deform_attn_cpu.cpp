@@ -121,6 +121,8 @@ void backward_kernel(
               acc_t* gv = grad_value + offset;
               const acc_t coef = weight * corners.weight[c];
               acc_t sum = 0;
+              // Vectorizing a float sum reorders it; allowed here (-fopenmp-simd).
+#pragma omp simd reduction(+ : sum)
               for (int64_t d = 0; d < s.D; ++d) {
                 sum += grad[d] * static_cast<acc_t>(v[d]);
                 gv[d] += coef * grad[d];

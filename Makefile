@@ -1,0 +1,36 @@
+# `make demo` runs the main job, `make test` the test suite; each creates .venv
+# and installs everything (pinned in requirements.txt, detectron2 included) first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+CSRC := $(shell find d2ext/csrc -type f)
+
+.PHONY: install test demo bench clean
+
+$(VENV)/.requirements: requirements.txt tools/install_detectron2.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) tools/install_detectron2.py
+	touch $@
+
+# Builds d2ext._C in place; see setup.py for FORCE_CUDA, CUDA_HOME, TORCH_CUDA_ARCH_LIST.
+$(VENV)/.built: $(VENV)/.requirements setup.py $(CSRC)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.built
+
+test: install
+	$(PY) -m pytest tests
+
+# The main job, until the synthetic training demo exists: the MSDA benchmark.
+demo: install
+	$(PY) tools/benchmark_msda.py
+
+bench: demo
+
+clean:
+	rm -rf build d2ext/_C*.so *.egg-info
