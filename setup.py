@@ -9,6 +9,7 @@ Environment:
 """
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -44,8 +45,10 @@ def _library_header_dirs():
 
 def _extension():
     sources = [os.path.join(CSRC, "ms_deform_attn.cpp")] + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
-    # -fopenmp-simd: honour `#pragma omp simd` (vectorized reductions) without an OpenMP runtime
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp-simd"]}
+    # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it
+    # runs serially. The extension then shares the libgomp that torch loaded.
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
+    extra_compile_args = {"cxx": ["-O3"] + openmp}
     if _with_cuda():
         sources += glob.glob(os.path.join(CSRC, "cuda", "*.cu"))
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
@@ -56,8 +59,9 @@ def _extension():
             sources,
             define_macros=[("D2EXT_WITH_CUDA", None)],
             extra_compile_args=extra_compile_args,
+            extra_link_args=openmp,
         )
-    return CppExtension("d2ext._C", sources, extra_compile_args=extra_compile_args)
+    return CppExtension("d2ext._C", sources, extra_compile_args=extra_compile_args, extra_link_args=openmp)
 
 
 setup(

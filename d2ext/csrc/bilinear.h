@@ -6,7 +6,6 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
-#include <cmath>
 #include <cstdint>
 
 namespace d2ext {
@@ -21,6 +20,14 @@ struct BilinearCorners {
   acc_t lh, lw;
 };
 
+// floor() of a value known to fit in int64; a truncation and a compare, where
+// x86-64 without SSE4.1 would call libm's floor.
+template <typename acc_t>
+C10_HOST_DEVICE inline int64_t floor_to_int(acc_t v) {
+  const int64_t t = static_cast<int64_t>(v);
+  return t - (static_cast<acc_t>(t) > v);
+}
+
 // Fills `corners`; returns false when the location is so far outside the map
 // (or NaN) that no corner is inside.
 template <typename acc_t>
@@ -33,12 +40,10 @@ C10_HOST_DEVICE inline bool bilinear_corners(
         w_im < static_cast<acc_t>(W))) {
     return false;
   }
-  const acc_t h_floor = floor(h_im);
-  const acc_t w_floor = floor(w_im);
-  const int64_t h_low = static_cast<int64_t>(h_floor);
-  const int64_t w_low = static_cast<int64_t>(w_floor);
-  const acc_t lh = h_im - h_floor;
-  const acc_t lw = w_im - w_floor;
+  const int64_t h_low = floor_to_int(h_im);
+  const int64_t w_low = floor_to_int(w_im);
+  const acc_t lh = h_im - static_cast<acc_t>(h_low);
+  const acc_t lw = w_im - static_cast<acc_t>(w_low);
   const acc_t hh = acc_t(1) - lh;
   const acc_t hw = acc_t(1) - lw;
   const bool h_low_in = h_low >= 0;

@@ -32,6 +32,36 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
       sampling_locations.size(4)};
 }
 
+// The four corner rows of a sample, each a pointer to D channels. A corner
+// outside the map points at a row of zeros with weight 0 (and, in the backward,
+// a scratch row for its gradient), so the channel loops below run branch-free
+// over all four corners at once.
+template <typename scalar_t, typename acc_t>
+struct CornerRows {
+  const scalar_t* value[4];
+  acc_t* grad[4];
+  acc_t weight[4];
+};
+
+template <typename scalar_t, typename acc_t>
+CornerRows<scalar_t, acc_t> corner_rows(
+    const BilinearCorners<acc_t>& corners,
+    acc_t scale,
+    const scalar_t* value_level,
+    acc_t* grad_level,
+    int64_t row_stride,
+    const scalar_t* zeros,
+    acc_t* scratch) {
+  CornerRows<scalar_t, acc_t> rows;
+  for (int c = 0; c < 4; ++c) {
+    const bool inside = corners.pixel[c] >= 0;
+    rows.value[c] = inside ? value_level + corners.pixel[c] * row_stride : zeros;
+    rows.grad[c] = inside && grad_level != nullptr ? grad_level + corners.pixel[c] * row_stride : scratch;
+    rows.weight[c] = inside ? scale * corners.weight[c] : acc_t(0);
+  }
+  return rows;
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(
     const Sizes& s,
@@ -42,30 +72,32 @@ void forward_kernel(
     const acc_t* attention_weights,
     scalar_t* output) {
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (s.M * s.L * s.P * s.D));
+  const int64_t row_stride = s.M * s.D; // between pixels of one head
   at::parallel_for(0, s.N * s.Lq, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(s.D);
+    std::vector<acc_t> acc_buffer(s.D);
+    std::vector<scalar_t> zeros(s.D, scalar_t(0));
+    acc_t* __restrict__ acc = acc_buffer.data();
     for (int64_t nq = begin; nq < end; ++nq) {
-      const scalar_t* value_n = value + (nq / s.Lq) * s.S * s.M * s.D;
+      const scalar_t* value_n = value + (nq / s.Lq) * s.S * row_stride;
       for (int64_t m = 0; m < s.M; ++m) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        std::fill(acc, acc + s.D, acc_t(0));
         int64_t sample = (nq * s.M + m) * s.L * s.P;
         for (int64_t l = 0; l < s.L; ++l) {
           const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
+          const scalar_t* value_level = value_n + level_start_index[l] * row_stride + m * s.D;
           for (int64_t p = 0; p < s.P; ++p, ++sample) {
             BilinearCorners<acc_t> corners;
             if (!bilinear_corners(
                     sampling_locations[2 * sample], sampling_locations[2 * sample + 1], H, W, corners)) {
               continue;
             }
-            for (int c = 0; c < 4; ++c) {
-              if (corners.pixel[c] < 0) {
-                continue;
-              }
-              const acc_t coef = attention_weights[sample] * corners.weight[c];
-              const scalar_t* v = value_n + ((level_start_index[l] + corners.pixel[c]) * s.M + m) * s.D;
-              for (int64_t d = 0; d < s.D; ++d) {
-                acc[d] += coef * static_cast<acc_t>(v[d]);
-              }
+            const auto r = corner_rows<scalar_t, acc_t>(
+                corners, attention_weights[sample], value_level, nullptr, row_stride, zeros.data(), nullptr);
+            for (int64_t d = 0; d < s.D; ++d) {
+              acc[d] += r.weight[0] * static_cast<acc_t>(r.value[0][d]) +
+                  r.weight[1] * static_cast<acc_t>(r.value[1][d]) +
+                  r.weight[2] * static_cast<acc_t>(r.value[2][d]) +
+                  r.weight[3] * static_cast<acc_t>(r.value[3][d]);
             }
           }
         }
@@ -90,20 +122,25 @@ void backward_kernel(
     acc_t* grad_value,
     acc_t* grad_sampling_locations,
     acc_t* grad_attention_weights) {
+  const int64_t row_stride = s.M * s.D;
   at::parallel_for(0, s.N * s.M, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> grad(s.D);
+    std::vector<acc_t> grad_buffer(s.D);
+    std::vector<scalar_t> zeros(s.D, scalar_t(0));
+    std::vector<acc_t> scratch(s.D);
+    acc_t* __restrict__ grad = grad_buffer.data();
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / s.M, m = nm % s.M;
-      const int64_t value_offset = n * s.S * s.M * s.D + m * s.D;
+      const int64_t head_offset = n * s.S * row_stride + m * s.D;
       for (int64_t q = 0; q < s.Lq; ++q) {
-        const int64_t nq = n * s.Lq + q;
-        const scalar_t* g = grad_output + (nq * s.M + m) * s.D;
+        const int64_t nqm = (n * s.Lq + q) * s.M + m;
+        const scalar_t* g = grad_output + nqm * s.D;
         for (int64_t d = 0; d < s.D; ++d) {
           grad[d] = static_cast<acc_t>(g[d]);
         }
-        int64_t sample = (nq * s.M + m) * s.L * s.P;
+        int64_t sample = nqm * s.L * s.P;
         for (int64_t l = 0; l < s.L; ++l) {
           const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
+          const int64_t level_offset = head_offset + level_start_index[l] * row_stride;
           for (int64_t p = 0; p < s.P; ++p, ++sample) {
             BilinearCorners<acc_t> corners;
             if (!bilinear_corners(
@@ -111,24 +148,24 @@ void backward_kernel(
               continue; // the gradients were zero-initialized
             }
             const acc_t weight = attention_weights[sample];
-            acc_t dot[4] = {0, 0, 0, 0};
-            for (int c = 0; c < 4; ++c) {
-              if (corners.pixel[c] < 0) {
-                continue;
-              }
-              const int64_t offset = value_offset + (level_start_index[l] + corners.pixel[c]) * s.M * s.D;
-              const scalar_t* v = value + offset;
-              acc_t* gv = grad_value + offset;
-              const acc_t coef = weight * corners.weight[c];
-              acc_t sum = 0;
-              // Vectorizing a float sum reorders it; allowed here (-fopenmp-simd).
-#pragma omp simd reduction(+ : sum)
-              for (int64_t d = 0; d < s.D; ++d) {
-                sum += grad[d] * static_cast<acc_t>(v[d]);
-                gv[d] += coef * grad[d];
-              }
-              dot[c] = sum;
+            const auto r = corner_rows<scalar_t, acc_t>(
+                corners, weight, value + level_offset, grad_value + level_offset, row_stride, zeros.data(),
+                scratch.data());
+            acc_t dot0 = 0, dot1 = 0, dot2 = 0, dot3 = 0;
+            // Vectorizing the float sums reorders them; allowed here.
+#pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
+            for (int64_t d = 0; d < s.D; ++d) {
+              const acc_t gd = grad[d];
+              dot0 += gd * static_cast<acc_t>(r.value[0][d]);
+              dot1 += gd * static_cast<acc_t>(r.value[1][d]);
+              dot2 += gd * static_cast<acc_t>(r.value[2][d]);
+              dot3 += gd * static_cast<acc_t>(r.value[3][d]);
+              r.grad[0][d] += r.weight[0] * gd;
+              r.grad[1][d] += r.weight[1] * gd;
+              r.grad[2][d] += r.weight[2] * gd;
+              r.grad[3][d] += r.weight[3] * gd;
             }
+            const acc_t dot[4] = {dot0, dot1, dot2, dot3};
             const BilinearGrad<acc_t> bg = bilinear_grad(corners, dot, H, W);
             grad_attention_weights[sample] = bg.sampled;
             grad_sampling_locations[2 * sample] = weight * bg.grad_x;
