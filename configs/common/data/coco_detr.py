@@ -1,0 +1,46 @@
+# COCO with DETR's augmentation: random flip, then with probability 0.5 either a
+# resize of the shortest edge to 480..800 (step 32, longest at most 1333), or a
+# resize to 400/500/600, a random 384..600 crop and the same 480..800 resize.
+# Test: shortest edge 800, longest at most 1333.
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import transforms as T
+from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
+
+from deformable_detr.dataset_mapper import DetrDatasetMapper
+
+TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+MAX_SIZE = 1333
+
+dataloader = OmegaConf.create()
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
+    mapper=L(DetrDatasetMapper)(
+        is_train=True,
+        augmentation=[
+            L(T.RandomFlip)(),
+            L(T.ResizeShortestEdge)(short_edge_length=TRAIN_SCALES, max_size=MAX_SIZE, sample_style="choice"),
+        ],
+        augmentation_with_crop=[
+            L(T.RandomFlip)(),
+            L(T.ResizeShortestEdge)(short_edge_length=[400, 500, 600], sample_style="choice"),
+            L(T.RandomCrop)(crop_type="absolute_range", crop_size=(384, 600)),
+            L(T.ResizeShortestEdge)(short_edge_length=TRAIN_SCALES, max_size=MAX_SIZE, sample_style="choice"),
+        ],
+        image_format="RGB",
+    ),
+    total_batch_size=32,
+    num_workers=4,
+)
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    mapper=L(DetrDatasetMapper)(
+        is_train=False,
+        augmentation=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=MAX_SIZE)],
+        augmentation_with_crop=None,
+        image_format="RGB",
+    ),
+    num_workers=4,
+)
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")

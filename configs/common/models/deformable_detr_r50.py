@@ -1,0 +1,53 @@
+# Multi-scale Deformable DETR, ResNet-50 (torchvision layout, frozen BN, stem and
+# res2 frozen), the paper's sizes, losses and initialisation.
+from detectron2.config import LazyCall as L
+from detectron2.modeling.backbone import BasicStem, ResNet
+
+from deformable_detr.criterion import SetCriterion
+from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.meta_arch import DeformableDETR
+from deformable_detr.position_encoding import PositionEmbeddingSine
+from deformable_detr.transformer import DeformableTransformer
+
+model = L(DeformableDETR)(
+    backbone=L(ResNet)(
+        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
+        stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
+        out_features=["res3", "res4", "res5"],
+        freeze_at=2,
+    ),
+    in_features=["res3", "res4", "res5"],
+    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000.0, normalize=True, offset=-0.5),
+    transformer=L(DeformableTransformer)(
+        d_model=256,
+        n_heads=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        dim_feedforward=1024,
+        dropout=0.1,
+        num_feature_levels="${..num_feature_levels}",
+        enc_n_points=4,
+        dec_n_points=4,
+        two_stage="${..two_stage}",
+        two_stage_num_proposals="${..num_queries}",
+        proposal_base_size=0.05,
+        msda_backend="auto",
+    ),
+    criterion=L(SetCriterion)(
+        num_classes="${..num_classes}",
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0),
+        weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        focal_alpha=0.25,
+        focal_gamma=2.0,
+    ),
+    num_classes=80,
+    num_queries=300,
+    num_feature_levels=4,
+    with_box_refine=False,
+    two_stage=False,
+    pixel_mean=[123.675, 116.280, 103.530],
+    pixel_std=[58.395, 57.120, 57.375],
+    aux_loss=True,
+    test_topk=100,
+    prior_prob=0.01,
+)

@@ -1,0 +1,304 @@
+"""Deformable DETR as a detectron2 meta-architecture."""
+import copy
+import math
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_convert
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .criterion import SetCriterion
+from .matcher import HungarianMatcher
+from .position_encoding import PositionEmbeddingSine
+from .transformer import DeformableTransformer, inverse_sigmoid
+
+__all__ = ["DeformableDETR", "MLP"]
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (the box head)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def _input_projection(in_channels: int, hidden_dim: int, kernel_size: int, stride: int, norm_groups: int):
+    conv = nn.Conv2d(in_channels, hidden_dim, kernel_size, stride=stride, padding=kernel_size // 2)
+    nn.init.xavier_uniform_(conv.weight, gain=1)
+    nn.init.zeros_(conv.bias)
+    return nn.Sequential(conv, nn.GroupNorm(norm_groups, hidden_dim))
+
+
+@META_ARCH_REGISTRY.register()
+class DeformableDETR(nn.Module):
+    """Deformable DETR (Zhu et al., ICLR 2021): single- or multi-scale, with
+    optional iterative box refinement and two-stage proposals.
+
+    Inputs follow detectron2: a list of dicts with "image" (C, H, W) in the
+    configured format, "height"/"width" to rescale predictions to, and
+    "instances" (gt_boxes, gt_classes) in training. Outputs: losses in training,
+    else a list of {"instances": Instances(pred_boxes, scores, pred_classes)}.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        in_features: Sequence[str],
+        position_embedding: nn.Module,
+        transformer: DeformableTransformer,
+        criterion: nn.Module,
+        num_classes: int,
+        num_queries: int,
+        num_feature_levels: int,
+        with_box_refine: bool,
+        two_stage: bool,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        aux_loss: bool = True,
+        test_topk: int = 100,
+        prior_prob: float = 0.01,
+        input_proj_norm_groups: int = 32,
+        refined_box_size_bias: float = -2.0,
+    ):
+        """
+        Args:
+            backbone: a detectron2 backbone; in_features: its outputs fed to the
+                transformer (["res3", "res4", "res5"], or ["res5"] for single-scale).
+            position_embedding: maps a padding mask (N, H, W) to (N, C, H, W).
+            num_feature_levels: levels of the transformer; levels beyond in_features
+                come from 3x3 stride-2 convolutions on the last one.
+            with_box_refine: iterative box refinement, one box/class head per layer.
+            two_stage: decoder queries from encoder proposals.
+            aux_loss: losses on every decoder layer, not only the last.
+            test_topk: detections kept per image, over queries x classes.
+            prior_prob: initial foreground probability of the class heads.
+            refined_box_size_bias: initial bias of the predicted box size logits (w, h).
+        """
+        super().__init__()
+        if two_stage != transformer.two_stage:
+            raise ValueError(f"two_stage={two_stage} but the transformer has two_stage={transformer.two_stage}")
+        if num_feature_levels != transformer.level_embed.shape[0]:
+            raise ValueError(
+                f"num_feature_levels={num_feature_levels} but the transformer has {transformer.level_embed.shape[0]}"
+            )
+        if len(in_features) > num_feature_levels:
+            raise ValueError(f"{len(in_features)} in_features for {num_feature_levels} feature levels")
+        self.backbone = backbone
+        self.in_features = list(in_features)
+        self.position_embedding = position_embedding
+        self.transformer = transformer
+        self.criterion = criterion
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.num_feature_levels = num_feature_levels
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+        self.aux_loss = aux_loss
+        self.test_topk = test_topk
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+        hidden_dim = transformer.d_model
+        shapes = backbone.output_shape()
+        channels = [shapes[f].channels for f in self.in_features]
+        projections = [_input_projection(c, hidden_dim, 1, 1, input_proj_norm_groups) for c in channels]
+        in_channels = channels[-1]
+        for _ in range(num_feature_levels - len(channels)):
+            projections.append(_input_projection(in_channels, hidden_dim, 3, 2, input_proj_norm_groups))
+            in_channels = hidden_dim
+        self.input_proj = nn.ModuleList(projections)
+        if not two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
+
+        class_embed = nn.Linear(hidden_dim, num_classes)
+        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        nn.init.zeros_(bbox_embed.layers[-1].weight)
+        nn.init.zeros_(bbox_embed.layers[-1].bias)
+        num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)
+        if with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+            # only the first layer predicts a size from scratch; later ones refine it
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], refined_box_size_bias)
+        else:
+            nn.init.constant_(bbox_embed.layers[-1].bias[2:], refined_box_size_bias)
+            self.class_embed = nn.ModuleList([class_embed] * num_pred)  # shared across layers
+            self.bbox_embed = nn.ModuleList([bbox_embed] * num_pred)
+        if two_stage:
+            for head in self.bbox_embed:
+                nn.init.zeros_(head.layers[-1].bias[2:])
+
+    @classmethod
+    def from_config(cls, cfg):
+        dd = cfg.MODEL.DEFORMABLE_DETR
+        backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        transformer = DeformableTransformer(
+            d_model=dd.HIDDEN_DIM,
+            n_heads=dd.NHEADS,
+            num_encoder_layers=dd.ENC_LAYERS,
+            num_decoder_layers=dd.DEC_LAYERS,
+            dim_feedforward=dd.DIM_FEEDFORWARD,
+            dropout=dd.DROPOUT,
+            num_feature_levels=dd.NUM_FEATURE_LEVELS,
+            enc_n_points=dd.ENC_N_POINTS,
+            dec_n_points=dd.DEC_N_POINTS,
+            two_stage=dd.TWO_STAGE,
+            two_stage_num_proposals=dd.NUM_QUERIES,
+            proposal_base_size=dd.PROPOSAL_BASE_SIZE,
+            msda_backend=dd.MSDA_BACKEND,
+        )
+        matcher = HungarianMatcher(
+            cost_class=dd.COST_CLASS,
+            cost_bbox=dd.COST_BBOX,
+            cost_giou=dd.COST_GIOU,
+            focal_alpha=dd.FOCAL_ALPHA,
+            focal_gamma=dd.FOCAL_GAMMA,
+        )
+        criterion = SetCriterion(
+            num_classes=dd.NUM_CLASSES,
+            matcher=matcher,
+            weight_dict={"loss_ce": dd.CLASS_WEIGHT, "loss_bbox": dd.BBOX_WEIGHT, "loss_giou": dd.GIOU_WEIGHT},
+            focal_alpha=dd.FOCAL_ALPHA,
+            focal_gamma=dd.FOCAL_GAMMA,
+        )
+        return {
+            "backbone": backbone,
+            "in_features": dd.IN_FEATURES,
+            "position_embedding": PositionEmbeddingSine(
+                num_pos_feats=dd.HIDDEN_DIM // 2,
+                temperature=dd.POSITION_TEMPERATURE,
+                normalize=True,
+                offset=dd.POSITION_OFFSET,
+            ),
+            "transformer": transformer,
+            "criterion": criterion,
+            "num_classes": dd.NUM_CLASSES,
+            "num_queries": dd.NUM_QUERIES,
+            "num_feature_levels": dd.NUM_FEATURE_LEVELS,
+            "with_box_refine": dd.WITH_BOX_REFINE,
+            "two_stage": dd.TWO_STAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "aux_loss": dd.AUX_LOSS,
+            "test_topk": dd.TEST_TOPK,
+            "prior_prob": dd.PRIOR_PROB,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images)
+
+    @staticmethod
+    def padding_mask(images: ImageList) -> torch.Tensor:
+        """(N, H, W) bool, True on the padding of each image."""
+        N, _, H, W = images.tensor.shape
+        mask = torch.ones((N, H, W), dtype=torch.bool, device=images.tensor.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            mask[i, :h, :w] = False
+        return mask
+
+    def feature_levels(self, images: ImageList):
+        """The transformer's inputs: per level the projected map (N, C, H_l, W_l),
+        its padding mask (N, H_l, W_l) and position embedding (N, C, H_l, W_l)."""
+        image_mask = self.padding_mask(images)
+        features = self.backbone(images.tensor)
+        srcs, masks, positions = [], [], []
+        for level in range(self.num_feature_levels):
+            if level < len(self.in_features):
+                src = self.input_proj[level](features[self.in_features[level]])
+            elif level == len(self.in_features):
+                src = self.input_proj[level](features[self.in_features[-1]])
+            else:
+                src = self.input_proj[level](srcs[-1])
+            mask = F.interpolate(image_mask[None].float(), size=src.shape[-2:])[0].to(torch.bool)
+            srcs.append(src)
+            masks.append(mask)
+            positions.append(self.position_embedding(mask).to(src.dtype))
+        return srcs, masks, positions
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        srcs, masks, positions = self.feature_levels(images)
+        query_embed = None if self.two_stage else self.query_embed.weight
+        hidden_states, references, enc_logits, enc_boxes_unact = self.transformer(
+            srcs, masks, positions, query_embed, self.class_embed, self.bbox_embed, self.with_box_refine
+        )
+        logits, boxes = [], []
+        for layer in range(hidden_states.shape[0]):
+            reference = inverse_sigmoid(references[layer])
+            delta = self.bbox_embed[layer](hidden_states[layer])
+            if reference.shape[-1] == 4:
+                unact = delta + reference
+            else:
+                unact = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            logits.append(self.class_embed[layer](hidden_states[layer]))
+            boxes.append(unact.sigmoid())
+        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        if self.two_stage:
+            outputs["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes_unact.sigmoid()}
+
+        if self.training:
+            return self.criterion(outputs, self.prepare_targets(batched_inputs))
+        results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
+        processed = []
+        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = inputs.get("height", image_size[0])
+            width = inputs.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """Ground truth as the criterion takes it: labels (T,) and normalized
+        (cx, cy, w, h) boxes (T, 4) relative to each (resized, unpadded) image."""
+        targets = []
+        for x in batched_inputs:
+            instances = x["instances"].to(self.device)
+            h, w = instances.image_size
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
+            boxes = box_convert(instances.gt_boxes.tensor / scale, "xyxy", "cxcywh")
+            targets.append({"labels": instances.gt_classes, "boxes": boxes})
+        return targets
+
+    def inference(self, logits: torch.Tensor, boxes: torch.Tensor, image_sizes) -> List[Instances]:
+        """Top-k of sigmoid scores over queries x classes.
+
+        Args:
+            logits: (N, Q, K); boxes: (N, Q, 4) normalized (cx, cy, w, h).
+            image_sizes: N (h, w) of the resized images.
+        """
+        N, Q, K = logits.shape
+        scores, indices = logits.sigmoid().view(N, -1).topk(min(self.test_topk, Q * K), dim=1)
+        queries = torch.div(indices, K, rounding_mode="floor")
+        labels = indices % K
+        boxes_xyxy = box_convert(boxes, "cxcywh", "xyxy").gather(1, queries[..., None].expand(-1, -1, 4))
+        results = []
+        for i, (h, w) in enumerate(image_sizes):
+            result = Instances((h, w))
+            scale = torch.tensor([w, h, w, h], dtype=boxes_xyxy.dtype, device=boxes_xyxy.device)
+            result.pred_boxes = Boxes(boxes_xyxy[i] * scale)
+            result.scores = scores[i]
+            result.pred_classes = labels[i]
+            results.append(result)
+        return results

@@ -1,0 +1,52 @@
+"""Sine position encoding of DETR, as Deformable DETR uses it."""
+import math
+
+import torch
+from torch import nn
+
+
+class PositionEmbeddingSine(nn.Module):
+    """Sine/cosine encoding of (y, x) pixel positions counted inside the valid
+    (unpadded) region, normalized to (0, scale] per image.
+
+    Args:
+        num_pos_feats: channels per axis; the encoding has 2 * num_pos_feats.
+        temperature: base of the geometric frequency progression.
+        normalize: divide positions by the valid height/width of each image.
+        scale: range of normalized positions.
+        offset: added to the cumulative position before normalizing (Deformable
+            DETR: -0.5, so that pixel centres are encoded).
+    """
+
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float = 2 * math.pi,
+        offset: float = -0.5,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.normalize = normalize
+        self.scale = scale
+        self.offset = offset
+        self.eps = eps
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask: (N, H, W) bool, True at padding. Returns (N, 2 * num_pos_feats, H, W) float32."""
+        not_mask = ~mask
+        y_embed = not_mask.cumsum(1, dtype=torch.float32)
+        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        if self.normalize:
+            y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
+            x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
+        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
+        pos_x = x_embed[:, :, :, None] / dim_t
+        pos_y = y_embed[:, :, :, None] / dim_t
+        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)

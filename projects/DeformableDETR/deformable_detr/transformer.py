@@ -1,0 +1,351 @@
+"""The deformable transformer: encoder, decoder with optional iterative box
+refinement, and the two-stage encoder proposals."""
+import copy
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from d2ext import MSDeformAttn
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """logit(x), with x clamped to [eps, 1 - eps] first."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def _clones(module: nn.Module, n: int) -> nn.ModuleList:
+    return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
+
+
+class FeedForward(nn.Module):
+    """Post-norm FFN block: x + dropout(linear2(dropout(relu(linear1(x))))), then LayerNorm."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout1 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x))))))
+
+
+class EncoderLayer(nn.Module):
+    """Deformable self-attention over all levels, then the FFN; post-norm."""
+
+    def __init__(self, d_model, dim_feedforward, dropout, n_levels, n_heads, n_points, msda_backend="auto"):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
+        """src, pos: (N, S, C); reference_points: (N, S, L, 2). Returns (N, S, C)."""
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        return self.ffn(self.norm(src + self.dropout(attended)))
+
+
+class DeformableEncoder(nn.Module):
+    def __init__(self, layer: EncoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = _clones(layer, num_layers)
+
+    @staticmethod
+    def reference_points(spatial_shapes: List[tuple], valid_ratios: torch.Tensor) -> torch.Tensor:
+        """Pixel centres of every level, normalized by the valid region of each image
+        and mapped to every level.
+
+        Args:
+            spatial_shapes: L pairs (H, W).
+            valid_ratios: (N, L, 2), the valid (w, h) fraction of every level.
+
+        Returns:
+            (N, S, L, 2) normalized (x, y).
+        """
+        points = []
+        for level, (H, W) in enumerate(spatial_shapes):
+            y, x = torch.meshgrid(
+                torch.linspace(0.5, H - 0.5, H, dtype=valid_ratios.dtype, device=valid_ratios.device),
+                torch.linspace(0.5, W - 0.5, W, dtype=valid_ratios.dtype, device=valid_ratios.device),
+                indexing="ij",
+            )
+            y = y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * H)
+            x = x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * W)
+            points.append(torch.stack((x, y), -1))
+        return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
+        """src, pos: (N, S, C); reference_points: (N, S, L, 2); padding_mask: (N, S). Returns (N, S, C)."""
+        for layer in self.layers:
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+        return src
+
+
+class DecoderLayer(nn.Module):
+    """Self-attention among queries, deformable cross-attention into the encoder
+    memory, then the FFN; post-norm."""
+
+    def __init__(self, d_model, dim_feedforward, dropout, n_levels, n_heads, n_points, msda_backend="auto"):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+
+    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask):
+        """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); memory: (N, S, C)."""
+        q = k = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
+        attended = self.cross_attn(
+            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
+        )
+        return self.ffn(self.norm2(tgt + self.dropout2(attended)))
+
+
+class DeformableDecoder(nn.Module):
+    def __init__(self, layer: DecoderLayer, num_layers: int):
+        super().__init__()
+        self.layers = _clones(layer, num_layers)
+        self.num_layers = num_layers
+
+    def forward(
+        self,
+        tgt,
+        reference_points,
+        memory,
+        spatial_shapes,
+        level_start_index,
+        valid_ratios,
+        query_pos,
+        padding_mask,
+        bbox_embed: Optional[nn.ModuleList] = None,
+    ):
+        """
+        Args:
+            tgt, query_pos: (N, Q, C) query content and position.
+            reference_points: (N, Q, 2) normalized points or (N, Q, 4) boxes (cx, cy, w, h).
+            memory: (N, S, C) encoder output; valid_ratios: (N, L, 2).
+            bbox_embed: one box head per layer for iterative box refinement: each
+                layer's prediction, relative to its reference in logit space, becomes
+                the next layer's reference (detached).
+
+        Returns:
+            hidden states (num_layers, N, Q, C) and the list of reference points each
+            layer used, (N, Q, 2) or (N, Q, 4) (refinement turns points into boxes).
+        """
+        hidden_states, references = [], []
+        output = tgt
+        for index, layer in enumerate(self.layers):
+            scale = torch.cat([valid_ratios, valid_ratios], -1) if reference_points.shape[-1] == 4 else valid_ratios
+            reference_input = reference_points[:, :, None] * scale[:, None]
+            output = layer(output, query_pos, reference_input, memory, spatial_shapes, level_start_index, padding_mask)
+            references.append(reference_points)
+            if bbox_embed is not None:
+                delta = bbox_embed[index](output)
+                if reference_points.shape[-1] == 4:
+                    refined = delta + inverse_sigmoid(reference_points)
+                else:
+                    refined = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1)
+                reference_points = refined.sigmoid().detach()
+            hidden_states.append(output)
+        return torch.stack(hidden_states), references
+
+
+class DeformableTransformer(nn.Module):
+    """Encoder + decoder of Deformable DETR.
+
+    Args:
+        d_model, n_heads, num_encoder_layers, num_decoder_layers, dim_feedforward,
+        dropout: the usual transformer sizes.
+        num_feature_levels: L.
+        enc_n_points, dec_n_points: sampling points per head and level.
+        two_stage: decoder queries come from the top-scoring encoder proposals
+            instead of learned embeddings.
+        two_stage_num_proposals: number of those proposals.
+        proposal_base_size: width/height of a level-0 proposal (0.05), doubled per level.
+        msda_backend: backend of the MSDA op (d2ext.ms_deform_attn).
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_heads: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        num_feature_levels: int = 4,
+        enc_n_points: int = 4,
+        dec_n_points: int = 4,
+        two_stage: bool = False,
+        two_stage_num_proposals: int = 300,
+        proposal_base_size: float = 0.05,
+        msda_backend: str = "auto",
+    ):
+        super().__init__()
+        self.d_model = d_model
+        self.two_stage = two_stage
+        self.two_stage_num_proposals = two_stage_num_proposals
+        self.proposal_base_size = proposal_base_size
+        self.encoder = DeformableEncoder(
+            EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, enc_n_points, msda_backend),
+            num_encoder_layers,
+        )
+        self.decoder = DeformableDecoder(
+            DecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, dec_n_points, msda_backend),
+            num_decoder_layers,
+        )
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        if two_stage:
+            self.enc_output = nn.Linear(d_model, d_model)
+            self.enc_output_norm = nn.LayerNorm(d_model)
+            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
+            self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+        else:
+            self.reference_points = nn.Linear(d_model, 2)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m.reset_parameters()
+        if not self.two_stage:
+            nn.init.zeros_(self.reference_points.bias)
+        nn.init.normal_(self.level_embed)
+
+    @staticmethod
+    def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
+        """mask: (N, H, W) True at padding -> (N, 2) valid (w, h) fraction."""
+        _, H, W = mask.shape
+        valid_h = (~mask[:, :, 0]).sum(1).float() / H
+        valid_w = (~mask[:, 0, :]).sum(1).float() / W
+        return torch.stack([valid_w, valid_h], -1)
+
+    def proposal_position_embedding(self, proposals: torch.Tensor) -> torch.Tensor:
+        """(N, Q, 4) unnormalized (logit) boxes -> (N, Q, 2 * d_model) sine embedding."""
+        num_feats = self.d_model // 2
+        dim_t = torch.arange(num_feats, dtype=torch.float32, device=proposals.device)
+        dim_t = 10000 ** (2 * (dim_t // 2) / num_feats)
+        pos = proposals.sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
+        return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+
+    def encoder_proposals(self, memory, padding_mask, spatial_shapes: List[tuple]):
+        """One proposal per encoder position: the pixel centre, with width and height
+        proposal_base_size * 2^level, in logit space; invalid ones (padding, or too
+        close to the border) are +inf and their memory zeroed.
+
+        Returns:
+            output_memory (N, S, C) after the proposal projection, proposals (N, S, 4).
+        """
+        N = memory.shape[0]
+        proposals = []
+        start = 0
+        for level, (H, W) in enumerate(spatial_shapes):
+            mask = padding_mask[:, start : start + H * W].view(N, H, W)
+            valid_h = (~mask[:, :, 0]).sum(1)
+            valid_w = (~mask[:, 0, :]).sum(1)
+            y, x = torch.meshgrid(
+                torch.linspace(0, H - 1, H, dtype=memory.dtype, device=memory.device),
+                torch.linspace(0, W - 1, W, dtype=memory.dtype, device=memory.device),
+                indexing="ij",
+            )
+            grid = torch.stack([x, y], -1)
+            scale = torch.stack([valid_w, valid_h], 1).view(N, 1, 1, 2).to(memory.dtype)
+            grid = (grid[None].expand(N, -1, -1, -1) + 0.5) / scale
+            wh = torch.full_like(grid, self.proposal_base_size * (2.0**level))
+            proposals.append(torch.cat((grid, wh), -1).view(N, -1, 4))
+            start += H * W
+        proposals = torch.cat(proposals, 1)
+        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+        proposals = torch.log(proposals / (1 - proposals))
+        invalid = padding_mask.unsqueeze(-1) | ~valid
+        proposals = proposals.masked_fill(invalid, float("inf"))
+        output_memory = memory.masked_fill(invalid, 0.0)
+        return self.enc_output_norm(self.enc_output(output_memory)), proposals
+
+    def forward(
+        self,
+        srcs: List[torch.Tensor],
+        masks: List[torch.Tensor],
+        pos_embeds: List[torch.Tensor],
+        query_embed: Optional[torch.Tensor],
+        class_embed: Optional[nn.ModuleList] = None,
+        bbox_embed: Optional[nn.ModuleList] = None,
+        refine_boxes: bool = False,
+    ):
+        """
+        Args:
+            srcs, pos_embeds: L tensors (N, C, H_l, W_l); masks: L tensors (N, H_l, W_l), True at padding.
+            query_embed: (Q, 2C) learned query position and content, or None in two-stage.
+            class_embed, bbox_embed: the detection heads, one per decoder layer plus, in
+                two-stage, one for the encoder proposals (the last).
+            refine_boxes: iterative box refinement with bbox_embed.
+
+        Returns:
+            hidden states (num_decoder_layers, N, Q, C), the list of reference points
+            of every decoder layer ((N, Q, 2) or (N, Q, 4) each), and in two-stage the
+            encoder proposals' logits (N, S, K) and unnormalized boxes (N, S, 4)
+            (None otherwise).
+        """
+        spatial_shapes_list = [tuple(src.shape[-2:]) for src in srcs]
+        src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
+        mask_flatten = torch.cat([mask.flatten(1) for mask in masks], 1)
+        pos_flatten = torch.cat(
+            [pos.flatten(2).transpose(1, 2) + self.level_embed[level] for level, pos in enumerate(pos_embeds)], 1
+        )
+        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=src_flatten.device)
+        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        valid_ratios = torch.stack([self.valid_ratios(m) for m in masks], 1)
+
+        memory = self.encoder(
+            src_flatten,
+            pos_flatten,
+            self.encoder.reference_points(spatial_shapes_list, valid_ratios),
+            spatial_shapes,
+            level_start_index,
+            mask_flatten,
+        )
+
+        N, _, C = memory.shape
+        enc_logits = enc_boxes_unact = None
+        if self.two_stage:
+            output_memory, proposals = self.encoder_proposals(memory, mask_flatten, spatial_shapes_list)
+            head = self.decoder.num_layers
+            enc_logits = class_embed[head](output_memory)
+            enc_boxes_unact = bbox_embed[head](output_memory) + proposals
+            topk = torch.topk(enc_logits[..., 0], self.two_stage_num_proposals, dim=1)[1]
+            topk_boxes_unact = torch.gather(enc_boxes_unact, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
+            reference_points = topk_boxes_unact.sigmoid()
+            pos_trans = self.pos_trans_norm(self.pos_trans(self.proposal_position_embedding(topk_boxes_unact)))
+            query_pos, tgt = torch.split(pos_trans, C, dim=2)
+        else:
+            query_pos, tgt = torch.split(query_embed, C, dim=1)
+            query_pos = query_pos.unsqueeze(0).expand(N, -1, -1)
+            tgt = tgt.unsqueeze(0).expand(N, -1, -1)
+            reference_points = self.reference_points(query_pos).sigmoid()
+
+        hidden_states, references = self.decoder(
+            tgt,
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            query_pos,
+            mask_flatten,
+            bbox_embed if refine_boxes else None,
+        )
+        return hidden_states, references, enc_logits, enc_boxes_unact

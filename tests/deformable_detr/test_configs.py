@@ -1,0 +1,60 @@
+"""Every config instantiates; the yacs route (DefaultPredictor) builds the same
+model as the LazyConfig route."""
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.modeling import build_model
+
+from deformable_detr import add_deformable_detr_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+COCO_VARIANTS = ["", "_single_scale", "_box_refine", "_two_stage"]
+
+
+def _lazy(variant):
+    return LazyConfig.load(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.py"))
+
+
+def _yacs(variant):
+    cfg = get_cfg()
+    add_deformable_detr_config(cfg)
+    cfg.merge_from_file(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+@pytest.mark.parametrize("variant", COCO_VARIANTS)
+def test_coco_config_instantiates(variant):
+    cfg = _lazy(variant)
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    scheduler = instantiate(cfg.lr_multiplier)
+    # the recipe: lr 2e-4, backbone and sampling offsets 0.1x, weight decay 1e-4, step at epoch 40 of 50
+    lrs = {round(group["lr"], 10) for group in optimizer.param_groups}
+    assert lrs == {2e-4, 2e-5}
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {1e-4}
+    assert cfg.train.max_iter == 184_827 and cfg.dataloader.train.total_batch_size == 32
+    assert scheduler(0.0) == 1.0 and scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
+    assert cfg.train.clip_max_norm == 0.1
+    for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
+        instantiate(mapper)
+
+
+@pytest.mark.parametrize("variant", COCO_VARIANTS)
+def test_yacs_and_lazy_configs_build_the_same_model(variant):
+    lazy_model = instantiate(_lazy(variant).model).eval()
+    yacs_model = build_model(_yacs(variant)).eval()
+    lazy_state, yacs_state = lazy_model.state_dict(), yacs_model.state_dict()
+    assert lazy_state.keys() == yacs_state.keys()
+    assert all(lazy_state[k].shape == yacs_state[k].shape for k in lazy_state)
+    yacs_model.load_state_dict(lazy_state)
+    inputs = [{"image": torch.randint(0, 256, (3, 96, 128)).float(), "height": 96, "width": 128}]
+    with torch.no_grad():
+        a = lazy_model(inputs)[0]["instances"]
+        b = yacs_model(inputs)[0]["instances"]
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    torch.testing.assert_close(a.scores, b.scores)
+    assert torch.equal(a.pred_classes, b.pred_classes)

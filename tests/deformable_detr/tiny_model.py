@@ -1,0 +1,60 @@
+"""A small Deformable DETR (ResNet-18, narrow transformer) for fast CPU tests."""
+from detectron2.modeling.backbone import BasicStem, ResNet
+
+from deformable_detr.criterion import SetCriterion
+from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.meta_arch import DeformableDETR
+from deformable_detr.position_encoding import PositionEmbeddingSine
+from deformable_detr.transformer import DeformableTransformer
+
+VARIANTS = {
+    "single_scale": dict(in_features=["res5"], num_feature_levels=1, with_box_refine=False, two_stage=False),
+    "multi_scale": dict(in_features=["res3", "res4", "res5"], num_feature_levels=4, with_box_refine=False, two_stage=False),
+    "box_refine": dict(in_features=["res3", "res4", "res5"], num_feature_levels=4, with_box_refine=True, two_stage=False),
+    "two_stage": dict(in_features=["res3", "res4", "res5"], num_feature_levels=4, with_box_refine=True, two_stage=True),
+}
+
+
+def resnet(depth, out_features, norm="FrozenBN"):
+    return ResNet(
+        BasicStem(in_channels=3, out_channels=64, norm=norm),
+        ResNet.make_default_stages(depth=depth, norm=norm, **({"stride_in_1x1": False} if depth >= 50 else {})),
+        out_features=out_features,
+        freeze_at=2,
+    )
+
+
+def build_model(variant, num_classes=5, depth=18, d_model=32, num_queries=10, layers=2, ffn=64, heads=4, dropout=0.0):
+    v = VARIANTS[variant]
+    transformer = DeformableTransformer(
+        d_model=d_model,
+        n_heads=heads,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        dim_feedforward=ffn,
+        dropout=dropout,
+        num_feature_levels=v["num_feature_levels"],
+        two_stage=v["two_stage"],
+        two_stage_num_proposals=num_queries,
+    )
+    criterion = SetCriterion(
+        num_classes=num_classes,
+        matcher=HungarianMatcher(),
+        weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+    )
+    return DeformableDETR(
+        backbone=resnet(depth, v["in_features"]),
+        in_features=v["in_features"],
+        position_embedding=PositionEmbeddingSine(num_pos_feats=d_model // 2),
+        transformer=transformer,
+        criterion=criterion,
+        num_classes=num_classes,
+        num_queries=num_queries,
+        num_feature_levels=v["num_feature_levels"],
+        with_box_refine=v["with_box_refine"],
+        two_stage=v["two_stage"],
+        pixel_mean=[123.675, 116.280, 103.530],
+        pixel_std=[58.395, 57.120, 57.375],
+        test_topk=7,
+        input_proj_norm_groups=8 if d_model < 256 else 32,
+    )
