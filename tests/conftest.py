@@ -1,8 +1,31 @@
 import os
 
+import pytest
 import torch
 
 # Without a usable GPU, run the Numba CUDA kernels on Numba's simulator. This
 # must happen before numba is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+if torch.cuda.is_available():
+    # (bytes, how many): one large block for the caching allocator's large pool,
+    # then sizes of 1 MiB and under for its small pool (2 MiB segments), which
+    # the tests' small tensors come from.
+    _POISON_BLOCKS = ((2**28, 1), (2**20, 16), (2**16, 32), (2**12, 64), (2**9, 128))
+
+    @pytest.fixture(autouse=True)
+    def _poison_cuda_cache():
+        """Fills free memory of the CUDA caching allocator with all-ones bytes,
+        NaN in every float dtype (float64/32/16, bfloat16), before each test, so
+        that an output element a kernel fails to write reads as NaN and fails
+        the parity checks instead of passing as a stale or zero value. The
+        blocks go back to the cache (no empty_cache), where the test's own
+        allocations take them."""
+        blocks = [torch.empty(size, dtype=torch.uint8, device="cuda") for size, count in _POISON_BLOCKS
+                  for _ in range(count)]
+        for block in blocks:
+            block.fill_(255)
+        del blocks
+        yield

@@ -36,7 +36,7 @@ def test_coco_config_instantiates(variant):
     lrs = {round(group["lr"], 10) for group in optimizer.param_groups}
     assert lrs == {2e-4, 2e-5}
     assert {group["weight_decay"] for group in optimizer.param_groups} == {1e-4}
-    assert cfg.train.max_iter == 184_827 and cfg.dataloader.train.total_batch_size == 32
+    assert cfg.train.max_iter == 184_824 and cfg.dataloader.train.total_batch_size == 32
     assert scheduler(0.0) == 1.0 and scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
     assert cfg.train.clip_max_norm == 0.1
     for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):

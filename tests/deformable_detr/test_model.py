@@ -133,3 +133,20 @@ def test_frozen_backbone_parts():
     assert not any(p.requires_grad for p in model.backbone.stem.parameters())
     assert not any(p.requires_grad for p in model.backbone.res2.parameters())
     assert all(p.requires_grad for p in model.backbone.res3.parameters())
+
+
+def test_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = build_model("box_refine", depth=18)
+    model.train()
+    batch = _inputs([(64, 64), (64, 96)], seed=1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    losses = []
+    for _ in range(60):
+        loss = sum(model(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        losses.append(loss.item())
+    assert min(losses[-5:]) < 0.5 * losses[0], f"loss went from {losses[0]:.3f} to {losses[-5:]}"

@@ -4,30 +4,35 @@
 # Test: shortest edge 800, longest at most 1333.
 from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
-from deformable_detr.dataset_mapper import DetrDatasetMapper
+from deformable_detr.dataset_mapper import (
+    DetrDatasetMapper,
+    detr_crop_augmentation,
+    detr_test_augmentation,
+    detr_train_augmentation,
+    drop_degenerate_boxes,
+)
 
 TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
-MAX_SIZE = 1333
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
+    dataset=L(drop_degenerate_boxes)(
+        dataset_dicts=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False)
+    ),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
-        augmentation=[
-            L(T.RandomFlip)(),
-            L(T.ResizeShortestEdge)(short_edge_length=TRAIN_SCALES, max_size=MAX_SIZE, sample_style="choice"),
-        ],
-        augmentation_with_crop=[
-            L(T.RandomFlip)(),
-            L(T.ResizeShortestEdge)(short_edge_length=[400, 500, 600], sample_style="choice"),
-            L(T.RandomCrop)(crop_type="absolute_range", crop_size=(384, 600)),
-            L(T.ResizeShortestEdge)(short_edge_length=TRAIN_SCALES, max_size=MAX_SIZE, sample_style="choice"),
-        ],
+        augmentation=L(detr_train_augmentation)(min_sizes=TRAIN_SCALES, max_size=1333, random_flip="horizontal"),
+        augmentation_with_crop=L(detr_crop_augmentation)(
+            min_sizes=TRAIN_SCALES,
+            max_size=1333,
+            crop_resize_min_sizes=[400, 500, 600],
+            crop_type="absolute_range",
+            crop_size=[384, 600],
+            random_flip="horizontal",
+        ),
         image_format="RGB",
     ),
     total_batch_size=32,
@@ -37,7 +42,7 @@ dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
     mapper=L(DetrDatasetMapper)(
         is_train=False,
-        augmentation=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=MAX_SIZE)],
+        augmentation=L(detr_test_augmentation)(min_size=800, max_size=1333),
         augmentation_with_crop=None,
         image_format="RGB",
     ),

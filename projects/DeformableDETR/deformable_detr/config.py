@@ -47,6 +47,13 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]
     cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]
     cfg.INPUT.FORMAT = "RGB"
+    # DETR's augmentation (deformable_detr.dataset_mapper.DetrDatasetMapper)
+    cfg.INPUT.MIN_SIZE_TRAIN = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+    cfg.INPUT.MAX_SIZE_TRAIN = 1333
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute_range"
+    cfg.INPUT.CROP.SIZE = [384, 600]
+    cfg.INPUT.CROP.RESIZE_MIN_SIZES = (400, 500, 600)
     cfg.MODEL.META_ARCHITECTURE = "DeformableDETR"
 
     cfg.SOLVER.OPTIMIZER = "ADAMW"

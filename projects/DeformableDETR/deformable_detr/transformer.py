@@ -326,7 +326,9 @@ class DeformableTransformer(nn.Module):
             head = self.decoder.num_layers
             enc_logits = class_embed[head](output_memory)
             enc_boxes_unact = bbox_embed[head](output_memory) + proposals
-            topk = torch.topk(enc_logits[..., 0], self.two_stage_num_proposals, dim=1)[1]
+            # small images can have fewer encoder positions than proposals
+            num_proposals = min(self.two_stage_num_proposals, enc_logits.shape[1])
+            topk = torch.topk(enc_logits[..., 0], num_proposals, dim=1)[1]
             topk_boxes_unact = torch.gather(enc_boxes_unact, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference_points = topk_boxes_unact.sigmoid()
             pos_trans = self.pos_trans_norm(self.pos_trans(self.proposal_position_embedding(topk_boxes_unact)))

@@ -1,0 +1,72 @@
+# A small multi-scale Deformable DETR trained from scratch on the synthetic shapes
+# dataset (generated on first use): the CPU demo of `make demo`.
+from detectron2.config import LazyCall as L
+from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import transforms as T
+from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling.backbone import BasicStem, ResNet
+from omegaconf import OmegaConf
+
+from deformable_detr.dataset_mapper import DetrDatasetMapper, drop_degenerate_boxes
+from deformable_detr.synthetic import register_synthetic_shapes
+
+from ..common.coco_schedule import step_schedule
+from ..common.models.deformable_detr_r50 import model
+from ..common.optim import AdamW as optimizer
+from ..common.train import train
+
+TRAIN, VAL = register_synthetic_shapes()
+NUM_TRAIN_IMAGES = 2000
+BATCH_SIZE = 8
+
+# ResNet-18 with batch norm, trained from scratch (no download)
+model.backbone = L(ResNet)(
+    stem=L(BasicStem)(in_channels=3, out_channels=64, norm="BN"),
+    stages=L(ResNet.make_default_stages)(depth=18, norm="BN"),
+    out_features=["res3", "res4", "res5"],
+    freeze_at=0,
+)
+model.num_classes = 3
+model.num_queries = 30
+model.num_feature_levels = 3
+model.test_topk = 30
+model.transformer.d_model = 128
+model.transformer.n_heads = 4
+model.transformer.num_encoder_layers = 3
+model.transformer.num_decoder_layers = 3
+model.transformer.dim_feedforward = 512
+model.transformer.dropout = 0.0
+model.position_embedding.num_pos_feats = 64
+
+optimizer.params.lr_factor_func.backbone_multiplier = 1.0  # no pretrained backbone to protect
+optimizer.lr = 4e-4
+
+dataloader = OmegaConf.create()
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(drop_degenerate_boxes)(dataset_dicts=L(get_detection_dataset_dicts)(names=TRAIN, filter_empty=False)),
+    mapper=L(DetrDatasetMapper)(
+        is_train=True,
+        augmentation=[L(T.RandomFlip)()],
+        augmentation_with_crop=None,
+        image_format="RGB",
+    ),
+    total_batch_size=BATCH_SIZE,
+    num_workers=1,
+)
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names=VAL, filter_empty=False),
+    mapper=L(DetrDatasetMapper)(is_train=False, augmentation=[], augmentation_with_crop=None, image_format="RGB"),
+    num_workers=1,
+)
+dataloader.evaluator = L(COCOEvaluator)(dataset_name=VAL)
+
+# about 15 minutes on a 2-core CPU
+train.max_iter, lr_multiplier = step_schedule(
+    total_epochs=4.5, drop_epochs=4, num_images=NUM_TRAIN_IMAGES, batch_size=BATCH_SIZE
+)
+train.device = "cpu"
+train.eval_period = train.max_iter
+train.checkpointer.period = 500
+train.checkpointer.max_to_keep = 2
+train.log_period = 20
+train.output_dir = "./output/synthetic_tiny"

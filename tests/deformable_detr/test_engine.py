@@ -1,0 +1,71 @@
+"""DetrTrainer: a non-finite loss stops training before the weights change,
+gradient clipping, and autocast training steps."""
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+
+from deformable_detr.engine import DetrTrainer
+
+from .test_model import _inputs
+from .tiny_model import build_model
+
+
+class _LossModel(torch.nn.Module):
+    def __init__(self, loss_value):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.loss_value = loss_value
+
+    def forward(self, data):
+        return {"loss_a": self.weight.sum() * self.loss_value}
+
+
+def _step(trainer):
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        trainer.iter = 0
+        trainer.run_step()
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step():
+    model = _LossModel(float("nan"))
+    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.1)
+    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 0.*last periodic checkpoint"):
+        _step(trainer)
+    assert torch.equal(model.weight, torch.ones(3)), "the weights were not touched"
+
+
+def test_gradients_are_clipped():
+    model = _LossModel(100.0)
+    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.1)
+    _step(trainer)
+    step = torch.ones(3) - model.weight.detach()
+    torch.testing.assert_close(step.norm(), torch.tensor(0.1))
+
+
+def test_bad_amp_dtype():
+    model = _LossModel(1.0)
+    with pytest.raises(ValueError, match="amp_dtype must be"):
+        DetrTrainer(model, [], torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="fp8")
+
+
+def test_bfloat16_autocast_step_on_cpu():
+    torch.manual_seed(0)
+    model = build_model("multi_scale")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trainer = DetrTrainer(model, [_inputs([(64, 64), (64, 96)])] * 2, optimizer, clip_max_norm=0.1, amp_dtype="bfloat16")
+    before = model.query_embed.weight.detach().clone()
+    _step(trainer)
+    assert not torch.equal(before, model.query_embed.weight)
+    assert torch.isfinite(model.query_embed.weight).all()
+
+
+def test_images_without_annotations_train():
+    torch.manual_seed(0)
+    model = build_model("box_refine").train()
+    batch = _inputs([(64, 64), (64, 96)])
+    batch[1]["instances"] = batch[1]["instances"][:0]
+    losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
