@@ -174,20 +174,13 @@ def _check_levels(spatial_shapes, level_start_index, S):
 # torch.library registration of the cpp and numba backends
 
 
-def _forward_kernel(backend: str):
+def _kernels(backend: str):
+    """(forward, backward) kernels of the cpp or numba backend."""
     if backend == "cpp":
-        return torch.ops.d2ext_C.ms_deform_attn_forward
+        return torch.ops.d2ext_C.ms_deform_attn_forward, torch.ops.d2ext_C.ms_deform_attn_backward
     from d2ext import numba_kernels
 
-    return numba_kernels.forward
-
-
-def _backward_kernel(backend: str):
-    if backend == "cpp":
-        return torch.ops.d2ext_C.ms_deform_attn_backward
-    from d2ext import numba_kernels
-
-    return numba_kernels.backward
+    return numba_kernels.forward, numba_kernels.backward
 
 
 @torch.library.custom_op("d2ext::ms_deform_attn", mutates_args=())
@@ -199,7 +192,8 @@ def _ms_deform_attn_op(
     attention_weights: torch.Tensor,
     backend: str,
 ) -> torch.Tensor:
-    return _forward_kernel(backend)(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    forward, _ = _kernels(backend)
+    return forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
 @_ms_deform_attn_op.register_fake
@@ -227,9 +221,8 @@ def _ms_deform_attn_backward_op(
         if not torch.is_deterministic_algorithms_warn_only_enabled():
             raise RuntimeError(message)
         warnings.warn(message)
-    return _backward_kernel(backend)(
-        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
-    )
+    _, backward = _kernels(backend)
+    return backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
 @_ms_deform_attn_backward_op.register_fake

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "../bilinear.h"
-#include "../ms_deform_attn_checks.h"
+#include "../kernel_io.h"
 
 namespace d2ext {
 namespace {
@@ -185,7 +185,7 @@ at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const Sizes s = sizes_of(value, sampling_locations);
-  auto output = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
+  auto output = empty_output(value, sampling_locations);
   if (output.numel() == 0) {
     return output;
   }
@@ -212,14 +212,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  TORCH_CHECK(
-      grad_output.is_contiguous() && grad_output.scalar_type() == value.scalar_type(),
-      "grad_output must be contiguous and of value's dtype");
+  check_grad_output(grad_output, value);
   const Sizes s = sizes_of(value, sampling_locations);
-  // Accumulated in the op-math type (float for half types), cast at the end.
-  auto grad_value = at::zeros(value.sizes(), sampling_locations.options());
-  auto grad_sampling_locations = at::zeros_like(sampling_locations);
-  auto grad_attention_weights = at::zeros_like(attention_weights);
+  const auto grads = Gradients::zeros(value, sampling_locations, attention_weights);
   if (grad_output.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
@@ -232,12 +227,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
               level_start_index.const_data_ptr<int64_t>(),
               sampling_locations.const_data_ptr<acc_t>(),
               attention_weights.const_data_ptr<acc_t>(),
-              grad_value.mutable_data_ptr<acc_t>(),
-              grad_sampling_locations.mutable_data_ptr<acc_t>(),
-              grad_attention_weights.mutable_data_ptr<acc_t>());
+              grads.value.mutable_data_ptr<acc_t>(),
+              grads.sampling_locations.mutable_data_ptr<acc_t>(),
+              grads.attention_weights.mutable_data_ptr<acc_t>());
         });
   }
-  return {grad_value.to(value.scalar_type()), grad_sampling_locations, grad_attention_weights};
+  return grads.finish(value.scalar_type());
 }
 
 } // namespace

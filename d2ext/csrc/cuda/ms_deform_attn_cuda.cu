@@ -15,7 +15,7 @@
 #include <limits>
 
 #include "../bilinear.h"
-#include "../ms_deform_attn_checks.h"
+#include "../kernel_io.h"
 
 namespace d2ext {
 namespace {
@@ -200,8 +200,7 @@ at::Tensor ms_deform_attn_forward_cuda(
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const c10::cuda::CUDAGuard device_guard(value.device());
-  auto output = at::empty(
-      {value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)}, value.options());
+  auto output = empty_output(value, sampling_locations);
   if (output.numel() == 0) {
     return output;
   }
@@ -234,16 +233,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  TORCH_CHECK(
-      grad_output.is_contiguous() && grad_output.scalar_type() == value.scalar_type(),
-      "grad_output must be contiguous and of value's dtype");
+  check_grad_output(grad_output, value);
   at::globalContext().alertNotDeterministic(
       "d2ext::ms_deform_attn backward on CUDA (ms_deform_attn_backward_cuda accumulates grad_value with atomicAdd)");
   const c10::cuda::CUDAGuard device_guard(value.device());
-  // Accumulated in the op-math type (float for half types), cast at the end.
-  auto grad_value = at::zeros(value.sizes(), sampling_locations.options());
-  auto grad_sampling_locations = at::zeros_like(sampling_locations);
-  auto grad_attention_weights = at::zeros_like(attention_weights);
+  const auto grads = Gradients::zeros(value, sampling_locations, attention_weights);
   if (grad_output.numel() > 0) {
     const int64_t blocks = num_blocks(value, sampling_locations);
     const auto stream = at::cuda::getCurrentCUDAStream();
@@ -260,14 +254,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                 level_start_index.const_data_ptr<int64_t>(),
                 sampling_locations.const_data_ptr<acc_t>(),
                 attention_weights.const_data_ptr<acc_t>(),
-                grad_value.mutable_data_ptr<acc_t>(),
-                grad_sampling_locations.mutable_data_ptr<acc_t>(),
-                grad_attention_weights.mutable_data_ptr<acc_t>());
+                grads.value.mutable_data_ptr<acc_t>(),
+                grads.sampling_locations.mutable_data_ptr<acc_t>(),
+                grads.attention_weights.mutable_data_ptr<acc_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
         });
   }
-  return {grad_value.to(value.scalar_type()), grad_sampling_locations, grad_attention_weights};
+  return grads.finish(value.scalar_type());
 }
 
 } // namespace
