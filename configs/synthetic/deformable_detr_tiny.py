@@ -1,7 +1,12 @@
 # A small multi-scale Deformable DETR trained from scratch on the synthetic shapes
 # dataset (generated on first use): the CPU demo of `make demo`.
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.backbone import BasicStem, ResNet
@@ -26,7 +31,7 @@ model.backbone = L(ResNet)(
     out_features=["res3", "res4", "res5"],
     freeze_at=0,
 )
-model.num_classes = 3
+model.num_classes = len(MetadataCatalog.get(TRAIN).thing_classes)
 model.num_queries = 30
 model.num_feature_levels = 3
 model.test_topk = 30

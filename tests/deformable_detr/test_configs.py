@@ -39,6 +39,7 @@ def test_coco_config_instantiates(variant):
     assert cfg.train.max_iter == 184_824 and cfg.dataloader.train.total_batch_size == 32
     assert scheduler(0.0) == 1.0 and scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
     assert cfg.train.clip_max_norm == 0.1
+    assert cfg.model.num_classes == 80, "detectron2's contiguous COCO ids, from the dataset metadata"
     for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
         instantiate(mapper)
 

@@ -37,7 +37,7 @@ class DetrTrainer(SimpleTrainer):
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
         if not torch.isfinite(losses):
-            values = {k: float(v) for k, v in loss_dict.items()}
+            values = {k: v.detach().item() for k, v in loss_dict.items()}
             raise FloatingPointError(
                 f"non-finite loss at iteration {self.iter}: {values}. Training stopped before the optimizer "
                 "step; the last periodic checkpoint in the output directory is the last good one "

@@ -1,0 +1,353 @@
+"""End-to-end Deformable DETR benchmark: our detectron2 model (MSDA backends
+cpp and numba) beside HF transformers' DeformableDetrForObjectDetection with the
+same configuration, on the same device, in one run. Prints Markdown tables.
+
+    # the GPU comparison (issue 5): batch 2 training at 800x1333, inference at batch 1 and 4
+    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --device cuda
+    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --variant box_refine --amp bf16
+    # CPU smoke test (the numba row is skipped: its kernel is CUDA only)
+    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --device cpu \\
+        --height 128 --width 160 --warmup 1 --repeats 2
+
+Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
+stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
+layers, d_model 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
+--num-classes labels (80 by default, as configs/COCO), auxiliary losses on every
+decoder layer. Ours is configs/COCO/deformable_detr_r50*_50ep.py via LazyConfig
+with model.transformer.msda_backend overridden; HF's MSDA is its PyTorch
+grid_sample path (no hub kernels).
+
+Training: forward + loss + backward + AdamW step (lr 2e-4, weight decay 1e-4; no
+gradient clipping for either) at --batch images of --height x --width, each with
+--boxes random boxes. Inference: eval mode under torch.inference_mode at batch 1
+and 4, including post-processing for both: ours runs top-100 over queries x
+classes and detector_postprocess inside forward; for HF the same top-100 +
+cxcywh->xyxy + scaling to the image size is run after forward (the work of
+DeformableDetrImageProcessor.post_process_object_detection, without its score
+threshold). Times are medians over --repeats iterations after --warmup, from CUDA
+events (with torch.cuda.synchronize) on CUDA, perf_counter on CPU. Peak memory is
+torch.cuda.max_memory_allocated over the timed iterations (CUDA only), weights
+and optimizer state included.
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "projects" / "DeformableDETR"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+VARIANTS = {
+    "multi_scale": "configs/COCO/deformable_detr_r50_50ep.py",
+    "box_refine": "configs/COCO/deformable_detr_r50_box_refine_50ep.py",
+    "two_stage": "configs/COCO/deformable_detr_r50_two_stage_50ep.py",
+}
+PIXEL_MEAN = [123.675, 116.280, 103.530]
+PIXEL_STD = [58.395, 57.120, 57.375]
+
+
+# ----------------------------------------------------------------------------- models
+def build_ours(variant, backend, num_classes, device):
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(str(ROOT / VARIANTS[variant]))
+    cfg.model.transformer.msda_backend = backend
+    cfg.model.num_classes = num_classes
+    return instantiate(cfg.model).to(device)
+
+
+def build_hf(variant, num_classes, device):
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(  # resnet-50, stride in the 3x3 conv (torchvision layout, as ours)
+        depths=[3, 4, 6, 3],
+        hidden_sizes=[256, 512, 1024, 2048],
+        layer_type="bottleneck",
+        downsample_in_bottleneck=False,
+        out_features=["stage2", "stage3", "stage4"],  # strides 8, 16, 32 = res3-res5
+    )
+    config = DeformableDetrConfig(
+        use_timm_backbone=False,
+        backbone_config=backbone,
+        use_pretrained_backbone=False,
+        num_labels=num_classes,
+        num_queries=300,
+        d_model=256,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=1024,
+        decoder_ffn_dim=1024,
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        activation_function="relu",
+        num_feature_levels=4,
+        encoder_n_points=4,
+        decoder_n_points=4,
+        with_box_refine=variant in ("box_refine", "two_stage"),
+        two_stage=variant == "two_stage",
+        two_stage_num_proposals=300,
+        auxiliary_loss=True,
+        class_cost=2,  # ours: focal class cost 2, L1 5, GIoU 2
+        bbox_cost=5,
+        giou_cost=2,
+        bbox_loss_coefficient=5,
+        giou_loss_coefficient=2,
+        focal_alpha=0.25,
+        disable_custom_kernels=True,
+    )
+    return DeformableDetrForObjectDetection(config).to(device)
+
+
+def trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- inputs
+def random_boxes(n, height, width, gen):
+    """n (x0, y0, x1, y1) boxes in pixels, at least 8 px a side."""
+    wh = torch.rand(n, 2, generator=gen) * torch.tensor([width * 0.5, height * 0.5]) + 8
+    xy = torch.rand(n, 2, generator=gen) * (torch.tensor([width, height]) - wh)
+    return torch.cat([xy, xy + wh], 1)
+
+
+def make_batch(batch, height, width, n_boxes, num_classes, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, height, width), generator=gen).float() for _ in range(batch)]
+    boxes = [random_boxes(n_boxes, height, width, gen) for _ in range(batch)]
+    classes = [torch.randint(0, num_classes, (n_boxes,), generator=gen) for _ in range(batch)]
+    return images, boxes, classes
+
+
+def ours_inputs(images, boxes, classes, device, train):
+    from detectron2.structures import Boxes, Instances
+
+    inputs = []
+    for img, b, c in zip(images, boxes, classes):
+        d = {"image": img.to(device), "height": img.shape[1], "width": img.shape[2]}
+        if train:
+            inst = Instances(img.shape[1:])
+            inst.gt_boxes = Boxes(b.to(device))
+            inst.gt_classes = c.to(device)
+            d["instances"] = inst
+        inputs.append(d)
+    return inputs
+
+
+def hf_inputs(images, boxes, classes, device, train):
+    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+    pixel_values = torch.stack([(img - mean) / std for img in images]).to(device)
+    N, _, H, W = pixel_values.shape
+    pixel_mask = torch.ones((N, H, W), dtype=torch.long, device=device)
+    labels = None
+    if train:
+        scale = torch.tensor([W, H, W, H], dtype=torch.float32)
+        labels = []
+        for b, c in zip(boxes, classes):
+            xyxy = b / scale
+            cxcywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+            labels.append({"class_labels": c.to(device), "boxes": cxcywh.to(device)})
+    return pixel_values, pixel_mask, labels
+
+
+def hf_postprocess(outputs, sizes, top_k=100):
+    """DeformableDetrImageProcessor.post_process_object_detection's work, without
+    the score threshold (ours keeps all top-k too)."""
+    logits, boxes = outputs.logits, outputs.pred_boxes
+    N, Q, K = logits.shape
+    scores, idx = logits.sigmoid().view(N, -1).topk(min(top_k, Q * K), dim=1)
+    queries = torch.div(idx, K, rounding_mode="floor")
+    labels = idx % K
+    cx, cy, w, h = boxes.unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    xyxy = xyxy.gather(1, queries[..., None].expand(-1, -1, 4))
+    scale = torch.tensor([[s[1], s[0], s[1], s[0]] for s in sizes], dtype=xyxy.dtype, device=xyxy.device)
+    xyxy = xyxy * scale[:, None, :]
+    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
+
+
+# ----------------------------------------------------------------------------- timing
+def timed(fn, device, warmup, repeats):
+    """(median ms, peak bytes or None) of fn() over repeats calls after warmup."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return statistics.median(times), peak
+
+
+def autocast(device, amp):
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def bench_train(kind, model, args, device):
+    images, boxes, classes = make_batch(args.batch, args.height, args.width, args.boxes, args.num_classes)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=1e-4)
+    if kind == "hf":
+        pv, pm, labels = hf_inputs(images, boxes, classes, device, train=True)
+
+        def loss_fn():
+            return model(pixel_values=pv, pixel_mask=pm, labels=labels).loss
+    else:
+        inputs = ours_inputs(images, boxes, classes, device, train=True)
+
+        def loss_fn():
+            return sum(model(inputs).values())
+
+    def step():
+        with autocast(device, args.amp):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    result = timed(step, device, args.warmup, args.repeats)
+    del opt
+    return result
+
+
+def bench_infer(kind, model, batch, args, device):
+    images, boxes, classes = make_batch(batch, args.height, args.width, args.boxes, args.num_classes, seed=1)
+    model.eval()
+    if kind == "hf":
+        pv, pm, _ = hf_inputs(images, boxes, classes, device, train=False)
+        sizes = [(args.height, args.width)] * batch
+
+        def fwd():
+            with torch.inference_mode(), autocast(device, args.amp):
+                return hf_postprocess(model(pixel_values=pv, pixel_mask=pm), sizes)
+    else:
+        inputs = ours_inputs(images, boxes, classes, device, train=False)
+
+        def fwd():
+            with torch.inference_mode(), autocast(device, args.amp):
+                return model(inputs)
+
+    ms, _ = timed(fwd, device, args.warmup, args.repeats)
+    return batch * 1e3 / ms
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="multi_scale")
+    parser.add_argument("--batch", type=int, default=2, help="training batch (per GPU)")
+    parser.add_argument("--infer-batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    parser.add_argument("--boxes", type=int, default=8, help="random ground-truth boxes per image")
+    parser.add_argument("--num-classes", type=int, default=80)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--models", nargs="+", default=["ours-cpp", "ours-numba", "hf"],
+                        choices=["ours-cpp", "ours-numba", "ours-torch", "hf"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    import d2ext
+
+    backends = d2ext.available_backends()
+    versions = [f"torch {torch.__version__}"]
+    try:
+        import transformers
+
+        versions.append(f"transformers {transformers.__version__}")
+    except ImportError:
+        versions.append("transformers missing")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; {', '.join(versions)}")
+    print(f"variant {args.variant} ({VARIANTS[args.variant]}), {args.num_classes} classes, "
+          f"image {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
+          f"warmup {args.warmup}, repeats {args.repeats}")
+
+    rows, notes, failed = [], [], False
+    for kind in args.models:
+        if kind.startswith("ours-"):
+            backend = kind[len("ours-"):]
+            info = backends[backend]
+            if device.type not in info.devices:
+                notes.append(f"{kind}: skipped, backend {backend!r} does not run on {device.type} ({info.detail})")
+                continue
+        try:
+            model = build_hf(args.variant, args.num_classes, device) if kind == "hf" else \
+                build_ours(args.variant, backend, args.num_classes, device)
+            row = {"model": kind, "params": trainable(model)}
+            print(f"  {kind}: {row['params']:,} trainable parameters", flush=True)
+            row["train_ms"], row["peak"] = bench_train("hf" if kind == "hf" else "ours", model, args, device)
+            for b in args.infer_batches:
+                row[f"ips{b}"] = bench_infer("hf" if kind == "hf" else "ours", model, b, args, device)
+            rows.append(row)
+        except Exception as e:  # one model's failure must not lose the others' rows
+            failed = True
+            notes.append(f"{kind}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            model = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    hf = next((r for r in rows if r["model"] == "hf"), None)
+
+    def ratio(r, key, inverse=False):
+        if hf is None or r[key] is None or hf[key] is None:
+            return ""
+        x = hf[key] / r[key] if inverse else r[key] / hf[key]
+        return f" ({x:.2f}x)"
+
+    print()
+    print(f"Training, batch {args.batch}, {args.height}x{args.width}: forward + loss + backward + AdamW step, "
+          f"median ms (ratio hf/ours: >1 means ours is faster); peak memory (ratio ours/hf). "
+          f"Inference images/s, eval, forward + top-100 post-processing for both (ratio ours/hf).")
+    print()
+    head = ["model", "trainable params", f"train ms (batch {args.batch})", "train peak MiB"]
+    head += [f"infer img/s (batch {b})" for b in args.infer_batches]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        peak = "n/a (cpu)" if r["peak"] is None else f"{r['peak'] / 2**20:.0f}{ratio(r, 'peak')}"
+        cells = [r["model"], f"{r['params']:,}", f"{r['train_ms']:.1f}{ratio(r, 'train_ms', inverse=True)}", peak]
+        cells += [f"{r[f'ips{b}']:.2f}{ratio(r, f'ips{b}')}" for b in args.infer_batches]
+        print("| " + " | ".join(cells) + " |")
+    for n in notes:
+        print(f"- {n}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
