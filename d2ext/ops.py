@@ -140,14 +140,18 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
 
 # spatial_shapes already checked, with the level_start_index and S they were
 # checked against; a model passes one spatial_shapes tensor to all its layers,
-# so the device-to-host copy below happens once per forward pass.
+# so the device-to-host copy below happens once per forward pass. Tensors made
+# under torch.inference_mode have no version counter to notice in-place changes
+# by, so they are checked on every call.
 _checked_levels = WeakTensorKeyDictionary()
 
 
 def _check_levels(spatial_shapes, level_start_index, S):
-    key = (spatial_shapes._version, id(level_start_index), level_start_index._version, S)
-    if _checked_levels.get(spatial_shapes) == key:
-        return
+    cacheable = not (spatial_shapes.is_inference() or level_start_index.is_inference())
+    if cacheable:
+        key = (spatial_shapes._version, id(level_start_index), level_start_index._version, S)
+        if _checked_levels.get(spatial_shapes) == key:
+            return
     both = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1)]).to(torch.int64).tolist()
     L = spatial_shapes.shape[0]
     shapes = [(both[2 * i], both[2 * i + 1]) for i in range(L)]
@@ -167,7 +171,8 @@ def _check_levels(spatial_shapes, level_start_index, S):
         raise ValueError(
             f"value has S = {S} positions but spatial_shapes {shapes} sum to {total} (sum of H * W)"
         )
-    _checked_levels[spatial_shapes] = key
+    if cacheable:
+        _checked_levels[spatial_shapes] = key
 
 
 # ---------------------------------------------------------------------------

@@ -19,8 +19,8 @@ grid_sample path (no hub kernels).
 
 Training: forward + loss + backward + AdamW step (lr 2e-4, weight decay 1e-4; no
 gradient clipping for either) at --batch images of --height x --width, each with
---boxes random boxes. Inference: eval mode under torch.inference_mode at batch 1
-and 4, including post-processing for both: ours runs top-100 over queries x
+--boxes random boxes. Inference: eval mode at batch 1
+and 4 (torch.no_grad), including post-processing for both: ours runs top-100 over queries x
 classes and detector_postprocess inside forward; for HF the same top-100 +
 cxcywh->xyxy + scaling to the image size is run after forward (the work of
 DeformableDetrImageProcessor.post_process_object_detection, without its score
@@ -30,17 +30,17 @@ torch.cuda.max_memory_allocated over the timed iterations (CUDA only), weights
 and optimizer state included.
 """
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "projects" / "DeformableDETR"):
+for p in (ROOT, ROOT / "projects" / "DeformableDETR", ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+from benchmark_msda import time_ms  # noqa: E402
 
 VARIANTS = {
     "multi_scale": "configs/COCO/deformable_detr_r50_50ep.py",
@@ -103,7 +103,13 @@ def build_hf(variant, num_classes, device):
         focal_alpha=0.25,
         disable_custom_kernels=True,
     )
-    return DeformableDetrForObjectDetection(config).to(device)
+    model = DeformableDetrForObjectDetection(config)
+    # HF means to train all but the stem and first stage, but with a transformers ResNet its name
+    # test ("stage.1" in name) matches no parameter ("encoder.stages.1...") and freezes the whole
+    # backbone; train stages 1-3 (= res3-res5) as ours does
+    for name, p in model.model.backbone.model.named_parameters():
+        p.requires_grad_(name.startswith(("encoder.stages.1.", "encoder.stages.2.", "encoder.stages.3.")))
+    return model.to(device)
 
 
 def trainable(model):
@@ -178,26 +184,12 @@ def hf_postprocess(outputs, sizes, top_k=100):
 def timed(fn, device, warmup, repeats):
     """(median ms, peak bytes or None) of fn() over repeats calls after warmup."""
     cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
     if cuda:
+        fn()  # the first call's allocations count as warm-up, not as the steady-state peak
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    peak = torch.cuda.max_memory_allocated() if cuda else None
-    return statistics.median(times), peak
+    median = time_ms(fn, device, warmup, repeats)
+    return median, (torch.cuda.max_memory_allocated() if cuda else None)
 
 
 def autocast(device, amp):
@@ -242,13 +234,13 @@ def bench_infer(kind, model, batch, args, device):
         sizes = [(args.height, args.width)] * batch
 
         def fwd():
-            with torch.inference_mode(), autocast(device, args.amp):
+            with torch.no_grad(), autocast(device, args.amp):
                 return hf_postprocess(model(pixel_values=pv, pixel_mask=pm), sizes)
     else:
         inputs = ours_inputs(images, boxes, classes, device, train=False)
 
         def fwd():
-            with torch.inference_mode(), autocast(device, args.amp):
+            with torch.no_grad(), autocast(device, args.amp):
                 return model(inputs)
 
     ms, _ = timed(fwd, device, args.warmup, args.repeats)

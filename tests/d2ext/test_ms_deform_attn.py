@@ -279,3 +279,15 @@ def test_changed_levels_are_checked_again():
     level_start_index[1] = 5  # in place: the cached check must not hide it
     with pytest.raises(ValueError, match="level_start_index must be the offsets"):
         d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+
+
+def test_inference_mode_is_checked_on_every_call():
+    with torch.inference_mode():
+        value, spatial_shapes, level_start_index, locations, weights = _good()
+        output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+        torch.testing.assert_close(
+            output, ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+        )
+        level_start_index[1] = 5  # no version counter here: must still be caught
+        with pytest.raises(ValueError, match="level_start_index must be the offsets"):
+            d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)

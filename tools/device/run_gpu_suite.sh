@@ -3,12 +3,15 @@
 # versions, the in-place build of d2ext._C with its CUDA kernel, the d2ext tests
 # on CUDA (NaN-poisoned allocator, see tests/conftest.py), the MSDA benchmark at
 # N = 2, 1 and 8 beside the official Deformable-DETR kernel (carried in
-# .official_msda/, see stage_official_msda.sh), and compute-sanitizer memcheck
-# over the CUDA parity tests. tools/device/README.md has the exact call.
+# .official_msda/, see stage_official_msda.sh), the end-to-end model benchmark
+# (tools/benchmark_model.py: ours with cpp and numba beside HF transformers'
+# DeformableDetrForObjectDetection; needs detectron2 and its pure-Python
+# dependencies, carried in .model_deps/ when the image lacks them), and
+# compute-sanitizer memcheck over the CUDA parity tests. tools/device/README.md has the exact call.
 #
 #   OUT=/some/dir bash tools/device/run_gpu_suite.sh
 #
-# Every step's output goes to a log under $OUT (7 files at most) and its exit
+# Every step's output goes to a log under $OUT (8 files at most) and its exit
 # status to $OUT/summary.txt; a failed step does not stop the later ones, and the
 # script exits 1 if any failed. Steps are cut off so that the whole run ends
 # within SUITE_DEADLINE_S seconds (default 560); a step that finds no time left
@@ -122,6 +125,19 @@ benchmark() {  # benchmark ARGS...: with the official row when its build succeed
     "$PY" tools/benchmark_msda.py --device cuda --warmup 5 --repeats 20 "${official[@]}" "$@"
 }
 
+model_bench() {  # ours (cpp, numba) and HF, multi-scale, 800x1333: training at batch 2, inference at 1 and 4
+    local deps=
+    [[ -d .model_deps ]] && deps=$PWD/.model_deps:
+    PYTHONPATH=${deps}$PWD/projects/DeformableDETR:$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" -c "
+import detectron2, transformers, scipy
+print('detectron2', detectron2.__version__, detectron2.__file__); print('transformers', transformers.__version__)" || {
+        echo "detectron2/transformers/scipy not importable: stage .model_deps (tools/device/README.md) and carry it"
+        return 1
+    }
+    PYTHONPATH=${deps}$PWD/projects/DeformableDETR:$PWD${PYTHONPATH:+:$PYTHONPATH} \
+        "$PY" tools/benchmark_model.py --device cuda --variant multi_scale --warmup 2 --repeats 5
+}
+
 sanitize() {
     local cs
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -130,7 +146,7 @@ sanitize() {
 }
 
 export PY OFFICIAL_CARRIED OFFICIAL_SRC
-export -f versions build_d2ext run_tests build_official benchmark sanitize
+export -f versions build_d2ext run_tests build_official benchmark model_bench sanitize
 
 step versions env.log 60 versions
 step "build d2ext._C (sm_90)" build.log 240 build_d2ext
@@ -142,11 +158,14 @@ step "benchmark N=2" bench.log 150 benchmark --batch 2
 step "benchmark N=1" bench.log 120 benchmark --batch 1
 step "benchmark N=8" bench.log 150 benchmark --batch 8
 step "benchmark N=2 again (spread), float32, cpp numba official" bench.log 90 benchmark --batch 2 --dtypes float32 --backends cpp numba
+step "model benchmark (ours cpp/numba vs HF), multi-scale, 800x1333" model_bench.log 180 model_bench
 step "compute-sanitizer memcheck, CUDA parity tests" sanitize.log 150 sanitize
 
 # the tables last, where the reply's output tail shows them
 echo
 grep -E '^(device:|copy bandwidth|  [a-z]+:|\|)' "$OUT/bench.log"
+echo
+grep -E '^(device:|variant|  [a-z-]+:|Training|\||- )' "$OUT/model_bench.log"
 failed=0
 for code in "${CODES[@]}"; do
     [[ $code == 0 ]] || failed=1
