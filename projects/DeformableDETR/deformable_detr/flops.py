@@ -1,0 +1,46 @@
+"""FLOP counting of the MSDA op for fvcore's (jit-tracing) FlopCountAnalysis.
+
+    from detectron2.utils.analysis import FlopCountAnalysis
+    from deformable_detr.flops import flop_count_handles
+    flops = FlopCountAnalysis(model, inputs).set_op_handle(**flop_count_handles())
+
+Convention (fvcore's): one "flop" is one multiply-add. Per output channel d of
+every (image n, query q, head m, level l, point p), bilinear sampling is a
+weighted sum of the 4 neighbouring values (4 multiply-adds) and the attention
+weight one more, so
+
+    flops = N * Lq * M * L * P * D * 5
+
+The bilinear corner weights and the pixel coordinates, computed once per sample
+and shared by the D channels, are not counted (as fvcore leaves out
+element-wise ops).
+"""
+from typing import Any, Dict, List
+
+from fvcore.nn.jit_handles import get_shape
+
+__all__ = ["MSDA_OP", "MSDA_MACS_PER_SAMPLE", "msda_flops", "msda_flop_jit", "flop_count_handles"]
+
+MSDA_OP = "d2ext::ms_deform_attn"
+MSDA_MACS_PER_SAMPLE = 5  # 4 for the bilinear interpolation + 1 for the attention weight
+
+
+def msda_flops(value_shape, attention_weights_shape) -> int:
+    """Multiply-adds of ms_deform_attn given value (N, S, M, D) and attention
+    weights (N, Lq, M, L, P) shapes."""
+    N, _, M, D = value_shape
+    n, Lq, m, L, P = attention_weights_shape
+    assert (n, m) == (N, M), f"value {value_shape} and attention weights {attention_weights_shape} disagree"
+    return N * Lq * M * L * P * D * MSDA_MACS_PER_SAMPLE
+
+
+def msda_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """fvcore op handle of d2ext::ms_deform_attn. `inputs` are the jit values of
+    (value, spatial_shapes, level_start_index, sampling_locations,
+    attention_weights, backend)."""
+    return msda_flops(get_shape(inputs[0]), get_shape(inputs[4]))
+
+
+def flop_count_handles() -> Dict[str, Any]:
+    """The op handles to pass to FlopCountAnalysis.set_op_handle(**...)."""
+    return {MSDA_OP: msda_flop_jit}
