@@ -82,6 +82,15 @@ def test_empty_batch_or_queries(shape):
 
 
 @requires_cpp
+def test_zero_points_give_zeros():
+    inputs = [t.requires_grad_(t.is_floating_point()) for t in make_inputs(2, 3, 2, 4, [(3, 3), (2, 2)], 0)]
+    for backend in ("cpp", "torch"):
+        output = d2ext.ms_deform_attn(*inputs, backend=backend)
+        assert output.shape == (2, 3, 8) and not output.any()
+        output.sum().backward()
+
+
+@requires_cpp
 def test_non_contiguous_inputs():
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(2, 5, 3, 4, [(4, 5), (2, 3)], 3)
     # same values, other memory layouts

@@ -71,7 +71,8 @@ void forward_kernel(
     const acc_t* sampling_locations,
     const acc_t* attention_weights,
     scalar_t* output) {
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (s.M * s.L * s.P * s.D));
+  const int64_t work_per_item = std::max<int64_t>(1, s.M * s.L * s.P * s.D);
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / work_per_item);
   const int64_t row_stride = s.M * s.D; // between pixels of one head
   at::parallel_for(0, s.N * s.Lq, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc_buffer(s.D);

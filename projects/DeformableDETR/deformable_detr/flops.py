@@ -14,12 +14,16 @@ weight one more, so
 The bilinear corner weights and the pixel coordinates, computed once per sample
 and shared by the D channels, are not counted (as fvcore leaves out
 element-wise ops).
+
+fvcore has no handle for aten::scaled_dot_product_attention (the decoder's
+self-attention, nn.MultiheadAttention); flop_count_handles() adds one:
+N * heads * Lq * S * (E + Ev) multiply-adds (Q K^T and the weighted sum of V).
 """
 from typing import Any, Dict, List
 
 from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["MSDA_OP", "MSDA_MACS_PER_SAMPLE", "msda_flops", "msda_flop_jit", "flop_count_handles"]
+__all__ = ["MSDA_OP", "MSDA_MACS_PER_SAMPLE", "msda_flops", "msda_flop_jit", "sdpa_flop_jit", "flop_count_handles"]
 
 MSDA_OP = "d2ext::ms_deform_attn"
 MSDA_MACS_PER_SAMPLE = 5  # 4 for the bilinear interpolation + 1 for the attention weight
@@ -41,6 +45,16 @@ def msda_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return msda_flops(get_shape(inputs[0]), get_shape(inputs[4]))
 
 
+def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """fvcore op handle of aten::scaled_dot_product_attention: query (..., Lq, E),
+    key (..., S, E), value (..., S, Ev)."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = 1
+    for size in q[:-2]:
+        batch *= size
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def flop_count_handles() -> Dict[str, Any]:
     """The op handles to pass to FlopCountAnalysis.set_op_handle(**...)."""
-    return {MSDA_OP: msda_flop_jit}
+    return {MSDA_OP: msda_flop_jit, "aten::scaled_dot_product_attention": sdpa_flop_jit}
