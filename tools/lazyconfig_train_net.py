@@ -5,6 +5,7 @@
     python tools/lazyconfig_train_net.py --config-file configs/COCO/deformable_detr_r50_50ep.py --num-gpus 8
     python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
     python tools/lazyconfig_train_net.py --config-file ... --resume     # continue from the last checkpoint
+    python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2 train.device=cpu   # 2 CPU workers (gloo)
 
 Trailing key=value pairs override the config (e.g. train.device=cpu train.max_iter=100).
 The config's `train` holds the recipe's loop settings: amp (enabled, dtype),
@@ -24,6 +25,14 @@ from deformable_detr.engine import DetrTrainer
 logger = logging.getLogger("deformable_detr")
 
 
+def ddp(model, cfg, **kwargs):
+    """The model wrapped for distributed training when there are several workers;
+    on CPU (gloo), DistributedDataParallel takes no device ids."""
+    if cfg.train.device == "cpu":
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -40,7 +49,7 @@ def do_train(args, cfg):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = ddp(model, cfg, **cfg.train.ddp)
     trainer = DetrTrainer(
         model,
         train_loader,
@@ -72,7 +81,7 @@ def main(args):
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        model = create_ddp_model(model)
+        model = ddp(model, cfg)
         DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
         return do_test(cfg, model)
     do_train(args, cfg)

@@ -90,3 +90,22 @@ def test_default_predictor_on_the_checkpoint(trained):
     trained_state = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
     name = "class_embed.0.bias"
     torch.testing.assert_close(predictor.model.state_dict()[name], trained_state[name])
+
+
+def test_two_cpu_workers(trained):
+    """detectron2's launch with two processes (gloo): DDP on CPU and the criterion's
+    box count all-reduced over workers."""
+    tmp_path = trained[0]  # its generated dataset
+    output_dir = tmp_path / "output_two_workers"
+    _train_net(
+        tmp_path,
+        f"train.output_dir={output_dir}",
+        "train.max_iter=2",
+        "train.eval_period=0",
+        "train.log_period=1",
+        "dataloader.train.total_batch_size=4",
+        "dataloader.train.num_workers=0",
+        flags=["--num-gpus", "2"],
+    )
+    assert _iterations(output_dir) == [0, 1]
+    assert (output_dir / "model_final.pth").exists()

@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Runs a trained Deformable DETR on images and writes them with the detections drawn.
+
+    # LazyConfig (.py): overrides are key=value, the weights train.init_checkpoint
+    PYTHONPATH=projects/DeformableDETR:. python demo/demo.py \\
+        --config-file configs/synthetic/deformable_detr_tiny.py \\
+        --input ~/.cache/d2ext/datasets/synthetic_shapes/val/00000*.jpg --output output/demo \\
+        --opts train.init_checkpoint=output/synthetic_tiny/model_final.pth
+    # yacs (.yaml, through DefaultPredictor): overrides are KEY VALUE pairs
+    PYTHONPATH=projects/DeformableDETR:. python demo/demo.py \\
+        --config-file configs/COCO/deformable_detr_r50_50ep.yaml --input images/ --output output/demo \\
+        --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth
+
+--input takes files, glob patterns and folders (their images). One image per
+input is written to --output under the input's file name. Class names come from
+the metadata of the config's test dataset (dataloader.test.dataset.names, or
+DATASETS.TEST[0]). LazyConfig models see the image through the test mapper's
+augmentation (dataloader.test.mapper.augmentation) and image_format, as in
+evaluation.
+"""
+import argparse
+import glob
+import os
+
+import cv2
+import torch
+import tqdm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.visualizer import Visualizer
+
+from deformable_detr import add_deformable_detr_config
+from deformable_detr import synthetic
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="LazyConfig .py or yacs .yaml")
+    parser.add_argument("--input", nargs="+", required=True, help="image files, glob patterns or folders")
+    parser.add_argument("--output", required=True, help="folder for the visualized images (created)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--scale", type=float, default=1.0, help="resize factor of the written images")
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[],
+        help="config overrides: key=value for .py (e.g. train.init_checkpoint=model.pth), "
+        "KEY VALUE pairs for .yaml (e.g. MODEL.WEIGHTS model.pth)",
+    )
+    return parser.parse_args(argv)
+
+
+def expand_inputs(inputs) -> list:
+    """Image paths of files, glob patterns and folders, in order, without duplicates."""
+    paths = []
+    for item in inputs:
+        item = os.path.expanduser(item)
+        if os.path.isdir(item):
+            paths += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            paths += sorted(p for p in glob.glob(item) if os.path.isfile(p))
+    return list(dict.fromkeys(paths))
+
+
+def test_metadata(dataset_name: str):
+    """MetadataCatalog entry of `dataset_name`; for the synthetic shapes, its class
+    names even when the dataset is not generated and registered here."""
+    metadata = MetadataCatalog.get(dataset_name)
+    if dataset_name in synthetic.DATASET_NAMES and dataset_name not in DatasetCatalog.list():
+        metadata.thing_classes = list(synthetic.CLASSES)
+    return metadata
+
+
+class LazyConfigPredictor:
+    """DefaultPredictor's counterpart for a LazyConfig: BGR image in, outputs of
+    the model (eval mode, no grad) out."""
+
+    def __init__(self, cfg, device: str):
+        self.model = instantiate(cfg.model).to(device).eval()
+        DetectionCheckpointer(self.model).load(cfg.train.init_checkpoint)
+        mapper = cfg.dataloader.test.mapper
+        augmentation = instantiate(mapper.get("augmentation", None)) or []
+        self.aug = T.AugmentationList(augmentation if isinstance(augmentation, (list, tuple)) else [augmentation])
+        self.input_format = mapper.get("image_format", "BGR")
+
+    @torch.no_grad()
+    def __call__(self, image_bgr):
+        height, width = image_bgr.shape[:2]
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        aug_input = T.AugInput(image)
+        self.aug(aug_input)
+        tensor = torch.as_tensor(aug_input.image.astype("float32").transpose(2, 0, 1))
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+def setup(args):
+    """(predictor, metadata) for args.config_file."""
+    if args.config_file.endswith(".py"):
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+        names = cfg.dataloader.test.dataset.names
+        name = names if isinstance(names, str) else names[0]
+        return LazyConfigPredictor(cfg, args.device), test_metadata(name)
+    cfg = get_cfg()
+    add_deformable_detr_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.DEVICE = args.device
+    cfg.freeze()
+    return DefaultPredictor(cfg), test_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+
+
+def visualize(image_bgr, instances, metadata, threshold: float, scale: float = 1.0):
+    """BGR image (resized by `scale`) with the instances scoring at least `threshold` drawn."""
+    instances = instances.to("cpu")
+    instances = instances[instances.scores >= threshold]
+    visualizer = Visualizer(convert_image_to_rgb(image_bgr, "BGR"), metadata, scale=scale)
+    return visualizer.draw_instance_predictions(instances).get_image()[:, :, ::-1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = expand_inputs(args.input)
+    if not paths:
+        raise SystemExit(f"--input {' '.join(args.input)}: no image matches")
+    predictor, metadata = setup(args)
+    os.makedirs(args.output, exist_ok=True)
+    for path in tqdm.tqdm(paths, desc="demo", unit="image"):
+        image = read_image(path, format="BGR")
+        instances = predictor(image)["instances"]
+        out = os.path.join(args.output, os.path.basename(path))
+        if not cv2.imwrite(out, visualize(image, instances, metadata, args.confidence_threshold, args.scale)):
+            raise SystemExit(f"could not write {out}")
+    print(f"wrote {len(paths)} image(s) to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""tools/plot_metrics.py, the FLOP handles of deformable_detr.flops, and
+demo/demo.py on a randomly initialized synthetic-config checkpoint (yacs path in
+process, LazyConfig path in a subprocess with its own dataset root)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import d2ext
+from deformable_detr.flops import MSDA_OP, flop_count_handles, msda_flops
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_script(relative_path):
+    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+plot_metrics = _load_script("tools/plot_metrics.py")
+demo = _load_script("demo/demo.py")
+
+
+# ----------------------------------------------------------------------------- plot_metrics
+def test_plot_metrics_writes_png(tmp_path):
+    lines = [
+        json.dumps({"iteration": i, "total_loss": 10.0 / (i + 1), "loss_ce": 1.0 / (i + 1), "loss_bbox": 0.5,
+                    "loss_giou": 0.7, "lr": 1e-4 if i < 15 else 1e-5})
+        for i in range(0, 20, 2)
+    ]
+    lines.append(json.dumps({"iteration": 20, "bbox/AP": 12.5, "bbox/AP50": 30.0, "bbox/AP75": float("nan")}))
+    lines.append('{"iteration": 21, "total_lo')  # cut by an interrupted run
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "plots" / "curves.png"
+    plot_metrics.main(["--metrics", str(metrics), "--output", str(output), "--smooth", "3"])
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = cv2.imread(str(output))
+    assert image.shape[1] > 3 * image.shape[0]  # four panels side by side
+
+
+def test_plot_metrics_helpers(tmp_path):
+    assert plot_metrics.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    records = [{"iteration": 2, "x": 1.0}, {"iteration": 1, "x": float("nan")}, {"iteration": 3}]
+    assert plot_metrics.series(sorted(records, key=lambda r: r["iteration"]), "x") == ([2], [1.0])
+    empty = tmp_path / "metrics.json"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match="no metrics"):
+        plot_metrics.main(["--metrics", str(empty), "--output", str(tmp_path / "x.png")])
+
+
+# ----------------------------------------------------------------------------- FLOPs
+class _MSDA(torch.nn.Module):
+    def forward(self, value, spatial_shapes, level_start_index, locations, weights):
+        return d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+
+
+def test_msda_flop_handle_counts_traced_op():
+    from fvcore.nn import FlopCountAnalysis
+
+    N, Lq, M, D, P = 2, 5, 3, 4, 2
+    shapes = [(6, 5), (3, 3)]
+    spatial_shapes = torch.tensor(shapes)
+    level_start_index = torch.tensor([0, 30])
+    inputs = (
+        torch.rand(N, 39, M, D),
+        spatial_shapes,
+        level_start_index,
+        torch.rand(N, Lq, M, len(shapes), P, 2),
+        torch.rand(N, Lq, M, len(shapes), P).softmax(-1),
+    )
+    analysis = FlopCountAnalysis(_MSDA(), inputs).set_op_handle(**flop_count_handles())
+    expected = N * Lq * M * len(shapes) * P * D * 5
+    assert msda_flops((N, 39, M, D), (N, Lq, M, len(shapes), P)) == expected == 960
+    assert analysis.by_operator() == {"ms_deform_attn": expected}
+    assert MSDA_OP not in analysis.unsupported_ops()
+
+
+def test_sdpa_flop_handle():
+    from fvcore.nn import FlopCountAnalysis
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.rand(2, 4, 7, 8), torch.rand(2, 4, 9, 8), torch.rand(2, 4, 9, 6)
+    analysis = FlopCountAnalysis(Attention(), (q, k, v)).set_op_handle(**flop_count_handles())
+    assert analysis.total() == 2 * 4 * 7 * 9 * (8 + 6)
+
+
+# ----------------------------------------------------------------------------- demo
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A randomly initialized model of configs/synthetic/deformable_detr_tiny.yaml
+    (the same model as the .py config), saved as a checkpoint."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from deformable_detr import add_deformable_detr_config
+
+    cfg = get_cfg()
+    add_deformable_detr_config(cfg)
+    cfg.merge_from_file(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = tmp_path_factory.mktemp("checkpoint") / "model.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a.jpg": (96, 128), "b.png": (120, 80)}.items():
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_demo_yaml(tiny_checkpoint, images, tmp_path):
+    output = tmp_path / "out"
+    demo.main([
+        "--config-file", str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"),
+        "--input", str(images), "--output", str(output), "--device", "cpu", "--confidence-threshold", "0",
+        "--opts", "MODEL.WEIGHTS", str(tiny_checkpoint),
+    ])
+    assert sorted(os.listdir(output)) == ["a.jpg", "b.png"]
+    assert cv2.imread(str(output / "a.jpg")).shape == (96, 128, 3)
+    original = cv2.imread(str(images / "b.png"))
+    drawn = cv2.imread(str(output / "b.png"))
+    assert drawn.shape == original.shape and not np.array_equal(drawn, original)  # boxes drawn
+
+
+def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
+    output = tmp_path / "out"
+    pythonpath = os.pathsep.join([str(ROOT / "projects" / "DeformableDETR"), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=pythonpath)
+    command = [
+        sys.executable, str(ROOT / "demo" / "demo.py"),
+        "--config-file", str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"),
+        "--input", str(images / "*.jpg"), "--output", str(output), "--device", "cpu", "--scale", "2",
+        "--opts", f"train.init_checkpoint={tiny_checkpoint}",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert os.listdir(output) == ["a.jpg"]
+    assert cv2.imread(str(output / "a.jpg")).shape == (192, 256, 3)
+
+
+def test_demo_no_input(tmp_path):
+    with pytest.raises(SystemExit, match="no image matches"):
+        demo.main(["--config-file", "unused.yaml", "--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path)])
