@@ -80,7 +80,7 @@ def test_msda_flop_handle_counts_traced_op():
     )
     analysis = FlopCountAnalysis(_MSDA(), inputs).set_op_handle(**flop_count_handles())
     expected = N * Lq * M * len(shapes) * P * D * 5
-    assert msda_flops((N, 39, M, D), (N, Lq, M, len(shapes), P)) == expected == 960
+    assert msda_flops((N, 39, M, D), (N, Lq, M, len(shapes), P)) == expected == 2400
     assert analysis.by_operator() == {"ms_deform_attn": expected}
     assert MSDA_OP not in analysis.unsupported_ops()
 
