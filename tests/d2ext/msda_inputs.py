@@ -93,3 +93,14 @@ def assert_backend_matches_reference(backend, inputs):
             grad, expected_grad, rtol=tol, atol=tol, msg=lambda m: f"{backend} grad of {name}: {m}"
         )
     return grads
+
+
+def assert_lattice_parity(backend, device):
+    """assert_backend_matches_reference on lattice_locations; the samples at pixel
+    -1 (outside) still get the gradient of their inside neighbour, as in grid_sample."""
+    shapes = [(4, 2), (2, 8)]
+    locations = lattice_locations(1, 3, 2, shapes, 8)
+    inputs = make_inputs(1, 3, 2, 3, shapes, 8, device=device, locations=locations)
+    grad_locations = assert_backend_matches_reference(backend, inputs)[1][0, 0, 0]
+    assert (grad_locations[:, 0, 0] != 0).all(), "pixel x = -1 is outside, but its neighbour x = 0 gives a gradient"
+    assert (grad_locations[:, 1, 1] != 0).all(), "pixel y = -1 is outside, but its neighbour y = 0 gives a gradient"
