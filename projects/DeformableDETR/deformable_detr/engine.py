@@ -23,9 +23,8 @@ class DetrTrainer(SimpleTrainer):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {amp_dtype!r}")
         self.clip_max_norm = clip_max_norm
         self.amp_dtype = getattr(torch, amp_dtype) if amp_dtype else None
-        device_type = next(model.parameters()).device.type
-        self.device_type = device_type
-        self.grad_scaler = torch.amp.GradScaler(device_type) if self.amp_dtype == torch.float16 else None
+        self.device_type = next(model.parameters()).device.type
+        self.grad_scaler = torch.amp.GradScaler(self.device_type) if self.amp_dtype == torch.float16 else None
 
     def run_step(self):
         assert self.model.training, "DetrTrainer: the model was changed to eval mode"

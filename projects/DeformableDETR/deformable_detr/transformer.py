@@ -17,6 +17,16 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def pixel_centres(H: int, W: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(H * W, 2) (x, y) pixel centres of an H x W map in pixels, row-major."""
+    y, x = torch.meshgrid(
+        torch.arange(H, dtype=dtype, device=device) + 0.5,
+        torch.arange(W, dtype=dtype, device=device) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack((x.reshape(-1), y.reshape(-1)), -1)
+
+
 def _clones(module: nn.Module, n: int) -> nn.ModuleList:
     return nn.ModuleList([copy.deepcopy(module) for _ in range(n)])
 
@@ -71,14 +81,9 @@ class DeformableEncoder(nn.Module):
         """
         points = []
         for level, (H, W) in enumerate(spatial_shapes):
-            y, x = torch.meshgrid(
-                torch.linspace(0.5, H - 0.5, H, dtype=valid_ratios.dtype, device=valid_ratios.device),
-                torch.linspace(0.5, W - 0.5, W, dtype=valid_ratios.dtype, device=valid_ratios.device),
-                indexing="ij",
-            )
-            y = y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * H)
-            x = x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * W)
-            points.append(torch.stack((x, y), -1))
+            centres = pixel_centres(H, W, valid_ratios.dtype, valid_ratios.device)
+            valid_size = valid_ratios[:, level] * valid_ratios.new_tensor([W, H])
+            points.append(centres[None] / valid_size[:, None])
         return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
@@ -257,16 +262,10 @@ class DeformableTransformer(nn.Module):
             mask = padding_mask[:, start : start + H * W].view(N, H, W)
             valid_h = (~mask[:, :, 0]).sum(1)
             valid_w = (~mask[:, 0, :]).sum(1)
-            y, x = torch.meshgrid(
-                torch.linspace(0, H - 1, H, dtype=memory.dtype, device=memory.device),
-                torch.linspace(0, W - 1, W, dtype=memory.dtype, device=memory.device),
-                indexing="ij",
-            )
-            grid = torch.stack([x, y], -1)
-            scale = torch.stack([valid_w, valid_h], 1).view(N, 1, 1, 2).to(memory.dtype)
-            grid = (grid[None].expand(N, -1, -1, -1) + 0.5) / scale
-            wh = torch.full_like(grid, self.proposal_base_size * (2.0**level))
-            proposals.append(torch.cat((grid, wh), -1).view(N, -1, 4))
+            scale = torch.stack([valid_w, valid_h], 1).view(N, 1, 2).to(memory.dtype)
+            centres = pixel_centres(H, W, memory.dtype, memory.device)[None] / scale
+            wh = torch.full_like(centres, self.proposal_base_size * (2.0**level))
+            proposals.append(torch.cat((centres, wh), -1))
             start += H * W
         proposals = torch.cat(proposals, 1)
         valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
