@@ -62,53 +62,13 @@ def build_ours(variant, backend, num_classes, device):
 
 
 def build_hf(variant, num_classes, device):
-    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+    """HF's model shaped like ours (deformable_detr.hf_peer), with our matcher costs and loss weights."""
+    from deformable_detr.hf_peer import build_hf_peer
 
-    backbone = ResNetConfig(  # resnet-50, stride in the 3x3 conv (torchvision layout, as ours)
-        depths=[3, 4, 6, 3],
-        hidden_sizes=[256, 512, 1024, 2048],
-        layer_type="bottleneck",
-        downsample_in_bottleneck=False,
-        out_features=["stage2", "stage3", "stage4"],  # strides 8, 16, 32 = res3-res5
+    ours = build_ours(variant, "torch", num_classes, "cpu")
+    model = build_hf_peer(
+        ours, class_cost=2, bbox_cost=5, giou_cost=2, bbox_loss_coefficient=5, giou_loss_coefficient=2, focal_alpha=0.25
     )
-    config = DeformableDetrConfig(
-        use_timm_backbone=False,
-        backbone_config=backbone,
-        use_pretrained_backbone=False,
-        num_labels=num_classes,
-        num_queries=300,
-        d_model=256,
-        encoder_layers=6,
-        decoder_layers=6,
-        encoder_attention_heads=8,
-        decoder_attention_heads=8,
-        encoder_ffn_dim=1024,
-        decoder_ffn_dim=1024,
-        dropout=0.1,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        activation_function="relu",
-        num_feature_levels=4,
-        encoder_n_points=4,
-        decoder_n_points=4,
-        with_box_refine=variant in ("box_refine", "two_stage"),
-        two_stage=variant == "two_stage",
-        two_stage_num_proposals=300,
-        auxiliary_loss=True,
-        class_cost=2,  # ours: focal class cost 2, L1 5, GIoU 2
-        bbox_cost=5,
-        giou_cost=2,
-        bbox_loss_coefficient=5,
-        giou_loss_coefficient=2,
-        focal_alpha=0.25,
-        disable_custom_kernels=True,
-    )
-    model = DeformableDetrForObjectDetection(config)
-    # HF means to train all but the stem and first stage, but with a transformers ResNet its name
-    # test ("stage.1" in name) matches no parameter ("encoder.stages.1...") and freezes the whole
-    # backbone; train stages 1-3 (= res3-res5) as ours does
-    for name, p in model.model.backbone.model.named_parameters():
-        p.requires_grad_(name.startswith(("encoder.stages.1.", "encoder.stages.2.", "encoder.stages.3.")))
     return model.to(device)
 
 

@@ -24,7 +24,9 @@ def resnet(depth, out_features, norm="FrozenBN"):
     )
 
 
-def build_model(variant, num_classes=5, depth=18, d_model=32, num_queries=10, layers=2, ffn=64, heads=4, dropout=0.0):
+def build_model(
+    variant, num_classes=5, depth=18, d_model=32, num_queries=10, layers=2, ffn=64, heads=4, dropout=0.0, norm_groups=None
+):
     v = VARIANTS[variant]
     transformer = DeformableTransformer(
         d_model=d_model,
@@ -56,5 +58,5 @@ def build_model(variant, num_classes=5, depth=18, d_model=32, num_queries=10, la
         pixel_mean=[123.675, 116.280, 103.530],
         pixel_std=[58.395, 57.120, 57.375],
         test_topk=7,
-        input_proj_norm_groups=8 if d_model < 256 else 32,
+        input_proj_norm_groups=norm_groups or (8 if d_model < 256 else 32),
     )

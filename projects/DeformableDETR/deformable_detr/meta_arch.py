@@ -233,11 +233,31 @@ class DeformableDETR(nn.Module):
             mask = F.interpolate(image_mask[None].float(), size=src.shape[-2:])[0].to(torch.bool)
             srcs.append(src)
             masks.append(mask)
-            positions.append(self.position_embedding(mask).to(src.dtype))
+            positions.append(self.position_embedding(mask, src.dtype).to(src.dtype))
         return srcs, masks, positions
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
+        outputs = self.predict(images)
+        if self.training:
+            return self.criterion(outputs, self.prepare_targets(batched_inputs))
+        results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
+        processed = []
+        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = inputs.get("height", image_size[0])
+            width = inputs.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(result, height, width)})
+        return processed
+
+    def predict(self, images: ImageList) -> Dict:
+        """The raw predictions on normalized, padded images.
+
+        Returns:
+            "pred_logits" (N, Q, K) and "pred_boxes" (N, Q, 4) normalized (cx, cy, w, h)
+            of the last decoder layer; with aux_loss, "aux_outputs": the same for
+            every earlier layer; in two-stage, "enc_outputs": the encoder proposals'
+            (N, S, K) logits and (N, S, 4) boxes (invalid proposals have boxes of 1).
+        """
         srcs, masks, positions = self.feature_levels(images)
         query_embed = None if self.two_stage else self.query_embed.weight
         hidden_states, references, enc_logits, enc_boxes_unact = self.transformer(
@@ -258,16 +278,7 @@ class DeformableDETR(nn.Module):
             outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         if self.two_stage:
             outputs["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes_unact.sigmoid()}
-
-        if self.training:
-            return self.criterion(outputs, self.prepare_targets(batched_inputs))
-        results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
-        processed = []
-        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
+        return outputs
 
     def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """Ground truth as the criterion takes it: labels (T,) and normalized

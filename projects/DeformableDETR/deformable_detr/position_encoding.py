@@ -35,15 +35,17 @@ class PositionEmbeddingSine(nn.Module):
         self.offset = offset
         self.eps = eps
 
-    def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        """mask: (N, H, W) bool, True at padding. Returns (N, 2 * num_pos_feats, H, W) float32."""
+    def forward(self, mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """mask: (N, H, W) bool, True at padding. Returns (N, 2 * num_pos_feats, H, W),
+        computed in `dtype` or float32, whichever is wider (half types lose positions)."""
+        dtype = torch.promote_types(dtype, torch.float32)
         not_mask = ~mask
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        y_embed = not_mask.cumsum(1, dtype=dtype)
+        x_embed = not_mask.cumsum(2, dtype=dtype)
         if self.normalize:
             y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
             x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=mask.device)
+        dim_t = torch.arange(self.num_pos_feats, dtype=dtype, device=mask.device)
         dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
         pos_x = x_embed[:, :, :, None] / dim_t
         pos_y = y_embed[:, :, :, None] / dim_t

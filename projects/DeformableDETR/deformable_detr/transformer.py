@@ -232,19 +232,23 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     @staticmethod
-    def valid_ratios(mask: torch.Tensor) -> torch.Tensor:
-        """mask: (N, H, W) True at padding -> (N, 2) valid (w, h) fraction."""
+    def valid_ratios(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """mask: (N, H, W) True at padding -> (N, 2) valid (w, h) fraction, in `dtype`
+        or float32, whichever is wider."""
         _, H, W = mask.shape
-        valid_h = (~mask[:, :, 0]).sum(1).float() / H
-        valid_w = (~mask[:, 0, :]).sum(1).float() / W
+        dtype = torch.promote_types(dtype, torch.float32)
+        valid_h = (~mask[:, :, 0]).sum(1).to(dtype) / H
+        valid_w = (~mask[:, 0, :]).sum(1).to(dtype) / W
         return torch.stack([valid_w, valid_h], -1)
 
     def proposal_position_embedding(self, proposals: torch.Tensor) -> torch.Tensor:
-        """(N, Q, 4) unnormalized (logit) boxes -> (N, Q, 2 * d_model) sine embedding."""
+        """(N, Q, 4) unnormalized (logit) boxes -> (N, Q, 2 * d_model) sine embedding,
+        in the proposals' dtype or float32, whichever is wider."""
         num_feats = self.d_model // 2
-        dim_t = torch.arange(num_feats, dtype=torch.float32, device=proposals.device)
+        dtype = torch.promote_types(proposals.dtype, torch.float32)
+        dim_t = torch.arange(num_feats, dtype=dtype, device=proposals.device)
         dim_t = 10000 ** (2 * (dim_t // 2) / num_feats)
-        pos = proposals.sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
+        pos = proposals.to(dtype).sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
     def encoder_proposals(self, memory, padding_mask, spatial_shapes: List[tuple]):
@@ -307,7 +311,7 @@ class DeformableTransformer(nn.Module):
         )
         spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.valid_ratios(m) for m in masks], 1)
+        valid_ratios = torch.stack([self.valid_ratios(m, src_flatten.dtype) for m in masks], 1)
 
         memory = self.encoder(
             src_flatten,
