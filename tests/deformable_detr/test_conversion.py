@@ -318,3 +318,13 @@ def test_hf_transformers4_names_with_a_timm_backbone():
     assert torch.equal(state["backbone.res3.1.conv2.norm.running_var"], timm["model.backbone.conv_encoder.model.layer2.1.bn2.running_var"])
     assert torch.equal(state["transformer.encoder.layers.1.ffn.linear1.weight"], legacy["model.encoder.layers.1.fc1.weight"])
     assert torch.equal(state["transformer.decoder.layers.0.self_attn.out_proj.bias"], legacy["model.decoder.layers.0.self_attn.out_proj.bias"])
+
+
+def test_convert_official_tool_refuses_unsafe_pickles(tmp_path):
+    tool = _load_tool("convert_official_checkpoint")
+    torch.save({"model": {}, "args": Path("/not/a/plain/type")}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        tool.load_official(str(tmp_path / "odd.pth"))
+    torch.save({"model": {"a": 1}}, tmp_path / "not_weights.pth")
+    with pytest.raises(ValueError, match="expected the official checkpoint"):
+        tool.load_official(str(tmp_path / "not_weights.pth"))
