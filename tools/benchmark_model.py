@@ -14,7 +14,9 @@ stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
 layers, d_model 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
 --num-classes labels (80 by default, as configs/COCO), auxiliary losses on every
 decoder layer. Ours is configs/COCO/deformable_detr_r50*_50ep.py via LazyConfig
-with model.transformer.msda_backend overridden; HF's MSDA is its PyTorch
+with model.transformer.msda_backend overridden; HF's is built from it by
+deformable_detr.hf_peer (so its attention and FFN dropouts are the official 0.1
+too, and the same backbone stages train), with its MSDA on the PyTorch
 grid_sample path (no hub kernels).
 
 Training: forward + loss + backward + AdamW step (lr 2e-4, weight decay 1e-4; no
