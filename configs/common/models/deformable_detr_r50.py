@@ -31,6 +31,7 @@ model = L(DeformableDETR)(
         two_stage="${..two_stage}",
         two_stage_num_proposals="${..num_queries}",
         proposal_base_size=0.05,
+        proposal_temperature=10000.0,
         msda_backend="auto",
     ),
     criterion=L(SetCriterion)(

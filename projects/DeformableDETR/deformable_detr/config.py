@@ -21,6 +21,7 @@ def add_deformable_detr_config(cfg: CN) -> None:
     dd.ENC_N_POINTS = 4
     dd.DEC_N_POINTS = 4
     dd.PROPOSAL_BASE_SIZE = 0.05
+    dd.PROPOSAL_TEMPERATURE = 10000.0
     dd.POSITION_TEMPERATURE = 10000.0
     dd.POSITION_OFFSET = -0.5
     dd.PRIOR_PROB = 0.01

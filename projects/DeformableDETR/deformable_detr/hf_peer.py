@@ -54,6 +54,10 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
         (position.temperature, position.normalize, position.offset) == (10000, True, -0.5),
         "its sine position embedding is not the paper's (temperature 10000, normalized, offset -0.5)",
     )
+    _check(
+        not model.two_stage or transformer.proposal_temperature == 10000,
+        "its two-stage proposal embedding's temperature is not 10000",
+    )
     _check(model.input_proj[0][1].num_groups == 32, "its input projections' GroupNorm has not 32 groups")
     _check(not model.two_stage or model.with_box_refine, "two-stage without box refinement")
     config = DeformableDetrConfig(

@@ -161,6 +161,7 @@ class DeformableDETR(nn.Module):
             two_stage=dd.TWO_STAGE,
             two_stage_num_proposals=dd.NUM_QUERIES,
             proposal_base_size=dd.PROPOSAL_BASE_SIZE,
+            proposal_temperature=dd.PROPOSAL_TEMPERATURE,
             msda_backend=dd.MSDA_BACKEND,
         )
         matcher = HungarianMatcher(

@@ -178,6 +178,7 @@ class DeformableTransformer(nn.Module):
             instead of learned embeddings.
         two_stage_num_proposals: number of those proposals.
         proposal_base_size: width/height of a level-0 proposal (0.05), doubled per level.
+        proposal_temperature: base of the frequencies of the proposals' sine embedding.
         msda_backend: backend of the MSDA op (d2ext.ms_deform_attn).
     """
 
@@ -195,6 +196,7 @@ class DeformableTransformer(nn.Module):
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
         proposal_base_size: float = 0.05,
+        proposal_temperature: float = 10000.0,
         msda_backend: str = "auto",
     ):
         super().__init__()
@@ -202,6 +204,7 @@ class DeformableTransformer(nn.Module):
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
         self.proposal_base_size = proposal_base_size
+        self.proposal_temperature = proposal_temperature
         self.encoder = DeformableEncoder(
             EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, enc_n_points, msda_backend),
             num_encoder_layers,
@@ -247,7 +250,7 @@ class DeformableTransformer(nn.Module):
         num_feats = self.d_model // 2
         dtype = torch.promote_types(proposals.dtype, torch.float32)
         dim_t = torch.arange(num_feats, dtype=dtype, device=proposals.device)
-        dim_t = 10000 ** (2 * (dim_t // 2) / num_feats)
+        dim_t = self.proposal_temperature ** (2 * (dim_t // 2) / num_feats)
         pos = proposals.to(dtype).sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
