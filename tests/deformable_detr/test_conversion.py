@@ -20,7 +20,7 @@ from deformable_detr.conversion import (
 )
 from deformable_detr.hf_peer import build_hf_peer
 
-from .tiny_model import VARIANTS, build_model
+from .tiny_model import VARIANTS, build_model, build_model_and_hf_peer
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(d_model=64, ffn=64, heads=4, layers=2, points=4, queries=10)
@@ -222,16 +222,10 @@ def test_coco_class_map_selects_the_raw_id_rows():
         load_conversion(_tiny_r50("two_stage"), conversion)
 
 
-def _hf_model(variant):
-    torch.manual_seed(0)
-    ours = build_model(variant, depth=50, d_model=64, num_queries=10, norm_groups=32)
-    return ours, build_hf_peer(ours)
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_hf_saved_weights_convert_for_every_variant(variant, tmp_path):
     """save_pretrained keeps one copy of tied heads; the converter fills the others."""
-    ours, hf = _hf_model(variant)
+    ours, hf = build_model_and_hf_peer(variant)
     hf.save_pretrained(tmp_path)
     from safetensors.torch import load_file
 
@@ -248,9 +242,9 @@ def test_hf_saved_weights_convert_for_every_variant(variant, tmp_path):
 
 
 def test_hf_variant_mismatch_is_refused():
-    _, hf = _hf_model("box_refine")
+    _, hf = build_model_and_hf_peer("box_refine")
     with pytest.raises(ValueError, match="box refinement on"):
-        load_conversion(_hf_model("multi_scale")[0], convert_hf_state_dict(hf.state_dict()))
+        load_conversion(build_model_and_hf_peer("multi_scale")[0], convert_hf_state_dict(hf.state_dict()))
 
 
 def test_convert_official_tool_on_the_coco_config(tmp_path, capsys):
@@ -299,7 +293,7 @@ def test_convert_hf_tool_on_a_saved_model(tmp_path, capsys):
 def test_hf_transformers4_names_with_a_timm_backbone():
     """The hub's checkpoints: transformers 4 key names (fc1, out_proj,
     backbone.conv_encoder) and timm's ResNet-50, whose names are torchvision's."""
-    ours, hf = _hf_model("multi_scale")
+    ours, hf = build_model_and_hf_peer("multi_scale")
     renames = [(".mlp.fc", ".fc"), (".self_attn.o_proj.", ".self_attn.out_proj.")]
     legacy = {}
     for key, value in hf.state_dict().items():

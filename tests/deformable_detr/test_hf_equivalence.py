@@ -25,7 +25,7 @@ from transformers import DeformableDetrImageProcessor  # a test requirement (req
 from deformable_detr.conversion import coco_raw_class_ids, convert_hf_state_dict, load_conversion
 from deformable_detr.hf_peer import build_hf_peer
 
-from .tiny_model import VARIANTS, build_model
+from .tiny_model import VARIANTS, build_model, build_model_and_hf_peer
 
 ATOL = 1e-10
 SIZES = [(96, 128), (72, 104)]  # two sizes: the batch pads the second one
@@ -47,12 +47,9 @@ def _perturb(model: torch.nn.Module, seed: int = 0):
 
 
 def _models(variant, num_classes=5):
-    torch.manual_seed(0)
-    ours = build_model(variant, num_classes=num_classes, depth=50, d_model=64, num_queries=12, norm_groups=32)
-    ours = ours.double().eval()
-    hf = build_hf_peer(ours).double().eval()
+    ours, hf = build_model_and_hf_peer(variant, num_classes)
     _perturb(hf)
-    return ours, hf
+    return ours.double().eval(), hf.double().eval()
 
 
 def _images(seed=1):

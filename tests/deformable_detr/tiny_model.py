@@ -1,4 +1,5 @@
 """A small Deformable DETR (ResNet-18, narrow transformer) for fast CPU tests."""
+import torch
 from detectron2.modeling.backbone import BasicStem, ResNet
 
 from deformable_detr.criterion import SetCriterion
@@ -60,3 +61,13 @@ def build_model(
         test_topk=7,
         input_proj_norm_groups=norm_groups or (8 if d_model < 256 else 32),
     )
+
+
+def build_model_and_hf_peer(variant, num_classes=5, num_queries=12):
+    """A tiny transformer on ResNet-50 with HF's 32 GroupNorm groups, and HF
+    transformers' model shaped like it (random weights of its own)."""
+    from deformable_detr.hf_peer import build_hf_peer
+
+    torch.manual_seed(0)
+    ours = build_model(variant, num_classes=num_classes, depth=50, d_model=64, num_queries=num_queries, norm_groups=32)
+    return ours, build_hf_peer(ours)

@@ -193,9 +193,9 @@ def _pack_in_proj(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
 
 def _convert(
     source: Dict[str, torch.Tensor], rules: RuleSet, repeat_rules: RuleSet
-) -> Tuple[Dict[str, torch.Tensor], List[str], List[str], Dict[str, str]]:
-    """(converted, unused keys, repeated keys, {repeat key: our key}) of a source state_dict."""
-    converted, unused, repeats, repeat_targets = {}, [], [], {}
+) -> Tuple[Dict[str, torch.Tensor], List[str], List[str]]:
+    """(converted, unused keys, repeated keys) of a source state_dict."""
+    converted, unused, repeat_targets = {}, [], {}
     for key, tensor in source.items():
         ours = _rename(key, rules)
         if ours is not None:
@@ -205,7 +205,6 @@ def _convert(
             continue
         repeated = _rename(key, repeat_rules)
         if repeated is not None:
-            repeats.append(key)
             repeat_targets[key] = repeated
         else:
             unused.append(key)
@@ -214,7 +213,7 @@ def _convert(
             converted[ours] = source[key]
         elif not torch.equal(converted[ours], source[key]):
             raise ValueError(f"{key!r} should repeat the tensor converted to {ours!r} but differs from it")
-    return _pack_in_proj(converted), unused, repeats, repeat_targets
+    return _pack_in_proj(converted), unused, list(repeat_targets)
 
 
 def _num_heads(state_dict: Dict[str, torch.Tensor], kind: str) -> int:
@@ -257,7 +256,7 @@ def _select_classes(state_dict: Dict[str, torch.Tensor], rows: Sequence[int], tw
 
 def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Conversion:
     """The official release's `checkpoint["model"]` in our names."""
-    converted, unused, repeats, _ = _convert(state_dict, OFFICIAL_RULES, OFFICIAL_REPEATS)
+    converted, unused, repeats = _convert(state_dict, OFFICIAL_RULES, OFFICIAL_REPEATS)
     with_box_refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
     return Conversion(converted, _variant(converted, with_box_refine), _num_classes(converted), unused, repeats)
 
@@ -279,29 +278,32 @@ def convert_hf_state_dict(
             heads, or box heads that differ) and the layer count from the
             decoder layers.
     """
-    converted, unused, repeats, _ = _convert(state_dict, HF_RULES, HF_REPEATS)
+    converted, unused, repeats = _convert(state_dict, HF_RULES, HF_REPEATS)
     if num_decoder_layers is None:
         layers = {int(m[1]) for m in (re.match(r"transformer\.decoder\.layers\.(\d+)\.", k) for k in converted) if m}
         num_decoder_layers = max(layers) + 1 if layers else 0
     if with_box_refine is None:
-        with_box_refine = any(k.startswith("model.decoder.bbox_embed.") for k in state_dict) or any(
-            not torch.equal(converted[k], converted[k.replace("bbox_embed.1.", "bbox_embed.0.", 1)])
-            for k in converted
-            if k.startswith("bbox_embed.1.") and k.replace("bbox_embed.1.", "bbox_embed.0.", 1) in converted
-        )
+        with_box_refine = any(k.startswith("model.decoder.bbox_embed.") for k in state_dict) or _box_heads_differ(converted)
     variant = _variant(converted, with_box_refine)
     num_heads = num_decoder_layers + (1 if variant.two_stage else 0)
+    tied_kinds = ("class",) if with_box_refine else ("class", "bbox")  # HF's box heads are untied with refinement
     filled = []
-    heads_zero = [(k, m[1]) for k, m in ((k, _HEAD_KEY.fullmatch(k)) for k in list(converted)) if m and m[2] == "0"]
-    for key, kind in heads_zero:
-        if kind == "bbox" and with_box_refine:
-            continue  # untied in HF: every layer's box head must be in the checkpoint
+    for key in list(converted):
+        m = _HEAD_KEY.fullmatch(key)
+        if m is None or m[2] != "0" or m[1] not in tied_kinds:
+            continue
         for i in range(1, num_heads):
-            tied = key.replace(f"{kind}_embed.0.", f"{kind}_embed.{i}.", 1)
+            tied = f"{m[1]}_embed.{i}.{m[3]}"
             if tied not in converted:
                 converted[tied] = converted[key]
                 filled.append(tied)
     return Conversion(converted, variant, _num_classes(converted), unused, repeats, filled)
+
+
+def _box_heads_differ(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """Whether box head 1 has a tensor unlike box head 0's (untied heads: refinement)."""
+    pairs = [(v, state_dict.get("bbox_embed.0." + k[len("bbox_embed.1."):])) for k, v in state_dict.items() if k.startswith("bbox_embed.1.")]
+    return any(head0 is not None and not torch.equal(v, head0) for v, head0 in pairs)
 
 
 def coco_raw_class_ids() -> List[int]:
