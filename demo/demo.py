@@ -26,14 +26,14 @@ import cv2
 import torch
 import tqdm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
-from deformable_detr import add_deformable_detr_config
+from deformable_detr import load_yacs_config
 from deformable_detr import synthetic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -107,10 +107,7 @@ def setup(args):
         names = cfg.dataloader.test.dataset.names
         name = names if isinstance(names, str) else names[0]
         return LazyConfigPredictor(cfg, args.device), test_metadata(name)
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_yacs_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.freeze()
     return DefaultPredictor(cfg), test_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")

@@ -38,15 +38,11 @@ def build_model(config_file: str, opts: List[str]) -> torch.nn.Module:
 
         cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
         return instantiate(cfg.model)
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model as build_yacs_model
 
-    from deformable_detr import add_deformable_detr_config
+    from deformable_detr import load_yacs_config
 
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_yacs_config(config_file, opts)
     cfg.MODEL.DEVICE = "cpu"
     return build_yacs_model(cfg)
 

@@ -1,6 +1,6 @@
 """Deformable DETR for detectron2. Importing this package registers the
 DeformableDETR meta-architecture."""
-from .config import add_deformable_detr_config
+from .config import add_deformable_detr_config, load_yacs_config
 from .meta_arch import DeformableDETR
 
-__all__ = ["DeformableDETR", "add_deformable_detr_config"]
+__all__ = ["DeformableDETR", "add_deformable_detr_config", "load_yacs_config"]

@@ -60,3 +60,15 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
+
+
+def load_yacs_config(config_file: str, opts=()) -> CN:
+    """detectron2's defaults plus ours, merged with a YAML file and KEY VALUE
+    overrides; not frozen, so the caller can still set e.g. MODEL.DEVICE."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_deformable_detr_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
