@@ -2,10 +2,15 @@
 CUDA toolkit is found) and installs the d2ext and deformable_detr packages.
 
 Environment:
-    FORCE_CUDA=1           compile the CUDA kernel even where no GPU is visible
+    FORCE_CUDA=1           compile the CUDA kernel (fail if it cannot be)
     FORCE_CUDA=0           never compile it
     CUDA_HOME              CUDA toolkit (default: /usr/local/cuda when it exists)
-    TORCH_CUDA_ARCH_LIST   GPU architectures to compile for (torch's default otherwise)
+    TORCH_CUDA_ARCH_LIST   GPU architectures to compile for. Default: those of the
+                           visible GPUs; with none visible, every architecture the
+                           installed torch is built for, the newest also as PTX
+
+Without FORCE_CUDA, the CUDA kernel is compiled when torch is a CUDA build and
+a CUDA toolkit is found, whether or not a GPU is visible.
 """
 import glob
 import os
@@ -18,6 +23,7 @@ from setuptools import find_packages, setup
 if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
+import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 CSRC = os.path.join("d2ext", "csrc")
@@ -27,7 +33,34 @@ def _with_cuda() -> bool:
     force = os.environ.get("FORCE_CUDA")
     if force is not None:
         return force == "1"
-    return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    return (
+        torch.version.cuda is not None
+        and CUDA_HOME is not None
+        and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    )
+
+
+def _default_arch_list() -> str:
+    """The architectures of the installed torch's own CUDA kernels, the newest
+    also as PTX (e.g. "7.5;8.0;8.6;9.0;10.0;12.0+PTX"): a build made where no GPU
+    is visible then runs wherever torch does, and on newer GPUs through the
+    driver's just-in-time compilation of the PTX."""
+    archs = [arch.removeprefix("sm_") for arch in torch.cuda.get_arch_list() if arch.startswith("sm_")]
+    if not archs:
+        raise RuntimeError(
+            "cannot tell which GPU architectures to compile for: no GPU is visible and torch "
+            f"{torch.__version__} lists none; set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0+PTX') or FORCE_CUDA=0"
+        )
+    return ";".join(f"{arch[:-1]}.{arch[-1]}" for arch in archs) + "+PTX"
+
+
+def _set_arch_list() -> None:
+    """Without TORCH_CUDA_ARCH_LIST, torch compiles for the visible GPUs, and
+    fails where there is none: then use _default_arch_list()."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.is_available():
+        return
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs = _default_arch_list()
+    print(f"d2ext: no GPU visible; compiling the CUDA kernel for TORCH_CUDA_ARCH_LIST={archs}")
 
 
 def _library_header_dirs():
@@ -50,8 +83,10 @@ def _extension():
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
     extra_compile_args = {"cxx": ["-O3"] + openmp}
     if _with_cuda():
+        _set_arch_list()
         sources += glob.glob(os.path.join(CSRC, "cuda", "*.cu"))
-        extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+        # --threads: the architectures compile in parallel
+        extra_compile_args["nvcc"] = ["-O3", "-lineinfo", "--threads", os.environ.get("MAX_JOBS", "2")]
         for include in _library_header_dirs():
             extra_compile_args["nvcc"] += ["-isystem", include]
         return CUDAExtension(
@@ -64,14 +99,15 @@ def _extension():
     return CppExtension("d2ext._C", sources, extra_compile_args=extra_compile_args, extra_link_args=openmp)
 
 
-setup(
-    name="d2ext-deformable-detr",
-    version="0.1.0",
-    description="Deformable DETR for detectron2, with a multi-scale deformable attention op",
-    packages=find_packages(include=["d2ext", "d2ext.*"])
-    + find_packages("projects/DeformableDETR", include=["deformable_detr", "deformable_detr.*"]),
-    package_dir={"deformable_detr": "projects/DeformableDETR/deformable_detr"},
-    python_requires=">=3.10",
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension},
-)
+if __name__ == "__main__":  # as pip runs it; tests load the helpers above without building
+    setup(
+        name="d2ext-deformable-detr",
+        version="0.1.0",
+        description="Deformable DETR for detectron2, with a multi-scale deformable attention op",
+        packages=find_packages(include=["d2ext", "d2ext.*"])
+        + find_packages("projects/DeformableDETR", include=["deformable_detr", "deformable_detr.*"]),
+        package_dir={"deformable_detr": "projects/DeformableDETR/deformable_detr"},
+        python_requires=">=3.10",
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": BuildExtension},
+    )

@@ -60,13 +60,21 @@ def _kernels(dtype_name: str):
     real = getattr(numba, dtype_name)
 
     @cuda.jit(device=True)
+    def level_in_bounds(H, W, start, S):
+        """Whether an H x W level starting at value row `start` lies within the S
+        rows of value; a level that does not is skipped, so that no metadata can
+        make the kernels read or write outside value (the Python entry point
+        validates the levels with clear errors)."""
+        return H > 0 and W > 0 and start >= 0 and start <= S and W <= (S - start) // H
+
+    @cuda.jit(device=True)
     def bilinear(x, y, H, W, start):
         """Bilinear sampling of normalized (x, y) on an H x W level starting at value row `start`.
 
-        Returns (r1, r2, r3, r4, w1, w2, w3, w4, lh, lw): the value rows and the
+        Returns (r1, r2, r3, r4, w1, w2, w3, w4, lh, lw, outside): the value rows and the
         weights of corners (h_low, w_low), (h_low, w_low + 1), (h_low + 1, w_low),
-        (h_low + 1, w_low + 1), with row -1 for a corner outside the level, and the
-        fractional parts of the pixel coordinate.
+        (h_low + 1, w_low + 1), with row -1 for a corner outside the level, the
+        fractional parts of the pixel coordinate, and whether no corner is inside.
         """
         zero = real(0)
         one = real(1)
@@ -75,23 +83,30 @@ def _kernels(dtype_name: str):
         w_im = x * real(W) - half
         # Also rejects NaN, and huge values before they reach floor.
         if not (h_im >= -one and h_im < real(H) and w_im >= -one and w_im < real(W)):
-            return -1, -1, -1, -1, zero, zero, zero, zero, zero, zero
+            return -1, -1, -1, -1, zero, zero, zero, zero, zero, zero, True
         h_low = int(math.floor(h_im))
         w_low = int(math.floor(w_im))
         lh = h_im - real(h_low)
         lw = w_im - real(w_low)
         hh = one - lh
         hw = one - lw
-        top = h_low >= 0
+        # h_low < H and w_low < W hold in exact arithmetic; rounding could break them
+        top = h_low >= 0 and h_low < H
         bottom = h_low + 1 < H
-        left = w_low >= 0
+        left = w_low >= 0 and w_low < W
         right = w_low + 1 < W
         row = start + h_low * W + w_low
         r1 = row if top and left else -1
         r2 = row + 1 if top and right else -1
         r3 = row + W if bottom and left else -1
         r4 = row + W + 1 if bottom and right else -1
-        return r1, r2, r3, r4, hh * hw, hh * lw, lh * hw, lh * lw, lh, lw
+        return r1, r2, r3, r4, hh * hw, hh * lw, lh * hw, lh * lw, lh, lw, False
+
+    @cuda.jit(device=True)
+    def outside_sample(x, y):
+        """The sample of a location with no corner inside the map: 0, or NaN when
+        x or y is not finite (as grid_sample gives)."""
+        return (x - x) + (y - y)
 
     @cuda.jit
     def forward_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, output, G):
@@ -104,16 +119,22 @@ def _kernels(dtype_name: str):
         m = item % M
         q = item // M % Lq
         n = item // (M * Lq)
+        S = value.shape[1]
         for d in range(tid % G, D, G):
             acc = real(0)
             for l in range(L):
                 H = spatial_shapes[l, 0]
                 W = spatial_shapes[l, 1]
                 start = level_start_index[l]
+                if not level_in_bounds(H, W, start, S):
+                    continue
                 for p in range(P):
-                    r1, r2, r3, r4, w1, w2, w3, w4, lh, lw = bilinear(
-                        sampling_locations[n, q, m, l, p, 0], sampling_locations[n, q, m, l, p, 1], H, W, start
-                    )
+                    x = sampling_locations[n, q, m, l, p, 0]
+                    y = sampling_locations[n, q, m, l, p, 1]
+                    r1, r2, r3, r4, w1, w2, w3, w4, lh, lw, outside = bilinear(x, y, H, W, start)
+                    if outside:  # adds 0, or NaN for a location or weight that is not finite
+                        acc += attention_weights[n, q, m, l, p] * outside_sample(x, y)
+                        continue
                     sample = real(0)
                     if r1 >= 0:
                         sample += w1 * value[n, r1, m, d]
@@ -152,20 +173,27 @@ def _kernels(dtype_name: str):
         q = item // M % Lq
         n = item // (M * Lq)
         one = real(1)
+        S = value.shape[1]
         for l in range(L):
             H = spatial_shapes[l, 0]
             W = spatial_shapes[l, 1]
             start = level_start_index[l]
+            # uniform across the block, so every thread still reaches every syncthreads
+            if not level_in_bounds(H, W, start, S):
+                continue
             for p in range(P):
                 a = real(0)
                 g_attn = real(0)
                 g_w = real(0)
                 g_h = real(0)
+                outside = False
+                outside_value = real(0)
                 if valid:
                     a = attention_weights[n, q, m, l, p]
-                    r1, r2, r3, r4, w1, w2, w3, w4, lh, lw = bilinear(
-                        sampling_locations[n, q, m, l, p, 0], sampling_locations[n, q, m, l, p, 1], H, W, start
-                    )
+                    x = sampling_locations[n, q, m, l, p, 0]
+                    y = sampling_locations[n, q, m, l, p, 1]
+                    r1, r2, r3, r4, w1, w2, w3, w4, lh, lw, outside = bilinear(x, y, H, W, start)
+                    outside_value = outside_sample(x, y)
                     d1 = real(0)
                     d2 = real(0)
                     d3 = real(0)
@@ -202,7 +230,11 @@ def _kernels(dtype_name: str):
                         partial[1, t] += partial[1, t + offset]
                         partial[2, t] += partial[2, t + offset]
                     offset //= 2
-                if valid and lane == 0:
+                if valid and lane == 0 and outside:  # zero, or NaN for a location or weight that is not finite
+                    grad_attention_weights[n, q, m, l, p] = outside_value
+                    grad_sampling_locations[n, q, m, l, p, 0] = a * outside_value
+                    grad_sampling_locations[n, q, m, l, p, 1] = a * outside_value
+                elif valid and lane == 0:
                     grad_attention_weights[n, q, m, l, p] = partial[0, t]
                     grad_sampling_locations[n, q, m, l, p, 0] = a * partial[1, t] * real(W)
                     grad_sampling_locations[n, q, m, l, p, 1] = a * partial[2, t] * real(H)

@@ -1,17 +1,19 @@
-"""The multi-scale deformable attention op: input validation, backend choice,
-and its registration with torch.library (op, fake implementation, autograd).
+"""The multi-scale deformable attention op: input validation and its
+registration with torch.library (op, fake implementation, autograd).
 
-The compiled and Numba kernels run behind the custom op ``d2ext::ms_deform_attn``
-so that ``torch.compile(fullgraph=True)`` and ``torch.export`` see one opaque,
-shape-propagating node; the torch backend is the differentiable reference itself.
+Every backend runs behind the custom op ``d2ext::ms_deform_attn``, so that
+``torch.compile(fullgraph=True)`` and ``torch.export`` see one opaque,
+shape-propagating node. The op takes the backend by name and resolves "auto"
+when it runs, not when it is traced: an exported graph holds "auto" and runs
+with whichever backend the machine that runs it has.
 """
 import warnings
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from d2ext.backends import resolve_backend
-from d2ext.reference import ms_deform_attn_reference
+from d2ext.backends import BACKENDS, resolve_backend
+from d2ext.reference import ms_deform_attn_reference, ms_deform_attn_reference_backward
 
 __all__ = ["ms_deform_attn"]
 
@@ -43,7 +45,8 @@ def ms_deform_attn(
         attention_weights: (N, Lq, M, L, P) floating point.
         backend: "auto", "cpp", "numba" or "torch" (see d2ext.available_backends()).
             "auto", or $D2EXT_BACKEND when set, picks cpp where it is built for
-            the device, else numba on CUDA, else torch.
+            the device, else numba on CUDA, else torch; it is resolved when the
+            op runs, so compiled and exported graphs keep "auto".
 
     Returns:
         (N, Lq, M * D) of value's dtype: for every query and head, the sum over
@@ -55,21 +58,40 @@ def ms_deform_attn(
     weights are used in float32 when value is float16 or bfloat16 (as autocast
     mixes them), and in value's dtype otherwise; their gradients come back in
     their own dtype. Accumulation is in float32 for half types.
+
+    Non-finite input propagates as through grid_sample: a location that is not
+    finite, or a weight that is not finite (inside the map or not), makes that
+    sample's term of the output NaN or infinite, and so the gradients of its
+    location and weight; NaN or infinite values propagate to the outputs that
+    sample them.
+
+    Errors: bad shapes, dtypes or devices raise ValueError naming the argument.
+    The levels (spatial_shapes against level_start_index and S) are checked
+    when the op runs, also inside compiled graphs, with one device-to-host copy
+    per spatial_shapes tensor (a model passes one tensor to all its layers).
+
+    Examples::
+
+        >>> import torch, d2ext
+        >>> spatial_shapes = torch.tensor([[8, 8], [4, 4]])
+        >>> level_start_index = torch.tensor([0, 64])
+        >>> value = torch.randn(2, 80, 8, 32)  # N=2, S=64+16, M=8 heads, D=32
+        >>> locations = torch.rand(2, 100, 8, 2, 4, 2)  # Lq=100, L=2 levels, P=4 points
+        >>> weights = torch.rand(2, 100, 8, 2, 4).softmax(-1)
+        >>> d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights).shape
+        torch.Size([2, 100, 256])
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    backend = resolve_backend(backend, value.device, value.dtype)
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     dtype = compute_dtype(value.dtype)
-    spatial_shapes = spatial_shapes.to(torch.int64).contiguous()
-    level_start_index = level_start_index.to(torch.int64).contiguous()
-    sampling_locations = sampling_locations.to(dtype).contiguous()
-    attention_weights = attention_weights.to(dtype).contiguous()
-    if backend == "torch":
-        output = ms_deform_attn_reference(
-            value.to(dtype), spatial_shapes, level_start_index, sampling_locations, attention_weights
-        )
-        return output.to(value.dtype)
     return torch.ops.d2ext.ms_deform_attn(
-        value.contiguous(), spatial_shapes, level_start_index, sampling_locations, attention_weights, backend
+        value.contiguous(),
+        spatial_shapes.to(torch.int64).contiguous(),
+        level_start_index.to(torch.int64).contiguous(),
+        sampling_locations.to(dtype).contiguous(),
+        attention_weights.to(dtype).contiguous(),
+        backend,
     )
 
 
@@ -134,8 +156,6 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
             f"attention_weights must be (N, Lq, M, L, P) = {_shape(expected[:-1])}, "
             f"got {_shape(attention_weights)}"
         )
-    if not torch.compiler.is_compiling():
-        _check_levels(spatial_shapes, level_start_index, S)
 
 
 # spatial_shapes already checked, with the level_start_index and S they were
@@ -176,16 +196,7 @@ def _check_levels(spatial_shapes, level_start_index, S):
 
 
 # ---------------------------------------------------------------------------
-# torch.library registration of the cpp and numba backends
-
-
-def _kernels(backend: str):
-    """(forward, backward) kernels of the cpp or numba backend."""
-    if backend == "cpp":
-        return torch.ops.d2ext_C.ms_deform_attn_forward, torch.ops.d2ext_C.ms_deform_attn_backward
-    from d2ext import numba_kernels
-
-    return numba_kernels.forward, numba_kernels.backward
+# torch.library registration
 
 
 @torch.library.custom_op("d2ext::ms_deform_attn", mutates_args=())
@@ -197,7 +208,21 @@ def _ms_deform_attn_op(
     attention_weights: torch.Tensor,
     backend: str,
 ) -> torch.Tensor:
-    forward, _ = _kernels(backend)
+    # Runs eagerly even inside compiled graphs: the levels are checked here.
+    _check_levels(spatial_shapes, level_start_index, value.shape[1])
+    backend = resolve_backend(backend, value.device, value.dtype)
+    if backend == "cpp":
+        forward = torch.ops.d2ext_C.ms_deform_attn_forward
+    elif backend == "numba":
+        from d2ext import numba_kernels
+
+        forward = numba_kernels.forward
+    else:
+        dtype = sampling_locations.dtype  # compute_dtype(value.dtype)
+        output = ms_deform_attn_reference(
+            value.to(dtype), spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+        return output.to(value.dtype)
     return forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
@@ -207,7 +232,7 @@ def _(value, spatial_shapes, level_start_index, sampling_locations, attention_we
     return value.new_empty((N, sampling_locations.shape[1], M * D))
 
 
-@torch.library.custom_op("d2ext::ms_deform_attn_backward", mutates_args=())
+@torch.library.custom_op("d2ext::_ms_deform_attn_backward", mutates_args=())
 def _ms_deform_attn_backward_op(
     grad_output: torch.Tensor,
     value: torch.Tensor,
@@ -217,16 +242,30 @@ def _ms_deform_attn_backward_op(
     attention_weights: torch.Tensor,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if backend == "numba" and torch.are_deterministic_algorithms_enabled():
-        message = (
-            "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with "
-            "atomic adds and has no deterministic implementation, but "
-            "torch.use_deterministic_algorithms(True) is set; use backend='cpp' on CPU"
+    _check_levels(spatial_shapes, level_start_index, value.shape[1])
+    backend = resolve_backend(backend, value.device, value.dtype)
+    if backend == "cpp":
+        backward = torch.ops.d2ext_C.ms_deform_attn_backward
+    elif backend == "numba":
+        from d2ext import numba_kernels
+
+        if torch.are_deterministic_algorithms_enabled():
+            message = (
+                "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with atomic "
+                "adds and has no deterministic implementation, but torch.use_deterministic_algorithms(True) "
+                "is set; use backend='cpp' on CPU"
+            )
+            if not torch.is_deterministic_algorithms_warn_only_enabled():
+                raise RuntimeError(message)
+            warnings.warn(message)
+        backward = numba_kernels.backward
+    else:
+        dtype = sampling_locations.dtype
+        grads = ms_deform_attn_reference_backward(
+            grad_output.to(dtype), value.to(dtype), spatial_shapes, level_start_index, sampling_locations,
+            attention_weights,
         )
-        if not torch.is_deterministic_algorithms_warn_only_enabled():
-            raise RuntimeError(message)
-        warnings.warn(message)
-    _, backward = _kernels(backend)
+        return (grads[0].to(value.dtype),) + grads[1:]
     return backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 

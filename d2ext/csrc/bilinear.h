@@ -28,8 +28,24 @@ C10_HOST_DEVICE inline int64_t floor_to_int(acc_t v) {
   return t - (static_cast<acc_t>(t) > v);
 }
 
+// Whether a level of H x W pixels starting at row `start` lies within the S
+// rows of value. The Python entry point validates the levels with clear errors;
+// the kernels skip a level failing this check, so that no metadata (a direct
+// torch.ops call, tensors changed in place behind the validation cache) can
+// make them read or write outside value.
+C10_HOST_DEVICE inline bool level_in_bounds(int64_t H, int64_t W, int64_t start, int64_t S) {
+  return H > 0 && W > 0 && start >= 0 && start <= S && W <= (S - start) / H;
+}
+
+// The sample of a location with no corner inside the map: 0, or NaN when x or
+// y is not finite (as grid_sample gives), so a diverging location is not hidden.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t outside_sample(acc_t x, acc_t y) {
+  return (x - x) + (y - y);
+}
+
 // Fills `corners`; returns false when the location is so far outside the map
-// (or NaN) that no corner is inside.
+// (or not finite) that no corner is inside.
 template <typename acc_t>
 C10_HOST_DEVICE inline bool bilinear_corners(
     acc_t x, acc_t y, int64_t H, int64_t W, BilinearCorners<acc_t>& corners) {
@@ -46,9 +62,11 @@ C10_HOST_DEVICE inline bool bilinear_corners(
   const acc_t lw = w_im - static_cast<acc_t>(w_low);
   const acc_t hh = acc_t(1) - lh;
   const acc_t hw = acc_t(1) - lw;
-  const bool h_low_in = h_low >= 0;
+  // h_low < H and w_low < W hold in exact arithmetic; checked anyway, as
+  // rounding of a huge H or W to acc_t could break them.
+  const bool h_low_in = h_low >= 0 && h_low < H;
   const bool h_high_in = h_low + 1 < H;
-  const bool w_low_in = w_low >= 0;
+  const bool w_low_in = w_low >= 0 && w_low < W;
   const bool w_high_in = w_low + 1 < W;
   corners.pixel[0] = (h_low_in && w_low_in) ? h_low * W + w_low : -1;
   corners.pixel[1] = (h_low_in && w_high_in) ? h_low * W + w_low + 1 : -1;

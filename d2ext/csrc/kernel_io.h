@@ -17,9 +17,24 @@ inline void check_kernel_inputs(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
-  TORCH_CHECK(value.dim() == 4, "value must be (N, S, M, D)");
-  TORCH_CHECK(sampling_locations.dim() == 6, "sampling_locations must be (N, Lq, M, L, P, 2)");
-  TORCH_CHECK(attention_weights.dim() == 5, "attention_weights must be (N, Lq, M, L, P)");
+  TORCH_CHECK(value.dim() == 4, "value must be (N, S, M, D), got ", value.sizes());
+  TORCH_CHECK(
+      spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2, "spatial_shapes must be (L, 2), got ",
+      spatial_shapes.sizes());
+  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(
+      level_start_index.dim() == 1 && level_start_index.size(0) == L, "level_start_index must be (L,) = (", L,
+      "), got ", level_start_index.sizes());
+  TORCH_CHECK(
+      sampling_locations.dim() == 6 && sampling_locations.size(0) == value.size(0) &&
+          sampling_locations.size(2) == value.size(2) && sampling_locations.size(3) == L &&
+          sampling_locations.size(5) == 2,
+      "sampling_locations must be (N, Lq, M, L, P, 2) with N = ", value.size(0), ", M = ", value.size(2),
+      ", L = ", L, ", got ", sampling_locations.sizes());
+  TORCH_CHECK(
+      attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
+      "attention_weights must be (N, Lq, M, L, P) = ", sampling_locations.sizes().slice(0, 5), ", got ",
+      attention_weights.sizes());
   TORCH_CHECK(
       spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
       "spatial_shapes and level_start_index must be int64");
@@ -35,7 +50,14 @@ inline void check_kernel_inputs(
   }
 }
 
-inline void check_grad_output(const at::Tensor& grad_output, const at::Tensor& value) {
+inline void check_grad_output(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& sampling_locations) {
+  TORCH_CHECK(
+      grad_output.dim() == 3 && grad_output.size(0) == value.size(0) &&
+          grad_output.size(1) == sampling_locations.size(1) && grad_output.size(2) == value.size(2) * value.size(3),
+      "grad_output must be (N, Lq, M * D) = (", value.size(0), ", ", sampling_locations.size(1), ", ",
+      value.size(2) * value.size(3), "), got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.device() == value.device(), "grad_output must be on value's device");
   TORCH_CHECK(
       grad_output.is_contiguous() && grad_output.scalar_type() == value.scalar_type(),
       "grad_output must be contiguous and of value's dtype");

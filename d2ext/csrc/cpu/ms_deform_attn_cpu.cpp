@@ -62,6 +62,19 @@ CornerRows<scalar_t, acc_t> corner_rows(
   return rows;
 }
 
+// The levels are on the host here: a level that does not lie within value's
+// S rows is an error rather than skipped, as the CUDA kernels must.
+void check_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t S) {
+  const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
+  const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
+  for (int64_t l = 0; l < spatial_shapes.size(0); ++l) {
+    TORCH_CHECK(
+        level_in_bounds(shapes[2 * l], shapes[2 * l + 1], starts[l], S),
+        "level ", l, " of (H, W) = (", shapes[2 * l], ", ", shapes[2 * l + 1], ") starting at row ", starts[l],
+        " does not lie within value's S = ", S, " rows");
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(
     const Sizes& s,
@@ -87,9 +100,15 @@ void forward_kernel(
           const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
           const scalar_t* value_level = value_n + level_start_index[l] * row_stride + m * s.D;
           for (int64_t p = 0; p < s.P; ++p, ++sample) {
+            const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
             BilinearCorners<acc_t> corners;
-            if (!bilinear_corners(
-                    sampling_locations[2 * sample], sampling_locations[2 * sample + 1], H, W, corners)) {
+            if (!bilinear_corners(x, y, H, W, corners)) {
+              const acc_t outside = attention_weights[sample] * outside_sample(x, y);
+              if (outside != acc_t(0)) { // NaN: a location or weight is not finite
+                for (int64_t d = 0; d < s.D; ++d) {
+                  acc[d] += outside;
+                }
+              }
               continue;
             }
             const auto r = corner_rows<scalar_t, acc_t>(
@@ -143,12 +162,17 @@ void backward_kernel(
           const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
           const int64_t level_offset = head_offset + level_start_index[l] * row_stride;
           for (int64_t p = 0; p < s.P; ++p, ++sample) {
-            BilinearCorners<acc_t> corners;
-            if (!bilinear_corners(
-                    sampling_locations[2 * sample], sampling_locations[2 * sample + 1], H, W, corners)) {
-              continue; // the gradients were zero-initialized
-            }
+            const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
             const acc_t weight = attention_weights[sample];
+            BilinearCorners<acc_t> corners;
+            if (!bilinear_corners(x, y, H, W, corners)) {
+              // zero, or NaN for a location or weight that is not finite; grad_value stays zero
+              const acc_t outside = outside_sample(x, y);
+              grad_attention_weights[sample] = outside;
+              grad_sampling_locations[2 * sample] = weight * outside;
+              grad_sampling_locations[2 * sample + 1] = weight * outside;
+              continue;
+            }
             const auto r = corner_rows<scalar_t, acc_t>(
                 corners, weight, value + level_offset, grad_value + level_offset, row_stride, zeros.data(),
                 scratch.data());
@@ -185,6 +209,7 @@ at::Tensor ms_deform_attn_forward_cpu(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_levels(spatial_shapes, level_start_index, value.size(1));
   const Sizes s = sizes_of(value, sampling_locations);
   auto output = empty_output(value, sampling_locations);
   if (output.numel() == 0) {
@@ -213,7 +238,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  check_grad_output(grad_output, value);
+  check_grad_output(grad_output, value, sampling_locations);
+  check_levels(spatial_shapes, level_start_index, value.size(1));
   const Sizes s = sizes_of(value, sampling_locations);
   const auto grads = Gradients::zeros(value, sampling_locations, attention_weights);
   if (grad_output.numel() > 0) {

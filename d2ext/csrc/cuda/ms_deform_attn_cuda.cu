@@ -56,12 +56,17 @@ __global__ void __launch_bounds__(kThreadsPerBlock) forward_kernel(
     acc_t acc = 0;
     index_t sample = item * s.L * s.P;
     for (int l = 0; l < s.L; ++l) {
-      const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
-      const index_t level_base = base + static_cast<index_t>(level_start_index[l]) * s.M * s.D + d;
+      const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1], start = level_start_index[l];
+      if (!level_in_bounds(H, W, start, s.S)) {
+        sample += s.P;
+        continue;
+      }
+      const index_t level_base = base + static_cast<index_t>(start) * s.M * s.D + d;
       for (int p = 0; p < s.P; ++p, ++sample) {
+        const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
         BilinearCorners<acc_t> corners;
-        if (!bilinear_corners(
-                sampling_locations[2 * sample], sampling_locations[2 * sample + 1], H, W, corners)) {
+        if (!bilinear_corners(x, y, H, W, corners)) {
+          acc += attention_weights[sample] * outside_sample(x, y); // 0, or NaN
           continue;
         }
         acc_t sampled = 0;
@@ -114,15 +119,25 @@ __global__ void __launch_bounds__(kThreadsPerBlock) backward_kernel(
   const scalar_t* grad = grad_output + item * s.D;
   index_t sample = item * s.L * s.P;
   for (int l = 0; l < s.L; ++l) {
-    const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
-    const index_t level_base = base + static_cast<index_t>(level_start_index[l]) * s.M * s.D;
+    const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1], start = level_start_index[l];
+    if (!level_in_bounds(H, W, start, s.S)) {
+      sample += s.P;
+      continue; // the gradients were zero-initialized
+    }
+    const index_t level_base = base + static_cast<index_t>(start) * s.M * s.D;
     for (int p = 0; p < s.P; ++p, ++sample) {
-      BilinearCorners<acc_t> corners;
-      if (!bilinear_corners(
-              sampling_locations[2 * sample], sampling_locations[2 * sample + 1], H, W, corners)) {
-        continue; // the gradients were zero-initialized
-      }
+      const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
       const acc_t weight = attention_weights[sample];
+      BilinearCorners<acc_t> corners;
+      if (!bilinear_corners(x, y, H, W, corners)) {
+        if (lane == 0) { // zero, or NaN for a location or weight that is not finite
+          const acc_t outside = outside_sample(x, y);
+          grad_attention_weights[sample] = outside;
+          grad_sampling_locations[2 * sample] = weight * outside;
+          grad_sampling_locations[2 * sample + 1] = weight * outside;
+        }
+        continue;
+      }
       acc_t dot[4] = {0, 0, 0, 0};
       for (int d = lane; d < s.D; d += s.group) {
         const acc_t g = static_cast<acc_t>(grad[d]);
@@ -233,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  check_grad_output(grad_output, value);
+  check_grad_output(grad_output, value, sampling_locations);
   at::globalContext().alertNotDeterministic(
       "d2ext::ms_deform_attn backward on CUDA (ms_deform_attn_backward_cuda accumulates grad_value with atomicAdd)");
   const c10::cuda::CUDAGuard device_guard(value.device());
