@@ -23,7 +23,7 @@ reads make the real minimum higher.
 
 --official-src DIR JIT-builds the official Deformable-DETR CUDA kernel
 (fundamentalvision/Deformable-DETR, models/ops/src; DIR is that folder or a tree
-holding it, patched for current PyTorch: tools/device/stage_official_msda.sh
+holding it, patched for current PyTorch: tools/gpu_suite/stage_official_msda.sh
 --patch) and adds an `official` row (float32 only; im2col_step 64: the kernel
 takes min(N, 64) batch items at a time, which must divide N). The kernel is
 checked first against the float64 reference; if its output or a gradient is

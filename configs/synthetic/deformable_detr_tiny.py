@@ -1,5 +1,6 @@
 # A small multi-scale Deformable DETR trained from scratch on the synthetic shapes
-# dataset (generated on first use): the CPU demo of `make demo`.
+# dataset (registered by importing deformable_detr, generated when first loaded,
+# under $D2EXT_DATASETS): the CPU demo of `make demo`.
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     MetadataCatalog,
@@ -13,14 +14,14 @@ from detectron2.modeling.backbone import BasicStem, ResNet
 from omegaconf import OmegaConf
 
 from deformable_detr.dataset_mapper import DetrDatasetMapper, drop_degenerate_boxes
-from deformable_detr.synthetic import register_synthetic_shapes
+from deformable_detr.synthetic import DATASET_NAMES
 
 from ..common.coco_schedule import step_schedule
 from ..common.models.deformable_detr_r50 import model
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
-TRAIN, VAL = register_synthetic_shapes()
+TRAIN, VAL = DATASET_NAMES
 NUM_TRAIN_IMAGES = 2000
 BATCH_SIZE = 8
 

@@ -2,6 +2,8 @@
 cached, atomic, and registered for COCO evaluation."""
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +16,7 @@ from deformable_detr import synthetic
 from deformable_detr.synthetic import generate_shapes_dataset, register_synthetic_shapes
 
 SMALL = dict(num_train=20, num_val=5)
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "deformable_detr_tiny.py"
 
 
 @pytest.fixture(scope="module")
@@ -118,17 +121,17 @@ def test_register(tmp_path, clean_catalog):
     names = register_synthetic_shapes(str(root), **SMALL)
     assert names == ("synthetic_shapes_train", "synthetic_shapes_val")
     assert register_synthetic_shapes(str(root), **SMALL) == names
+    assert not root.exists(), "registering writes nothing; the first load generates"
     for name, split, count in zip(names, ("train", "val"), (20, 5)):
         metadata = MetadataCatalog.get(name)
-        # the json exists at registration: COCOEvaluator reads it when built
         assert metadata.json_file == str(root / "annotations" / f"{split}.json")
-        assert os.path.isfile(metadata.json_file)
         assert metadata.image_root == str(root / split)
         assert metadata.evaluator_type == "coco"
         assert metadata.thing_classes == ["circle", "square", "triangle"]
         assert metadata.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2}
         # load_coco_json sets the same metadata again, which must agree
         dicts = DatasetCatalog.get(name)
+        assert os.path.isfile(metadata.json_file)  # COCOEvaluator reads it when built
         assert len(dicts) == count
         assert {a["category_id"] for d in dicts for a in d["annotations"]} <= {0, 1, 2}
         assert all(os.path.isfile(d["file_name"]) for d in dicts)
@@ -141,3 +144,19 @@ def test_default_root(monkeypatch, tmp_path):
     assert synthetic.default_root() == str(tmp_path / "synthetic_shapes")
     monkeypatch.delenv("D2EXT_DATASETS")
     assert synthetic.default_root() == os.path.expanduser("~/.cache/d2ext/datasets/synthetic_shapes")
+
+
+def test_loading_the_config_writes_nothing(tmp_path):
+    """LazyConfig.load of the synthetic config (as any tool reading it does)
+    neither generates the dataset nor needs it; the datasets are registered."""
+    code = (
+        "from detectron2.config import LazyConfig; from detectron2.data import DatasetCatalog; "
+        f"cfg = LazyConfig.load({str(CONFIG)!r}); "
+        "assert {'synthetic_shapes_train', 'synthetic_shapes_val'} <= set(DatasetCatalog.list()); "
+        "print(cfg.model.num_classes)"
+    )
+    env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "3"
+    assert not (tmp_path / "datasets").exists()

@@ -8,7 +8,7 @@ import tempfile
 import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 
 CLASSES = ("circle", "square", "triangle")
 SPLITS = ("train", "val")
@@ -190,13 +190,15 @@ def default_root() -> str:
 
 
 def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tuple[str, str]:
-    """Generates the dataset under `root` (default: :func:`default_root`) unless
-    it is already there and registers it as "synthetic_shapes_train" and
-    "synthetic_shapes_val" for COCO evaluation. `generate_kwargs` go to
-    :func:`generate_shapes_dataset`. Returns the two names."""
+    """Registers the dataset under `root` (default: :func:`default_root`) as
+    "synthetic_shapes_train" and "synthetic_shapes_val" for COCO evaluation,
+    without touching the disk: the first ``DatasetCatalog.get`` of either split
+    generates both (see :func:`generate_shapes_dataset`, which `generate_kwargs`
+    go to) unless they are already there. Returns the two names.
+
+    Importing ``deformable_detr`` registers the default root, as detectron2's
+    builtin datasets are registered on import."""
     root = root or default_root()
-    # generated now, not lazily: COCOEvaluator reads json_file when it is built
-    generate_shapes_dataset(root, **generate_kwargs)
     metadata = {
         "thing_classes": list(CLASSES),
         # the mapping load_coco_json sets; set here too for evaluation without loading
@@ -204,10 +206,22 @@ def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tup
     }
     for name, split in zip(DATASET_NAMES, SPLITS):
         json_file = os.path.join(root, "annotations", split + ".json")
+        image_root = os.path.join(root, split)
         if name in DatasetCatalog.list():
             registered = MetadataCatalog.get(name).json_file
             if registered != json_file:
                 raise ValueError(f"{name} is already registered with {registered}, not {json_file}")
             continue
-        register_coco_instances(name, metadata, json_file, os.path.join(root, split))
+
+        def load(name=name, json_file=json_file, image_root=image_root):
+            generate_shapes_dataset(root, **generate_kwargs)
+            return load_coco_json(json_file, image_root, name)
+
+        DatasetCatalog.register(name, load)
+        # COCOEvaluator reads json_file when it is built: build it after the dataset loader
+        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
     return DATASET_NAMES
+
+
+if __name__.endswith(".synthetic"):  # not when run as a script
+    register_synthetic_shapes()

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The whole GPU check of d2ext in one call of the device machine (an H100, sm_90):
-# versions, the in-place build of d2ext._C with its CUDA kernel, the d2ext tests
-# on CUDA (NaN-poisoned allocator, see tests/conftest.py), the MSDA benchmark at
-# N = 2, 1 and 8 beside the official Deformable-DETR kernel (carried in
-# .official_msda/, see stage_official_msda.sh), the end-to-end model benchmark
-# (tools/benchmark_model.py: ours with cpp and numba beside HF transformers'
-# DeformableDetrForObjectDetection; needs detectron2 and its pure-Python
-# dependencies, carried in .model_deps/ when the image lacks them), and
-# compute-sanitizer memcheck over the CUDA parity tests. tools/device/README.md has the exact call.
+# The GPU verification suite of d2ext, on a machine with a CUDA GPU: versions,
+# the in-place build of d2ext._C with its CUDA kernel, the d2ext tests on CUDA
+# (NaN-poisoned allocator, see tests/conftest.py), the MSDA benchmark at N = 2, 1
+# and 8 beside the official Deformable-DETR kernel (staged in .official_msda/ by
+# stage_official_msda.sh), the end-to-end model benchmark (tools/benchmark_model.py:
+# ours with cpp and numba beside HF transformers' DeformableDetrForObjectDetection;
+# needs detectron2 and its pure-Python dependencies, from .model_deps/ where the
+# machine lacks them), and compute-sanitizer memcheck over the CUDA parity tests.
+# tools/gpu_suite/README.md says what each step needs.
 #
-#   OUT=/some/dir bash tools/device/run_gpu_suite.sh
+#   OUT=/some/dir bash tools/gpu_suite/run_gpu_suite.sh
 #
 # Every step's output goes to a log under $OUT (8 files at most) and its exit
 # status to $OUT/summary.txt; a failed step does not stop the later ones, and the
@@ -23,11 +23,11 @@ OUT=${OUT:-/tmp/gpu_suite_out}
 mkdir -p "$OUT"
 DEADLINE=${SUITE_DEADLINE_S:-560}
 PY=${PYTHON:-python3}
-OFFICIAL_CARRIED=.official_msda
-OFFICIAL_SRC=/tmp/official_msda  # patched copy; the carried one stays as upstream has it
+OFFICIAL_STAGED=.official_msda
+OFFICIAL_SRC=/tmp/official_msda  # patched copy; the staged one stays as upstream has it
 
 export PYTHONUNBUFFERED=1
-export FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+export FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}  # for the visible GPU unless TORCH_CUDA_ARCH_LIST is set
 export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
 unset NUMBA_ENABLE_CUDASIM
 
@@ -105,12 +105,12 @@ run_tests() {  # fails if CUDA is not visible, so that a pass means the CUDA par
 }
 
 build_official() {
-    [[ -d $OFFICIAL_CARRIED/models/ops/src ]] || {
-        echo "$OFFICIAL_CARRIED/models/ops/src is missing: stage it (tools/device/stage_official_msda.sh) and carry it"
+    [[ -d $OFFICIAL_STAGED/models/ops/src ]] || {
+        echo "$OFFICIAL_STAGED/models/ops/src is missing: stage it (tools/gpu_suite/stage_official_msda.sh)"
         return 1
     }
-    cat "$OFFICIAL_CARRIED/STAGED"
-    bash tools/device/stage_official_msda.sh --patch "$OFFICIAL_CARRIED" "$OFFICIAL_SRC" || return
+    cat "$OFFICIAL_STAGED/STAGED"
+    bash tools/gpu_suite/stage_official_msda.sh --patch "$OFFICIAL_STAGED" "$OFFICIAL_SRC" || return
     "$PY" -c "
 import sys
 sys.path.insert(0, 'tools')
@@ -131,7 +131,7 @@ model_bench() {  # ours (cpp, numba) and HF, multi-scale, 800x1333: training at 
     PYTHONPATH=${deps}$PWD/projects/DeformableDETR:$PWD${PYTHONPATH:+:$PYTHONPATH} "$PY" -c "
 import detectron2, transformers, scipy
 print('detectron2', detectron2.__version__, detectron2.__file__); print('transformers', transformers.__version__)" || {
-        echo "detectron2/transformers/scipy not importable: stage .model_deps (tools/device/README.md) and carry it"
+        echo "detectron2/transformers/scipy not importable: install them or stage .model_deps (tools/gpu_suite/README.md)"
         return 1
     }
     PYTHONPATH=${deps}$PWD/projects/DeformableDETR:$PWD${PYTHONPATH:+:$PYTHONPATH} \
@@ -145,11 +145,11 @@ sanitize() {
         "$PY" -m pytest tests/d2ext/test_ms_deform_attn.py -q -x -k cuda -p no:cacheprovider
 }
 
-export PY OFFICIAL_CARRIED OFFICIAL_SRC
+export PY OFFICIAL_STAGED OFFICIAL_SRC
 export -f versions build_d2ext run_tests build_official benchmark model_bench sanitize
 
 step versions env.log 60 versions
-step "build d2ext._C (sm_90)" build.log 240 build_d2ext
+step "build d2ext._C" build.log 240 build_d2ext
 step "pytest tests/d2ext on CUDA" tests.log 240 run_tests
 OFFICIAL_OK=0
 step "build official MSDA kernel" official_build.log 180 build_official && OFFICIAL_OK=1

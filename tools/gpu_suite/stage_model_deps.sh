@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Stages into .model_deps/ what the device image lacks for tools/benchmark_model.py:
-# the pure-Python packages, copied from this checkout's .venv (or $PYTHON's
-# site-packages), and a cp312 wheel of pycocotools (compiled). The device call
-# then names .model_deps in `carry`; run_gpu_suite.sh puts it on PYTHONPATH.
+# Stages into .model_deps/ what tools/benchmark_model.py needs besides torch, for a
+# GPU machine without network access: the pure-Python packages, copied from this
+# checkout's .venv (or $PYTHON's site-packages), and a cp312 wheel of pycocotools
+# (compiled). Copy .model_deps/ along with the checkout; run_gpu_suite.sh puts it
+# on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-.venv/bin/python}

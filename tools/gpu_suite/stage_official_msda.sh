@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
 # Stages the official Deformable-DETR MSDA CUDA kernel (fundamentalvision/Deformable-DETR,
 # Apache-2.0) for a side-by-side benchmark, without any of its code entering this
-# repository: .official_msda/ is listed in .git/info/exclude and travels to the
-# device machine only as a carried path.
+# repository: .official_msda/ is listed in .git/info/exclude.
 #
-#   tools/device/stage_official_msda.sh [GIT_DIR]        extract into .official_msda/
-#   tools/device/stage_official_msda.sh --patch SRC DST  copy SRC to DST and patch it
-#                                                         for current PyTorch (run on the device)
+#   tools/gpu_suite/stage_official_msda.sh REPO          extract into .official_msda/
+#   tools/gpu_suite/stage_official_msda.sh --patch SRC DST  copy SRC to DST and patch it
+#                                                         for current PyTorch (run_gpu_suite.sh does)
 #
-# GIT_DIR is a bare mirror of the official repository, by default the one the
-# session's fetch tool made: /work/.mirror/fundamentalvision+Deformable-DETR/repo.
-# The extracted tree keeps upstream's layout under models/ops/ plus LICENSE and
-# a STAGED file naming the commit.
+# REPO is a clone (or a bare git directory) of the official repository. The
+# extracted tree keeps upstream's layout under models/ops/ plus LICENSE and a
+# STAGED file naming the commit.
 set -euo pipefail
 
 # Upstream predates PyTorch 1.11: Tensor.type(), Tensor.data<T>(), the THC headers
@@ -43,7 +41,9 @@ if [[ ${1:-} == --patch ]]; then
     exit 0
 fi
 
-git_dir=${1:-/work/.mirror/fundamentalvision+Deformable-DETR/repo}
+[[ $# == 1 ]] || { echo "usage: $0 PATH/TO/Deformable-DETR (a clone or a bare git directory)" >&2; exit 2; }
+git_dir=$(git -C "$1" rev-parse --git-dir)
+git_dir=$(cd "$1" && cd "$git_dir" && pwd)
 root=$(git rev-parse --show-toplevel)
 dest="$root/.official_msda"
 exclude="$(git rev-parse --git-common-dir)/info/exclude"
