@@ -63,10 +63,11 @@ def _set_arch_list() -> None:
     print(f"d2ext: no GPU visible; compiling the CUDA kernel for TORCH_CUDA_ARCH_LIST={archs}")
 
 
-def _library_header_dirs():
+def cuda_library_include_dirs():
     """ATen's CUDA headers include cuBLAS/cuSPARSE/cuSOLVER headers, which a bare
     CUDA toolkit may lack; torch's pip wheels bring them in nvidia/cu*/include.
-    Those are searched after the toolkit's own headers (-isystem)."""
+    Those are searched after the toolkit's own headers (-isystem). Also used by
+    tools/benchmark_msda.py to build the official kernel alike."""
     if os.path.exists(os.path.join(CUDA_HOME or "", "include", "cusparse.h")):
         return []
     try:
@@ -87,7 +88,7 @@ def _extension():
         sources += glob.glob(os.path.join(CSRC, "cuda", "*.cu"))
         # --threads: the architectures compile in parallel
         extra_compile_args["nvcc"] = ["-O3", "-lineinfo", "--threads", os.environ.get("MAX_JOBS", "2")]
-        for include in _library_header_dirs():
+        for include in cuda_library_include_dirs():
             extra_compile_args["nvcc"] += ["-isystem", include]
         return CUDAExtension(
             "d2ext._C",

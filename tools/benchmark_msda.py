@@ -32,9 +32,9 @@ exits with status 1 after the table.
 """
 import argparse
 import functools
-import glob
 import multiprocessing
 import os
+import runpy
 import statistics
 import sys
 import time
@@ -100,25 +100,14 @@ def run_once(inputs, backend, backward):
         torch.autograd.grad(output, (value, locations, weights), torch.ones_like(output))
 
 
-def _library_header_dirs(cuda_home):
-    """As setup.py: cuBLAS/cuSPARSE headers from torch's nvidia wheels where the toolkit lacks them."""
-    if os.path.exists(os.path.join(cuda_home or "", "include", "cusparse.h")):
-        return []
-    try:
-        import nvidia
-    except ImportError:
-        return []
-    return [d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "cu*", "include"))]
-
-
 def load_official(src, verbose=False):
     """JIT-builds the official kernel (vision.cpp + cuda/ms_deform_attn_cuda.cu) from src."""
     global _official
     src = Path(src).resolve()
     if (src / "models" / "ops" / "src").is_dir():
         src = src / "models" / "ops" / "src"
-    if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"  # as setup.py
+    # setup.py's toolkit choice and header dirs, so that both kernels build alike
+    build = runpy.run_path(str(Path(__file__).resolve().parents[1] / "setup.py"), run_name="build_helpers")
     from torch.utils import cpp_extension
 
     flags = ["-O3", "-DWITH_CUDA"]
@@ -126,7 +115,7 @@ def load_official(src, verbose=False):
         "-DCUDA_HAS_FP16=1", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
         "-D__CUDA_NO_HALF2_OPERATORS__",
     ]
-    for include in _library_header_dirs(cpp_extension.CUDA_HOME):
+    for include in build["cuda_library_include_dirs"]():
         cuda_flags += ["-isystem", include]
     _official = cpp_extension.load(
         name="MultiScaleDeformableAttention",

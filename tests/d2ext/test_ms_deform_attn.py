@@ -78,11 +78,15 @@ def test_empty_batch_or_queries(shape):
 
 @requires_cpp
 def test_zero_points_give_zeros():
-    inputs = [t.requires_grad_(t.is_floating_point()) for t in make_inputs(2, 3, 2, 4, [(3, 3), (2, 2)], 0)]
+    value, spatial_shapes, level_start_index, locations, weights = [
+        t.requires_grad_(t.is_floating_point()) for t in make_inputs(2, 3, 2, 4, [(3, 3), (2, 2)], 0)
+    ]
     for backend in ("cpp", "torch"):
-        output = d2ext.ms_deform_attn(*inputs, backend=backend)
+        output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
         assert output.shape == (2, 3, 8) and not output.any()
-        output.sum().backward()
+        grad_value, grad_locations, grad_weights = torch.autograd.grad(output.sum(), (value, locations, weights))
+        assert grad_value.shape == value.shape and not grad_value.any()
+        assert grad_locations.shape == (2, 3, 2, 2, 0, 2) and grad_weights.shape == (2, 3, 2, 2, 0)
 
 
 @requires_cpp

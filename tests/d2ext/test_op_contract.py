@@ -65,11 +65,14 @@ def test_compile_fullgraph_as_first_use():
 
 
 @requires_cpp
-def test_export_as_first_use():
+@pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
+def test_export_as_first_use(strict):
     run_python(
         _ATTENTION
+        + f"""
+    strict = {strict}"""
         + """
-    exported = torch.export.export(attn.eval(), inputs)  # the first call of the op in this process
+    exported = torch.export.export(attn.eval(), inputs, strict=strict)  # the op's first call here
     targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
     assert "d2ext.ms_deform_attn.default" in targets, targets
     torch.testing.assert_close(exported.module()(*inputs), attn(*inputs))
