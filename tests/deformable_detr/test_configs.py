@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from deformable_detr import add_deformable_detr_config
@@ -42,6 +43,20 @@ def test_coco_config_instantiates(variant):
     assert cfg.model.num_classes == 80, "detectron2's contiguous COCO ids, from the dataset metadata"
     for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
         instantiate(mapper)
+
+
+@pytest.mark.parametrize("route", ["lazy", "yacs"])
+def test_coco_backbone_trains_as_the_recipe(route):
+    """The paper's R-50: frozen batch norm everywhere, the stem and res2 frozen,
+    res3 to res5 trained."""
+    model = instantiate(_lazy("").model) if route == "lazy" else build_model(_yacs(""))
+    backbone = model.backbone
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+    for name in ("stem", "res2"):
+        assert not any(p.requires_grad for p in getattr(backbone, name).parameters()), f"{name} trains"
+    for name in ("res3", "res4", "res5"):
+        assert all(p.requires_grad for p in getattr(backbone, name).parameters()), f"{name} is frozen"
 
 
 @pytest.mark.parametrize("variant", COCO_VARIANTS)
