@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from deformable_detr import add_deformable_detr_config
+from deformable_detr import load_yacs_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 COCO_VARIANTS = ["", "_single_scale", "_box_refine", "_two_stage"]
@@ -19,11 +19,7 @@ def _lazy(variant):
 
 
 def _yacs(variant):
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
-    return cfg
+    return load_yacs_config(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.yaml"), ["MODEL.DEVICE", "cpu"])
 
 
 @pytest.mark.parametrize("variant", COCO_VARIANTS)
