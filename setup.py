@@ -14,6 +14,7 @@ a CUDA toolkit is found, whether or not a GPU is visible.
 """
 import glob
 import os
+import re
 import sys
 
 from setuptools import find_packages, setup
@@ -45,13 +46,17 @@ def _default_arch_list() -> str:
     also as PTX (e.g. "7.5;8.0;8.6;9.0;10.0;12.0+PTX"): a build made where no GPU
     is visible then runs wherever torch does, and on newer GPUs through the
     driver's just-in-time compilation of the PTX."""
-    archs = [arch.removeprefix("sm_") for arch in torch.cuda.get_arch_list() if arch.startswith("sm_")]
+    archs = []
+    for arch in torch.cuda.get_arch_list():
+        match = re.fullmatch(r"sm_(\d+)(\w*)", arch)  # "sm_90" -> "9.0", "sm_100a" -> "10.0a"
+        if match:
+            archs.append(f"{match[1][:-1]}.{match[1][-1]}{match[2]}")
     if not archs:
         raise RuntimeError(
             "cannot tell which GPU architectures to compile for: no GPU is visible and torch "
             f"{torch.__version__} lists none; set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0+PTX') or FORCE_CUDA=0"
         )
-    return ";".join(f"{arch[:-1]}.{arch[-1]}" for arch in archs) + "+PTX"
+    return ";".join(archs) + "+PTX"
 
 
 def _set_arch_list() -> None:
