@@ -18,8 +18,9 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     most a hidden ``.<name>.tmp-*`` file behind."""
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
