@@ -322,3 +322,16 @@ def test_convert_official_tool_refuses_unsafe_pickles(tmp_path):
     torch.save({"model": {"a": 1}}, tmp_path / "not_weights.pth")
     with pytest.raises(ValueError, match="expected the official checkpoint"):
         tool.load_official(str(tmp_path / "not_weights.pth"))
+
+
+def test_convert_hf_tool_points_official_checkpoints_to_the_other_tool(tmp_path):
+    tool = _load_tool("convert_hf_checkpoint")
+    torch.save({"model": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=2e-4)}, tmp_path / "official.pth")
+    torch.save({"model": {"a": torch.ones(1)}, "args": {"lr": 2e-4}}, tmp_path / "official_plain_args.pth")
+    for name in ("official.pth", "official_plain_args.pth"):
+        with pytest.raises(ValueError, match=f"{name}: .*; convert official Deformable-DETR checkpoints with "
+                           "tools/convert_official_checkpoint.py$"):
+            tool.load_hf(str(tmp_path / name))
+    (tmp_path / "empty.bin").touch()
+    with pytest.raises(ValueError, match="empty.bin: the file is empty"):
+        tool.load_hf(str(tmp_path / "empty.bin"))
