@@ -317,8 +317,11 @@ def test_hf_transformers4_names_with_a_timm_backbone():
 def test_convert_official_tool_refuses_unsafe_pickles(tmp_path):
     tool = _load_tool("convert_official_checkpoint")
     torch.save({"model": {}, "args": Path("/not/a/plain/type")}, tmp_path / "odd.pth")
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="odd.pth: not loadable as data .*re-save the state_dict alone"):
         tool.load_official(str(tmp_path / "odd.pth"))
+    (tmp_path / "empty.pth").touch()
+    with pytest.raises(ValueError, match="empty.pth: the file is empty"):
+        tool.load_official(str(tmp_path / "empty.pth"))
     torch.save({"model": {"a": 1}}, tmp_path / "not_weights.pth")
     with pytest.raises(ValueError, match="expected the official checkpoint"):
         tool.load_official(str(tmp_path / "not_weights.pth"))
