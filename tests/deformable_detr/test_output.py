@@ -38,7 +38,9 @@ def test_json_writer_appends_whole_lines(tmp_path):
 
 
 def test_an_output_dir_takes_one_training_at_a_time(tmp_path):
+    (tmp_path / ".model_final.pth.tmp-x1y2").write_bytes(b"left by a killed run")
     lock = lock_output_dir(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.lock"]
     with pytest.raises(OutputDirInUseError, match=f"{tmp_path} is in use by another training \\(pid .*--resume"):
         lock_output_dir(str(tmp_path))
     lock.close()  # what the OS does when the process ends, killed or not

@@ -82,6 +82,7 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
         extension.wait()
 
     assert (output_dir / "model_final.pth").read_bytes() == final
+    assert len(list(output_dir.glob(".model_final.pth.tmp-*"))) == 1  # the half-written file, under another name
     assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
     for line in (output_dir / "metrics.json").read_text().splitlines():
         json.loads(line)
@@ -90,6 +91,7 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
     assert "Starting training from iteration 2" in log
     assert iterations(output_dir)[-1] == 2
     assert torch.load(output_dir / "model_final.pth", weights_only=True)["iteration"] == 2
+    assert not list(output_dir.glob(".*.tmp-*"))
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 (a reader or a killed writer never leaves a half-written file), metrics.json
 appended that way, and one training per directory."""
 import fcntl
+import glob
 import os
 import tempfile
 from typing import IO, Callable
@@ -9,6 +10,7 @@ from typing import IO, Callable
 from detectron2.utils.events import JSONWriter
 
 LOCK_FILE = "train.lock"
+TMP_INFIX = ".tmp-"
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
@@ -17,7 +19,7 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     Until the rename, `path` keeps its old content; a killed process leaves at
     most a hidden ``.<name>.tmp-*`` file behind."""
     directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.tmp-")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}{TMP_INFIX}")
     os.close(fd)
     try:
         with open(tmp, "wb") as f:
@@ -84,7 +86,8 @@ def lock_output_dir(output_dir: str) -> IO[str]:
     """Takes the exclusive lock of `output_dir` (the file train.lock in it) for
     as long as the returned file stays open, i.e. until the process ends: the
     operating system releases it even when the process is killed, so a directory
-    left by a killed run can be resumed at once.
+    left by a killed run can be resumed at once. The temporary files of
+    :func:`atomic_write` that a killed run left there are removed.
 
     Raises:
         OutputDirInUseError: another process holds it.
@@ -104,4 +107,6 @@ def lock_output_dir(output_dir: str) -> IO[str]:
     lock.truncate(0)
     lock.write(f"pid {os.getpid()}\n")
     lock.flush()
+    for stale in glob.glob(os.path.join(glob.escape(output_dir), f".*{TMP_INFIX}*")):
+        os.remove(stale)
     return lock
