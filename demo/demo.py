@@ -140,5 +140,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except UnreadableCheckpointError as e:  # DefaultPredictor loads as data too: importing deformable_detr
+    except UnreadableCheckpointError as e:  # also from DefaultPredictor (see deformable_detr.checkpoint)
         raise SystemExit(f"error: {e}")

@@ -86,8 +86,8 @@ def do_train(args, cfg):
             else None,
         ]
     )
-    checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    start_iter = checkpoint["iteration"] + 1 if args.resume and "iteration" in checkpoint else 0
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if checkpointer.resumed_from else 0
     trainer.train(start_iter, cfg.train.max_iter)
 
 

@@ -138,10 +138,21 @@ def test_resume_skips_an_unreadable_last_checkpoint(tmp_path, caplog):
     (tmp_path / "model_0000009.pth").write_bytes(b"truncated")
     (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
     model = torch.nn.Linear(3, 2)
-    extra = DetrCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
-    assert extra["iteration"] == 4
+    checkpointer = DetrCheckpointer(model, str(tmp_path))
+    extra = checkpointer.resume_or_load("", resume=True)
+    assert extra["iteration"] == 4 and checkpointer.resumed_from == str(tmp_path / "model_0000004.pth")
     torch.testing.assert_close(model.weight, source.weight)
     assert "cannot resume from" in caplog.text and "model_0000009.pth" in caplog.text
+
+
+def test_resume_without_a_checkpoint_loads_the_initial_weights(tmp_path):
+    source = _model()
+    torch.save({"model": source.state_dict(), "iteration": 99}, tmp_path / "init.pth")
+    model = torch.nn.Linear(3, 2)
+    checkpointer = DetrCheckpointer(model, str(tmp_path / "new"))
+    checkpointer.resume_or_load(str(tmp_path / "init.pth"), resume=True)
+    assert checkpointer.resumed_from is None  # training starts at iteration 0
+    torch.testing.assert_close(model.weight, source.weight)
 
 
 def test_resume_without_a_readable_checkpoint_stops(tmp_path):

@@ -16,7 +16,7 @@ A file that is empty, truncated, not a checkpoint or holds other objects raises
 import logging
 import os
 import pickle
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -168,6 +168,8 @@ class DetrCheckpointer(DetectionCheckpointer):
       and why; when none can be read it stops instead of starting over.
     """
 
+    resumed_from: Optional[str] = None  # the checkpoint resume_or_load resumed from
+
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -213,7 +215,9 @@ class DetrCheckpointer(DetectionCheckpointer):
             try:
                 if not os.path.isfile(candidate):
                     raise UnreadableCheckpointError(f"{candidate}: no such file")
-                return self.load(candidate)
+                checkpoint = self.load(candidate)
+                self.resumed_from = candidate
+                return checkpoint
             except UnreadableCheckpointError as e:
                 following = f"trying {candidates[index + 1]}" if index + 1 < len(candidates) else "none left"
                 logger.warning(f"cannot resume from {e}; {following}")
@@ -225,6 +229,8 @@ class DetrCheckpointer(DetectionCheckpointer):
     def _resume_candidates(self) -> List[str]:
         """last_checkpoint's file first (also when it is missing: it gets reported),
         then the directory's other .pth files, most recently written first."""
+        if not os.path.isdir(self.save_dir):
+            return []
         named = [self.get_checkpoint_file()] if self.has_checkpoint() else []
         others = sorted(set(self.get_all_checkpoint_files()) - set(named), key=os.path.getmtime, reverse=True)
         return named + others
