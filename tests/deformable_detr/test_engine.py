@@ -123,3 +123,11 @@ def test_float16_grad_scaler_state_is_saved_and_restored():
     assert resumed.grad_scaler.get_scale() != 1024.0
     resumed.load_state_dict(state)
     assert resumed.grad_scaler.get_scale() == 1024.0
+
+
+def test_float16_overflow_is_a_skipped_step_not_an_error():
+    model = _NaNGradientModel()
+    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16")
+    _step(trainer)
+    assert torch.equal(model.first, torch.ones(2)), "the scaler skipped the step"
+    assert trainer.grad_scaler.get_scale() < 2.0**16, "and lowered its scale"
