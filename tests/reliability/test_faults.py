@@ -56,7 +56,8 @@ def test_nan_image_stops_before_the_forward_pass(tmp_path, synthetic_datasets):
 def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_datasets):
     """A finished run is extended and killed (kill -9) while model_final.pth is
     rewritten; meanwhile a second training on the directory is refused; the
-    directory resumes with --resume given after the overrides."""
+    directory resumes with --resume given after the overrides, skipping a
+    truncated checkpoint that last_checkpoint names."""
     output_dir = tmp_path / "output"
     common = [*SMALL, f"train.output_dir={output_dir}", "train.checkpointer.period=100"]
     train_net(synthetic_datasets, *common, "train.max_iter=2")
@@ -87,7 +88,13 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
     for line in (output_dir / "metrics.json").read_text().splitlines():
         json.loads(line)
 
+    # what in-place writing used to leave: last_checkpoint naming a truncated file
+    (output_dir / "model_0000002.pth").write_bytes(final[: len(final) // 2])
+    (output_dir / "last_checkpoint").write_text("model_0000002.pth")
+
     log = train_net(synthetic_datasets, *common, "train.max_iter=3", "--resume")
+    assert f"cannot resume from {output_dir / 'model_0000002.pth'}: not a readable checkpoint" in log
+    assert f"trying {output_dir / 'model_final.pth'}" in log
     assert "Starting training from iteration 2" in log
     assert iterations(output_dir)[-1] == 2
     assert torch.load(output_dir / "model_final.pth", weights_only=True)["iteration"] == 2
