@@ -25,7 +25,6 @@ import os
 import cv2
 import torch
 import tqdm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
@@ -34,6 +33,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 from deformable_detr import load_yacs_config
+from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
 from deformable_detr import synthetic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -84,7 +84,7 @@ class LazyConfigPredictor:
 
     def __init__(self, cfg, device: str):
         self.model = instantiate(cfg.model).to(device).eval()
-        DetectionCheckpointer(self.model).load(cfg.train.init_checkpoint)
+        DetrCheckpointer(self.model).load(cfg.train.init_checkpoint)
         mapper = cfg.dataloader.test.mapper
         augmentation = instantiate(mapper.get("augmentation", None)) or []
         self.aug = T.AugmentationList(augmentation if isinstance(augmentation, (list, tuple)) else [augmentation])
@@ -138,4 +138,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UnreadableCheckpointError as e:  # also from DefaultPredictor (see deformable_detr.checkpoint)
+        raise SystemExit(f"error: {e}")

@@ -29,3 +29,10 @@ if torch.cuda.is_available():
             block.fill_(255)
         del blocks
         yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_datasets(tmp_path_factory):
+    """The D2EXT_DATASETS directory of the tests that run the synthetic config in
+    a subprocess: the first one generates the dataset, the others reuse it."""
+    return tmp_path_factory.mktemp("datasets")

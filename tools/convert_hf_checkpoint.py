@@ -20,14 +20,15 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from convert_official_checkpoint import add_common_arguments, build_model, finish  # noqa: E402
 
+from deformable_detr.checkpoint import UnreadableCheckpointError, load_weights_file  # noqa: E402
 from deformable_detr.conversion import convert_hf_state_dict  # noqa: E402
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+OFFICIAL_HINT = "; convert official Deformable-DETR checkpoints with tools/convert_official_checkpoint.py"
 
 
 def load_hf(path: str):
@@ -40,12 +41,12 @@ def load_hf(path: str):
         weights, config_file = found[0], path / "config.json"
     else:
         weights, config_file = path, path.parent / "config.json"
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state_dict = load_file(str(weights))
-    else:
-        state_dict = torch.load(weights, map_location="cpu", weights_only=True)
+    try:
+        state_dict = load_weights_file(str(weights))
+    except UnreadableCheckpointError as e:
+        raise ValueError(f"{e}{OFFICIAL_HINT if 'argparse.Namespace' in str(e) else ''}") from None
+    if "model" in state_dict and "args" in state_dict:
+        raise ValueError(f"{weights}: this is a checkpoint of the official Deformable-DETR release, not HF{OFFICIAL_HINT}")
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
     if config is not None and config.get("model_type") != "deformable_detr":
         raise ValueError(f"{config_file}: model_type is {config.get('model_type')!r}, not 'deformable_detr'")

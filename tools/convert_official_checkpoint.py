@@ -19,13 +19,13 @@ Every source key is accounted for: converted, a repeat of a shared head, or
 listed as unused; a model key the checkpoint cannot fill is an error.
 """
 import argparse
-import pickle
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import torch
 
+from deformable_detr.checkpoint import UnreadableCheckpointError, load_weights_file
 from deformable_detr.conversion import Conversion, coco_raw_class_ids, convert_official_state_dict, load_conversion
 
 COCO_HEAD_ROWS = 91
@@ -96,12 +96,9 @@ def load_official(path: str) -> dict:
     """The state_dict of an official checkpoint file (or a bare state_dict)."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path}: torch.load(weights_only=True) refused an object in it ({str(e).splitlines()[0]}); "
-            "save its state_dict alone with torch.save({'model': checkpoint['model']}, ...) where you trust the file"
-        ) from e
+            checkpoint = load_weights_file(path)
+    except UnreadableCheckpointError as e:
+        raise ValueError(str(e)) from None
     state_dict = checkpoint.get("model", checkpoint)
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f"{path}: expected the official checkpoint, a dict whose 'model' is a state_dict")

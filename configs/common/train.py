@@ -8,6 +8,7 @@ train = dict(
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
     eval_period=5000,
+    eval_after_train=True,  # False: no evaluation at the end (eval_period 0 then means none at all)
     log_period=20,
     device="cuda",
 )

@@ -6,14 +6,13 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
-    get_detection_dataset_dicts,
 )
 from detectron2.data import transforms as T
-from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling.backbone import BasicStem, ResNet
 from omegaconf import OmegaConf
 
-from deformable_detr.dataset_mapper import DetrDatasetMapper, drop_degenerate_boxes
+from deformable_detr.dataset_mapper import DetrDatasetMapper
+from deformable_detr.ground_truth import DetrCOCOEvaluator, clean_boxes, detection_dataset_dicts
 from deformable_detr.synthetic import DATASET_NAMES
 
 from ..common.coco_schedule import step_schedule
@@ -49,7 +48,9 @@ optimizer.lr = 4e-4
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(drop_degenerate_boxes)(dataset_dicts=L(get_detection_dataset_dicts)(names=TRAIN, filter_empty=False)),
+    dataset=L(clean_boxes)(
+        dataset_dicts=L(detection_dataset_dicts)(names=TRAIN, filter_empty=False), dataset_name=TRAIN
+    ),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
         augmentation=[L(T.RandomFlip)()],
@@ -60,11 +61,11 @@ dataloader.train = L(build_detection_train_loader)(
     num_workers=1,
 )
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names=VAL, filter_empty=False),
+    dataset=L(detection_dataset_dicts)(names=VAL, filter_empty=False),
     mapper=L(DetrDatasetMapper)(is_train=False, augmentation=[], augmentation_with_crop=None, image_format="RGB"),
     num_workers=1,
 )
-dataloader.evaluator = L(COCOEvaluator)(dataset_name=VAL)
+dataloader.evaluator = L(DetrCOCOEvaluator)(dataset_name=VAL)
 
 # about 15 minutes on a 2-core CPU
 train.max_iter, lr_multiplier = step_schedule(

@@ -317,8 +317,24 @@ def test_hf_transformers4_names_with_a_timm_backbone():
 def test_convert_official_tool_refuses_unsafe_pickles(tmp_path):
     tool = _load_tool("convert_official_checkpoint")
     torch.save({"model": {}, "args": Path("/not/a/plain/type")}, tmp_path / "odd.pth")
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="odd.pth: not loadable as data .*re-save the state_dict alone"):
         tool.load_official(str(tmp_path / "odd.pth"))
+    (tmp_path / "empty.pth").touch()
+    with pytest.raises(ValueError, match="empty.pth: the file is empty"):
+        tool.load_official(str(tmp_path / "empty.pth"))
     torch.save({"model": {"a": 1}}, tmp_path / "not_weights.pth")
     with pytest.raises(ValueError, match="expected the official checkpoint"):
         tool.load_official(str(tmp_path / "not_weights.pth"))
+
+
+def test_convert_hf_tool_points_official_checkpoints_to_the_other_tool(tmp_path):
+    tool = _load_tool("convert_hf_checkpoint")
+    torch.save({"model": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=2e-4)}, tmp_path / "official.pth")
+    torch.save({"model": {"a": torch.ones(1)}, "args": {"lr": 2e-4}}, tmp_path / "official_plain_args.pth")
+    for name in ("official.pth", "official_plain_args.pth"):
+        with pytest.raises(ValueError, match=f"{name}: .*; convert official Deformable-DETR checkpoints with "
+                           "tools/convert_official_checkpoint.py$"):
+            tool.load_hf(str(tmp_path / name))
+    (tmp_path / "empty.bin").touch()
+    with pytest.raises(ValueError, match="empty.bin: the file is empty"):
+        tool.load_hf(str(tmp_path / "empty.bin"))

@@ -1,6 +1,5 @@
 """DetrDatasetMapper: output format, boxes moving with the image, the crop
-branch, bad images, and degenerate boxes."""
-import logging
+branch and bad images."""
 import re
 
 import cv2
@@ -16,7 +15,6 @@ from deformable_detr.dataset_mapper import (
     detr_crop_augmentation,
     detr_test_augmentation,
     detr_train_augmentation,
-    drop_degenerate_boxes,
 )
 
 HEIGHT, WIDTH = 60, 80
@@ -119,28 +117,6 @@ def test_unreadable_image(record, tmp_path):
     record["file_name"] = str(path)
     with pytest.raises(OSError, match=re.escape(f"cannot read image {path}")):
         _mapper([])(record)
-
-
-def test_drop_degenerate_boxes(caplog):
-    def annotation(bbox):
-        return {"bbox": bbox, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
-
-    dicts = [
-        {"image_id": 1, "annotations": [annotation([0, 0, 0, 5]), annotation([1, 1, 4, 4])]},
-        {"image_id": 2, "annotations": [annotation([0, 0, 5, 0]), annotation([2, 2, 0, 0])]},
-        {"image_id": 3, "annotations": [annotation([1, 1, 2, 2])]},
-        {"image_id": 4, "annotations": []},
-    ]
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.dataset_mapper"):
-        kept = drop_degenerate_boxes(dicts)
-    assert [r.getMessage() for r in caplog.records] == ["dropped 3 annotations with zero width or height from 2 images"]
-    assert [len(d["annotations"]) for d in kept] == [1, 0, 1, 0]
-    assert kept[0]["annotations"][0]["bbox"] == [1, 1, 4, 4]
-    assert [len(d["annotations"]) for d in dicts] == [2, 2, 1, 0]  # the input is left alone
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.dataset_mapper"):
-        drop_degenerate_boxes(kept)
-    assert not caplog.records
 
 
 def test_augmentation_helpers():

@@ -1,5 +1,5 @@
 """HungarianMatcher: optimal against brute force over all assignments, exact on
-an obvious case, empty images, half-precision inputs."""
+an obvious case, empty images, half-precision inputs, non-finite predictions."""
 import itertools
 import math
 import random
@@ -148,3 +148,14 @@ def test_half_precision_inputs_match_as_in_float32():
 def test_all_zero_costs_are_rejected():
     with pytest.raises(ValueError, match="cannot all be 0"):
         HungarianMatcher(cost_class=0, cost_bbox=0, cost_giou=0)
+
+
+@pytest.mark.parametrize("key", ["pred_logits", "pred_boxes"])
+def test_non_finite_predictions_raise_a_floating_point_error(key):
+    """Not scipy's `ValueError: matrix contains invalid numeric entries`."""
+    gen = torch.Generator().manual_seed(2)
+    outputs = {"pred_logits": torch.randn(1, 4, NUM_CLASSES, generator=gen), "pred_boxes": _random_boxes(4, gen)[None]}
+    outputs[key][0, 2, 1] = float("nan")
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": _random_boxes(2, gen)}]
+    with pytest.raises(FloatingPointError, match=f"HungarianMatcher: .*1 non-finite values in {key}"):
+        HungarianMatcher()(outputs, targets)

@@ -1,36 +1,19 @@
 """tools/lazyconfig_train_net.py end to end on the synthetic data: a few
 iterations with evaluation, resuming from the saved iteration, evaluation only,
 and DefaultPredictor on the checkpoint it wrote."""
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import cv2
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"
+from ..train_net_runs import ROOT, iterations as _iterations, train_net
 
 
-def _train_net(tmp_path, *overrides, flags=()):
-    env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"))
-    script = ROOT / "tools" / "lazyconfig_train_net.py"
-    command = [sys.executable, str(script), "--config-file", str(CONFIG), *flags, *overrides]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
-
-
-def _iterations(output_dir):
-    lines = (output_dir / "metrics.json").read_text().splitlines()
-    return [json.loads(line)["iteration"] for line in lines if '"total_loss"' in line]
+def _train_net(datasets, *overrides, flags=()):
+    return train_net(datasets, *flags, *overrides)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, synthetic_datasets):
     tmp_path = tmp_path_factory.mktemp("train")
     output_dir = tmp_path / "output"
     common = [
@@ -41,8 +24,8 @@ def trained(tmp_path_factory):
         "dataloader.train.num_workers=0",
         "dataloader.test.num_workers=0",
     ]
-    log = _train_net(tmp_path, *common, "train.max_iter=3", "train.eval_period=3")
-    return tmp_path, output_dir, common, log
+    log = _train_net(synthetic_datasets, *common, "train.max_iter=3", "train.eval_period=3")
+    return synthetic_datasets, output_dir, common, log
 
 
 def test_trains_and_evaluates(trained):
@@ -54,16 +37,16 @@ def test_trains_and_evaluates(trained):
 
 
 def test_resume_continues_from_the_saved_iteration(trained):
-    tmp_path, output_dir, common, _ = trained
-    log = _train_net(tmp_path, *common, "train.max_iter=5", "train.eval_period=0", flags=["--resume"])
+    datasets, output_dir, common, _ = trained
+    log = _train_net(datasets, *common, "train.max_iter=5", "train.eval_after_train=False", flags=["--resume"])
     assert "Resuming from" in log or "Loading from" in log
     assert _iterations(output_dir)[-2:] == [3, 4]
 
 
 def test_eval_only(trained):
-    tmp_path, output_dir, common, _ = trained
+    datasets, output_dir, common, _ = trained
     checkpoint = f"train.init_checkpoint={output_dir / 'model_final.pth'}"
-    log = _train_net(tmp_path, *common, checkpoint, flags=["--eval-only"])
+    log = _train_net(datasets, *common, checkpoint, flags=["--eval-only"])
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
 
 
@@ -73,14 +56,14 @@ def test_default_predictor_on_the_checkpoint(trained):
 
     from deformable_detr import add_deformable_detr_config
 
-    tmp_path, output_dir, _, _ = trained
+    datasets, output_dir, _, _ = trained
     cfg = get_cfg()
     add_deformable_detr_config(cfg)
     cfg.merge_from_file(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"))
     cfg.MODEL.WEIGHTS = str(output_dir / "model_final.pth")
     cfg.MODEL.DEVICE = "cpu"
     predictor = DefaultPredictor(cfg)
-    image_path = next((tmp_path / "datasets" / "synthetic_shapes" / "val").glob("*.jpg"))
+    image_path = next((datasets / "synthetic_shapes" / "val").glob("*.jpg"))
     instances = predictor(cv2.imread(str(image_path)))["instances"]
     assert len(instances) == 30
     height, width = cv2.imread(str(image_path)).shape[:2]
@@ -95,13 +78,13 @@ def test_default_predictor_on_the_checkpoint(trained):
 def test_two_cpu_workers(trained):
     """detectron2's launch with two processes (gloo): DDP on CPU and the criterion's
     box count all-reduced over workers."""
-    tmp_path = trained[0]  # its generated dataset
-    output_dir = tmp_path / "output_two_workers"
+    datasets = trained[0]
+    output_dir = trained[1].parent / "output_two_workers"
     _train_net(
-        tmp_path,
+        datasets,
         f"train.output_dir={output_dir}",
         "train.max_iter=2",
-        "train.eval_period=0",
+        "train.eval_after_train=False",
         "train.log_period=1",
         "dataloader.train.total_batch_size=4",
         "dataloader.train.num_workers=0",

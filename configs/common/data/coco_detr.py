@@ -3,8 +3,7 @@
 # resize to 400/500/600, a random 384..600 crop and the same 480..800 resize.
 # Test: shortest edge 800, longest at most 1333.
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.evaluation import COCOEvaluator
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from omegaconf import OmegaConf
 
 from deformable_detr.dataset_mapper import (
@@ -12,15 +11,16 @@ from deformable_detr.dataset_mapper import (
     detr_crop_augmentation,
     detr_test_augmentation,
     detr_train_augmentation,
-    drop_degenerate_boxes,
 )
+from deformable_detr.ground_truth import DetrCOCOEvaluator, clean_boxes, detection_dataset_dicts
 
 TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(drop_degenerate_boxes)(
-        dataset_dicts=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=False)
+    dataset=L(clean_boxes)(
+        dataset_dicts=L(detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
+        dataset_name="coco_2017_train",
     ),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
@@ -39,7 +39,7 @@ dataloader.train = L(build_detection_train_loader)(
     num_workers=4,
 )
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    dataset=L(detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
     mapper=L(DetrDatasetMapper)(
         is_train=False,
         augmentation=L(detr_test_augmentation)(min_size=800, max_size=1333),
@@ -48,4 +48,4 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
+dataloader.evaluator = L(DetrCOCOEvaluator)(dataset_name="${..test.dataset.names}")

@@ -9,14 +9,12 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode
 
 __all__ = [
     "DetrDatasetMapper",
     "detr_train_augmentation",
     "detr_crop_augmentation",
     "detr_test_augmentation",
-    "drop_degenerate_boxes",
 ]
 
 TRAIN_MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
@@ -54,30 +52,6 @@ def detr_crop_augmentation(
 
 def detr_test_augmentation(min_size: int = 800, max_size: int = 1333) -> list:
     return [T.ResizeShortestEdge(min_size, max_size)]
-
-
-def drop_degenerate_boxes(dataset_dicts: list) -> list:
-    """Returns the dataset dicts without annotations whose box has zero (or
-    negative) width or height, and logs one warning counting them."""
-    dropped, images, result = 0, 0, []
-    for record in dataset_dicts:
-        annotations = record.get("annotations", [])
-        kept = [a for a in annotations if _box_is_valid(a)]
-        if len(kept) < len(annotations):
-            dropped += len(annotations) - len(kept)
-            images += 1
-            record = {**record, "annotations": kept}
-        result.append(record)
-    if dropped:
-        logging.getLogger(__name__).warning(
-            f"dropped {dropped} annotations with zero width or height from {images} images"
-        )
-    return result
-
-
-def _box_is_valid(annotation: dict) -> bool:
-    x0, y0, x1, y1 = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
-    return x1 > x0 and y1 > y0
 
 
 class DetrDatasetMapper:

@@ -1,6 +1,7 @@
 """The training loop step of the recipe: optional autocast (float16 with a
 gradient scaler, or bfloat16), gradient clipping, and a clear stop on a
-non-finite loss before the weights are touched."""
+non-finite input, loss or gradient before the weights are touched."""
+import math
 import time
 from typing import Optional
 
@@ -31,17 +32,18 @@ class DetrTrainer(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        self._check_images(data)
 
-        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            loss_dict = self.model(data)
+        try:
+            with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                loss_dict = self.model(data)
+        except FloatingPointError as e:  # from the matcher: non-finite predictions
+            raise FloatingPointError(f"at iteration {self.iter}: {e}") from e
         losses = sum(loss_dict.values())
         if not torch.isfinite(losses):
             values = {k: v.detach().item() for k, v in loss_dict.items()}
-            raise FloatingPointError(
-                f"non-finite loss at iteration {self.iter}: {values}. Training stopped before the optimizer "
-                "step; the last periodic checkpoint in the output directory is the last good one "
-                "(try a lower learning rate, gradient clipping, or float32)."
-            )
+            first = next((k for k, v in values.items() if not math.isfinite(v)), "the sum")
+            self._stop(f"non-finite loss at iteration {self.iter}, first in {first}: {values}")
 
         self.optimizer.zero_grad()
         if self.grad_scaler is not None:
@@ -49,8 +51,13 @@ class DetrTrainer(SimpleTrainer):
             self.grad_scaler.unscale_(self.optimizer)
         else:
             losses.backward()
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        # float16: the scaler skips the step of a non-finite gradient and lowers its scale
+        if self.grad_scaler is None and not torch.isfinite(total_norm):
+            self._stop(f"non-finite gradient at iteration {self.iter}, first in {self._first_non_finite_gradient()}")
         if self.clip_max_norm:
-            total_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_max_norm)
+            torch.nn.utils.clip_grads_with_norm_(parameters, self.clip_max_norm, total_norm)
             self.storage.put_scalar("grad_norm", float(total_norm), smoothing_hint=True)
         self._write_metrics(loss_dict, data_time)
         if self.grad_scaler is not None:
@@ -58,3 +65,40 @@ class DetrTrainer(SimpleTrainer):
             self.grad_scaler.update()
         else:
             self.optimizer.step()
+
+    def _check_images(self, data: list) -> None:
+        """Stops on NaN or Inf in a floating-point input image, before the
+        forward pass updates batch-norm statistics with it."""
+        for item in data:
+            image = item.get("image") if isinstance(item, dict) else None
+            if isinstance(image, torch.Tensor) and image.is_floating_point() and not torch.isfinite(image).all():
+                raise FloatingPointError(
+                    f"non-finite values (NaN or Inf) in the input image {item.get('file_name', '')} at iteration "
+                    f"{self.iter}; the data loader or mapper produced it, training stopped before the forward pass"
+                )
+
+    def _first_non_finite_gradient(self) -> str:
+        for group_index, group in enumerate(self.optimizer.param_groups):
+            for parameter in group["params"]:
+                if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+                    name = next(n for n, p in self.model.named_parameters() if p is parameter)
+                    return f"{name} (parameter group {group_index}, lr {group['lr']:g})"
+        return "no parameter of the optimizer"
+
+    @staticmethod
+    def _stop(message: str):
+        raise FloatingPointError(
+            f"{message}. Training stopped before the optimizer step; the last checkpoint in the output directory "
+            "is the last good one (try a lower learning rate, gradient clipping, or float32)."
+        )
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.grad_scaler is not None:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

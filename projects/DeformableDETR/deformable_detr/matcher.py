@@ -70,6 +70,8 @@ class HungarianMatcher(nn.Module):
         )
         # An explicit size, not -1: a batch without any target has an empty cost.
         cost = cost.view(batch_size, num_queries, len(target_labels)).cpu()
+        if not torch.isfinite(cost).all():
+            raise FloatingPointError(_non_finite_message(pred_logits, pred_boxes, target_boxes))
 
         sizes = [len(t["boxes"]) for t in targets]
         matches = []
@@ -87,6 +89,18 @@ class HungarianMatcher(nn.Module):
         neg_cost = (1 - self.focal_alpha) * prob**self.focal_gamma * -(1 - prob + self.eps).log()
         pos_cost = self.focal_alpha * (1 - prob) ** self.focal_gamma * -(prob + self.eps).log()
         return pos_cost[:, target_labels] - neg_cost[:, target_labels]
+
+
+def _non_finite_message(pred_logits: Tensor, pred_boxes: Tensor, target_boxes: Tensor) -> str:
+    counts = {
+        name: int((~torch.isfinite(value)).sum())
+        for name, value in (("pred_logits", pred_logits), ("pred_boxes", pred_boxes), ("target boxes", target_boxes))
+    }
+    found = ", ".join(f"{n} non-finite values in {name}" for name, n in counts.items() if n) or "degenerate boxes"
+    return (
+        f"HungarianMatcher: the matching cost is NaN or Inf ({found}); the model diverged or its input "
+        "holds NaN (try a lower learning rate or gradient clipping)"
+    )
 
 
 def _to_xyxy(boxes: Tensor) -> Tensor:

@@ -1,0 +1,38 @@
+"""Subprocess runs of tools/lazyconfig_train_net.py (or a script wrapping it) on
+the synthetic config, with the synthetic dataset under a given D2EXT_DATASETS."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"
+TRAIN_NET = ROOT / "tools" / "lazyconfig_train_net.py"
+
+
+def environment(datasets, **variables) -> dict:
+    return dict(os.environ, D2EXT_DATASETS=str(datasets), **variables)
+
+
+def command(*args, script=TRAIN_NET, config=CONFIG) -> list:
+    return [sys.executable, str(script), "--config-file", str(config), *args]
+
+
+def run(args: list, datasets, *, succeeds: bool = True, timeout: float = 600, **variables) -> str:
+    """Runs `args` (a command) and returns its stdout and stderr; asserts that
+    it succeeded, or with succeeds=False that it failed."""
+    result = subprocess.run(args, env=environment(datasets, **variables), capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert (result.returncode == 0) == succeeds, f"exit status {result.returncode}:\n{output[-6000:]}"
+    return output
+
+
+def train_net(datasets, *args, succeeds: bool = True, **variables) -> str:
+    return run(command(*args), datasets, succeeds=succeeds, **variables)
+
+
+def iterations(output_dir: Path) -> list:
+    """The iterations metrics.json logged a total_loss for."""
+    lines = (output_dir / "metrics.json").read_text().splitlines()
+    return [json.loads(line)["iteration"] for line in lines if '"total_loss"' in line]
