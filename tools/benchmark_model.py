@@ -9,6 +9,10 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --device cpu \\
         --height 128 --width 160 --warmup 1 --repeats 2
 
+    # CPU deployment (issue 12): our eager model, torch.compile, ONNX Runtime and
+    # AOTInductor beside HF eager, inference at batch 1 (exports and compiles first)
+    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --deploy --device cpu
+
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
 stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
 layers, d_model 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
@@ -209,6 +213,62 @@ def bench_infer(kind, model, batch, args, device):
     return batch * 1e3 / ms
 
 
+# ----------------------------------------------------------------------------- deployment
+def deploy_runners(model, image, workdir):
+    """name -> (seconds to export or compile, fn) for our model's CPU paths on one
+    image (3, H, W); each fn runs inference with post-processing (top-100 boxes in
+    pixels). The compiled paths are built, and run once, here."""
+    import time
+
+    from deformable_detr.export import ImageToDetections, export
+
+    module = ImageToDetections(model)
+    runners = {"ours eager": (0.0, lambda: model([{"image": image}]))}
+
+    def build(name, make):
+        start = time.perf_counter()
+        fn = make()
+        fn()  # compiles lazily (torch.compile) or loads kernels
+        runners[name] = (time.perf_counter() - start, fn)
+
+    def onnxruntime_fn():
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(export(model, image, "onnx", workdir)[0])
+        feed = {"image": image.numpy()}
+        return lambda: session.run(None, feed)
+
+    build("ours torch.compile", lambda: (lambda compiled: lambda: compiled(image))(torch.compile(module)))
+    build("ours onnxruntime", onnxruntime_fn)
+    build("ours aoti", lambda: (lambda aoti: lambda: aoti(image))(
+        torch._inductor.aoti_load_package(export(model, image, "aoti", workdir)[0])))
+    return runners
+
+
+def bench_deploy(args, device):
+    """Prints the CPU inference table at batch 1: our deployment paths and HF eager."""
+    import tempfile
+
+    images, boxes, classes = make_batch(1, args.height, args.width, args.boxes, args.num_classes, seed=1)
+    pv, pm, _ = hf_inputs(images, boxes, classes, device, train=False)
+    hf = build_hf(args.variant, args.num_classes, device).eval()
+    rows = {"hf eager": (0.0, lambda: hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), [(args.height, args.width)]))}
+    with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
+        model = build_ours(args.variant, "auto", args.num_classes, device).eval()
+        rows.update(deploy_runners(model, images[0], workdir))
+        times = {name: time_ms(fn, device, args.warmup, args.repeats) for name, (_, fn) in rows.items()}
+    print()
+    print(f"Inference, batch 1, {args.height}x{args.width}, {torch.get_num_threads()} threads: median ms over "
+          f"{args.repeats} runs after {args.warmup} (ratio: HF eager ms / ms, >1 means faster than HF eager); "
+          "export/compile s is the one-off cost before the first run.")
+    print()
+    print("| path | ms | img/s | vs HF eager | export/compile s |")
+    print("|---|---|---|---|---|")
+    for name, (setup_s, _) in rows.items():
+        ms = times[name]
+        print(f"| {name} | {ms:.0f} | {1e3 / ms:.2f} | {times['hf eager'] / ms:.2f}x | {setup_s:.0f} |")
+
+
 # ----------------------------------------------------------------------------- main
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,6 +286,8 @@ def main():
     parser.add_argument("--models", nargs="+", default=["ours-cpp", "ours-numba", "hf"],
                         choices=["ours-cpp", "ours-numba", "ours-torch", "hf"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deploy", action="store_true",
+                        help="inference at batch 1 only: eager, torch.compile, ONNX Runtime, AOTInductor, HF eager")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -247,6 +309,9 @@ def main():
     print(f"variant {args.variant} ({VARIANTS[args.variant]}), {args.num_classes} classes, "
           f"image {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
           f"warmup {args.warmup}, repeats {args.repeats}")
+
+    if args.deploy:
+        return bench_deploy(args, device)
 
     rows, notes, failed = [], [], False
     for kind in args.models:

@@ -21,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from .meta_arch import DeformableDETR
 from .transformer import sizes_as_tensor
 
-__all__ = ["ImageToDetections", "FORMATS", "export", "dynamic_image_shapes", "load_model", "load_weights_strictly"]
+__all__ = ["ImageToDetections", "FORMATS", "export", "dynamic_image_shapes", "load_artefact", "load_model", "load_weights_strictly"]
 
 MIN_SIZE = 65  # a stride-64 level then has 2 pixels a side or more (a side of 1 specializes its strides)
 
@@ -125,6 +125,21 @@ def export(model: DeformableDETR, image: torch.Tensor, fmt: str, output_dir: str
     path = os.path.join(output_dir, file_name)
     save(ImageToDetections(model), image, path)
     return path, usage.format(path=path)
+
+
+def load_artefact(path: str, fmt: str) -> Callable:
+    """An exported artefact as a function image (3, H, W) -> (boxes, scores, classes)
+    tensors, in this process (ONNX through onnxruntime's CPU provider)."""
+    if fmt == "torchscript":
+        return torch.jit.load(path)
+    if fmt == "exported-program":
+        return torch.export.load(path).module()
+    if fmt == "aoti":
+        return torch._inductor.aoti_load_package(path)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return lambda image: [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy()})]
 
 
 def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDETR, str]:
