@@ -36,6 +36,7 @@ torch.cuda.max_memory_allocated over the timed iterations (CUDA only), weights
 and optimizer state included.
 """
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -245,6 +246,16 @@ def deploy_runners(model, image, workdir):
     return runners
 
 
+def interleaved_medians(fns, device, warmup, repeats):
+    """name -> median ms of fns[name](), timed in turns (one call of each per round) so
+    that load from other processes on a shared machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds = [{name: time_ms(fn, device, 0, 1) for name, fn in fns.items()} for _ in range(repeats)]
+    return {name: statistics.median(r[name] for r in rounds) for name in fns}
+
+
 def bench_deploy(args, device):
     """Prints the CPU inference table at batch 1: our deployment paths and HF eager."""
     import tempfile
@@ -256,10 +267,11 @@ def bench_deploy(args, device):
     with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
         model = build_ours(args.variant, "auto", args.num_classes, device).eval()
         rows.update(deploy_runners(model, images[0], workdir))
-        times = {name: time_ms(fn, device, args.warmup, args.repeats) for name, (_, fn) in rows.items()}
+        times = interleaved_medians({name: fn for name, (_, fn) in rows.items()}, device, args.warmup, args.repeats)
     print()
     print(f"Inference, batch 1, {args.height}x{args.width}, {torch.get_num_threads()} threads: median ms over "
-          f"{args.repeats} runs after {args.warmup} (ratio: HF eager ms / ms, >1 means faster than HF eager); "
+          f"{args.repeats} rounds, each path once per round, after {args.warmup} warm-up calls "
+          "(ratio: HF eager ms / ms, >1 means faster than HF eager); "
           "export/compile s is the one-off cost before the first run.")
     print()
     print("| path | ms | img/s | vs HF eager | export/compile s |")

@@ -4,12 +4,14 @@ ExportedProgram and an AOTInductor package.
 
 Every artefact takes one image (3, H, W) float32, 0-255 in the config's input
 format (INPUT.FORMAT, or the test mapper's image_format: RGB for the configs
-here), resized as the test mapper and DefaultPredictor resize it, and returns ``boxes`` (K, 4) (x1, y1, x2, y2) in pixels of that image,
-clipped to it, ``scores`` (K,) and ``classes`` (K,) int64, best first,
+here), resized as the test mapper and DefaultPredictor resize it, H and W at
+least MIN_SIZE. It returns ``boxes`` (K, 4) (x1, y1, x2, y2) in pixels of that
+image, clipped to it, ``scores`` (K,) and ``classes`` (K,) int64, best first,
 K = min(test_topk, num_queries * num_classes): the Instances the eager model
-returns for that image, before detector_postprocess drops empty boxes (a fixed
-K keeps the graph free of data-dependent shapes).
+returns for that image, except that the empty boxes detector_postprocess drops
+are kept (a fixed K keeps the graph free of data-dependent shapes).
 """
+import logging
 import os
 from typing import Callable, Dict, Sequence, Tuple
 
@@ -21,7 +23,17 @@ from detectron2.checkpoint import DetectionCheckpointer
 from .meta_arch import DeformableDETR
 from .transformer import sizes_as_tensor
 
-__all__ = ["ImageToDetections", "FORMATS", "export", "dynamic_image_shapes", "load_artefact", "load_model", "load_weights_strictly"]
+__all__ = [
+    "FORMATS",
+    "ImageToDetections",
+    "dynamic_image_shapes",
+    "export",
+    "load_artefact",
+    "load_model",
+    "load_weights_strictly",
+]
+
+logger = logging.getLogger(__name__)
 
 MIN_SIZE = 65  # a stride-64 level then has 2 pixels a side or more (a side of 1 specializes its strides)
 
@@ -167,6 +179,8 @@ def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDE
         model, weights, input_format = build_model(cfg), cfg.MODEL.WEIGHTS, cfg.INPUT.FORMAT
     if weights:
         load_weights_strictly(model, weights)
+    else:
+        logger.warning("no checkpoint in %s (train.init_checkpoint / MODEL.WEIGHTS): random weights", config_file)
     return model.to("cpu").eval(), input_format
 
 
