@@ -232,17 +232,24 @@ def deploy_runners(model, image, workdir):
         fn()  # compiles lazily (torch.compile) or loads kernels
         runners[name] = (time.perf_counter() - start, fn)
 
-    def onnxruntime_fn():
+    def compiled():
+        fn = torch.compile(module)
+        return lambda: fn(image)
+
+    def onnxruntime_session():
         import onnxruntime
 
         session = onnxruntime.InferenceSession(export(model, image, "onnx", workdir)[0])
         feed = {"image": image.numpy()}
         return lambda: session.run(None, feed)
 
-    build("ours torch.compile", lambda: (lambda compiled: lambda: compiled(image))(torch.compile(module)))
-    build("ours onnxruntime", onnxruntime_fn)
-    build("ours aoti", lambda: (lambda aoti: lambda: aoti(image))(
-        torch._inductor.aoti_load_package(export(model, image, "aoti", workdir)[0])))
+    def aoti_package():
+        fn = torch._inductor.aoti_load_package(export(model, image, "aoti", workdir)[0])
+        return lambda: fn(image)
+
+    build("ours torch.compile", compiled)
+    build("ours onnxruntime", onnxruntime_session)
+    build("ours aoti", aoti_package)
     return runners
 
 

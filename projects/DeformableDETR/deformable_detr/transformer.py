@@ -320,7 +320,8 @@ class DeformableTransformer(nn.Module):
         pos_flatten = torch.cat(
             [pos.flatten(2).transpose(1, 2) + self.level_embed[level] for level, pos in enumerate(pos_embeds)], 1
         )
-        spatial_shapes = torch.stack([sizes_as_tensor(hw, torch.long, src_flatten.device) for hw in spatial_shapes_list])
+        device = src_flatten.device
+        spatial_shapes = torch.stack([sizes_as_tensor(hw, torch.long, device) for hw in spatial_shapes_list])
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.valid_ratios(m, src_flatten.dtype) for m in masks], 1)
 
