@@ -9,6 +9,10 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --device cpu \\
         --height 128 --width 160 --warmup 1 --repeats 2
 
+    # CPU deployment (issue 12): our eager model, torch.compile, ONNX Runtime and
+    # AOTInductor beside HF eager, inference at batch 1 (exports and compiles first)
+    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --deploy --device cpu
+
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
 stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
 layers, d_model 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
@@ -32,6 +36,7 @@ torch.cuda.max_memory_allocated over the timed iterations (CUDA only), weights
 and optimizer state included.
 """
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -209,6 +214,80 @@ def bench_infer(kind, model, batch, args, device):
     return batch * 1e3 / ms
 
 
+# ----------------------------------------------------------------------------- deployment
+def deploy_runners(model, image, workdir):
+    """name -> (seconds to export or compile, fn) for our model's CPU paths on one
+    image (3, H, W); each fn runs inference with post-processing (top-100 boxes in
+    pixels). The compiled paths are built, and run once, here."""
+    import time
+
+    from deformable_detr.export import ImageToDetections, export
+
+    module = ImageToDetections(model)
+    runners = {"ours eager": (0.0, lambda: model([{"image": image}]))}
+
+    def build(name, make):
+        start = time.perf_counter()
+        fn = make()
+        fn()  # compiles lazily (torch.compile) or loads kernels
+        runners[name] = (time.perf_counter() - start, fn)
+
+    def compiled():
+        fn = torch.compile(module)
+        return lambda: fn(image)
+
+    def onnxruntime_session():
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(export(model, image, "onnx", workdir)[0])
+        feed = {"image": image.numpy()}
+        return lambda: session.run(None, feed)
+
+    def aoti_package():
+        fn = torch._inductor.aoti_load_package(export(model, image, "aoti", workdir)[0])
+        return lambda: fn(image)
+
+    build("ours torch.compile", compiled)
+    build("ours onnxruntime", onnxruntime_session)
+    build("ours aoti", aoti_package)
+    return runners
+
+
+def interleaved_medians(fns, device, warmup, repeats):
+    """name -> median ms of fns[name](), timed in turns (one call of each per round) so
+    that load from other processes on a shared machine falls on all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds = [{name: time_ms(fn, device, 0, 1) for name, fn in fns.items()} for _ in range(repeats)]
+    return {name: statistics.median(r[name] for r in rounds) for name in fns}
+
+
+def bench_deploy(args, device):
+    """Prints the CPU inference table at batch 1: our deployment paths and HF eager."""
+    import tempfile
+
+    images, boxes, classes = make_batch(1, args.height, args.width, args.boxes, args.num_classes, seed=1)
+    pv, pm, _ = hf_inputs(images, boxes, classes, device, train=False)
+    hf = build_hf(args.variant, args.num_classes, device).eval()
+    rows = {"hf eager": (0.0, lambda: hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), [(args.height, args.width)]))}
+    with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
+        model = build_ours(args.variant, "auto", args.num_classes, device).eval()
+        rows.update(deploy_runners(model, images[0], workdir))
+        times = interleaved_medians({name: fn for name, (_, fn) in rows.items()}, device, args.warmup, args.repeats)
+    print()
+    print(f"Inference, batch 1, {args.height}x{args.width}, {torch.get_num_threads()} threads: median ms over "
+          f"{args.repeats} rounds, each path once per round, after {args.warmup} warm-up calls "
+          "(ratio: HF eager ms / ms, >1 means faster than HF eager); "
+          "export/compile s is the one-off cost before the first run.")
+    print()
+    print("| path | ms | img/s | vs HF eager | export/compile s |")
+    print("|---|---|---|---|---|")
+    for name, (setup_s, _) in rows.items():
+        ms = times[name]
+        print(f"| {name} | {ms:.0f} | {1e3 / ms:.2f} | {times['hf eager'] / ms:.2f}x | {setup_s:.0f} |")
+
+
 # ----------------------------------------------------------------------------- main
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,6 +305,8 @@ def main():
     parser.add_argument("--models", nargs="+", default=["ours-cpp", "ours-numba", "hf"],
                         choices=["ours-cpp", "ours-numba", "ours-torch", "hf"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deploy", action="store_true",
+                        help="inference at batch 1 only: eager, torch.compile, ONNX Runtime, AOTInductor, HF eager")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -247,6 +328,9 @@ def main():
     print(f"variant {args.variant} ({VARIANTS[args.variant]}), {args.num_classes} classes, "
           f"image {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
           f"warmup {args.warmup}, repeats {args.repeats}")
+
+    if args.deploy:
+        return bench_deploy(args, device)
 
     rows, notes, failed = [], [], False
     for kind in args.models:

@@ -205,9 +205,12 @@ class DeformableDETR(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) image in the input format -> normalized by pixel mean and std."""
+        return (image.to(self.device) - self.pixel_mean) / self.pixel_std
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images)
+        return ImageList.from_tensors([self.normalize(x["image"]) for x in batched_inputs])
 
     @staticmethod
     def padding_mask(images: ImageList) -> torch.Tensor:
@@ -221,8 +224,11 @@ class DeformableDETR(nn.Module):
     def feature_levels(self, images: ImageList):
         """The transformer's inputs: per level the projected map (N, C, H_l, W_l),
         its padding mask (N, H_l, W_l) and position embedding (N, C, H_l, W_l)."""
-        image_mask = self.padding_mask(images)
-        features = self.backbone(images.tensor)
+        return self.masked_feature_levels(images.tensor, self.padding_mask(images))
+
+    def masked_feature_levels(self, images: torch.Tensor, image_mask: torch.Tensor):
+        """feature_levels of padded images (N, 3, H, W) with their padding mask (N, H, W)."""
+        features = self.backbone(images)
         srcs, masks, positions = [], [], []
         for level in range(self.num_feature_levels):
             if level < len(self.in_features):
@@ -259,7 +265,12 @@ class DeformableDETR(nn.Module):
             every earlier layer; in two-stage, "enc_outputs": the encoder proposals'
             (N, S, K) logits and (N, S, 4) boxes (invalid proposals have boxes of 1).
         """
-        srcs, masks, positions = self.feature_levels(images)
+        return self.predict_masked(images.tensor, self.padding_mask(images))
+
+    def predict_masked(self, images: torch.Tensor, image_mask: torch.Tensor) -> Dict:
+        """predict on padded images (N, 3, H, W) with their padding mask (N, H, W),
+        True at padding: the tensor-only form that the exporters trace."""
+        srcs, masks, positions = self.masked_feature_levels(images, image_mask)
         query_embed = None if self.two_stage else self.query_embed.weight
         hidden_states, references, enc_logits, enc_boxes_unact = self.transformer(
             srcs, masks, positions, query_embed, self.class_embed, self.bbox_embed, self.with_box_refine
@@ -293,18 +304,31 @@ class DeformableDETR(nn.Module):
             targets.append({"labels": instances.gt_classes, "boxes": boxes})
         return targets
 
-    def inference(self, logits: torch.Tensor, boxes: torch.Tensor, image_sizes) -> List[Instances]:
+    def select_topk(self, logits: torch.Tensor, boxes: torch.Tensor):
         """Top-k of sigmoid scores over queries x classes.
 
         Args:
             logits: (N, Q, K); boxes: (N, Q, 4) normalized (cx, cy, w, h).
-            image_sizes: N (h, w) of the resized images.
+
+        Returns:
+            scores (N, k), classes (N, k) int64 and normalized (x1, y1, x2, y2) boxes (N, k, 4),
+            k = min(test_topk, Q * K), best first.
         """
         N, Q, K = logits.shape
         scores, indices = logits.sigmoid().view(N, -1).topk(min(self.test_topk, Q * K), dim=1)
         queries = torch.div(indices, K, rounding_mode="floor")
         labels = indices % K
         boxes_xyxy = box_convert(boxes, "cxcywh", "xyxy").gather(1, queries[..., None].expand(-1, -1, 4))
+        return scores, labels, boxes_xyxy
+
+    def inference(self, logits: torch.Tensor, boxes: torch.Tensor, image_sizes) -> List[Instances]:
+        """select_topk as Instances with boxes in pixels of the resized images.
+
+        Args:
+            logits: (N, Q, K); boxes: (N, Q, 4) normalized (cx, cy, w, h).
+            image_sizes: N (h, w) of the resized images.
+        """
+        scores, labels, boxes_xyxy = self.select_topk(logits, boxes)
         results = []
         for i, (h, w) in enumerate(image_sizes):
             result = Instances((h, w))

@@ -17,6 +17,12 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def sizes_as_tensor(sizes, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(len(sizes),) tensor of sizes read from tensor shapes. They stay symbolic under
+    torch.export and torch.jit.trace, where torch.as_tensor would freeze them."""
+    return torch.stack([torch.scalar_tensor(size, dtype=dtype, device=device) for size in sizes])
+
+
 def pixel_centres(H: int, W: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(H * W, 2) (x, y) pixel centres of an H x W map in pixels, row-major."""
     y, x = torch.meshgrid(
@@ -73,7 +79,8 @@ class DeformableEncoder(nn.Module):
         and mapped to every level.
 
         Args:
-            spatial_shapes: L pairs (H, W).
+            spatial_shapes: L pairs (H, W), taken from tensor shapes (so that they stay
+                symbolic under torch.export and tracing).
             valid_ratios: (N, L, 2), the valid (w, h) fraction of every level.
 
         Returns:
@@ -82,7 +89,7 @@ class DeformableEncoder(nn.Module):
         points = []
         for level, (H, W) in enumerate(spatial_shapes):
             centres = pixel_centres(H, W, valid_ratios.dtype, valid_ratios.device)
-            valid_size = valid_ratios[:, level] * valid_ratios.new_tensor([W, H])
+            valid_size = torch.stack([valid_ratios[:, level, 0] * W, valid_ratios[:, level, 1] * H], -1)
             points.append(centres[None] / valid_size[:, None])
         return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
@@ -254,26 +261,27 @@ class DeformableTransformer(nn.Module):
         pos = proposals.to(dtype).sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
         return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
 
-    def encoder_proposals(self, memory, padding_mask, spatial_shapes: List[tuple]):
+    def encoder_proposals(self, memory, padding_mask, masks: List[torch.Tensor]):
         """One proposal per encoder position: the pixel centre, with width and height
         proposal_base_size * 2^level, in logit space; invalid ones (padding, or too
         close to the border) are +inf and their memory zeroed.
 
+        Args:
+            memory: (N, S, C); padding_mask: (N, S), True at padding.
+            masks: the same padding per level, L tensors (N, H_l, W_l).
+
         Returns:
             output_memory (N, S, C) after the proposal projection, proposals (N, S, 4).
         """
-        N = memory.shape[0]
         proposals = []
-        start = 0
-        for level, (H, W) in enumerate(spatial_shapes):
-            mask = padding_mask[:, start : start + H * W].view(N, H, W)
+        for level, mask in enumerate(masks):
+            N, H, W = mask.shape
             valid_h = (~mask[:, :, 0]).sum(1)
             valid_w = (~mask[:, 0, :]).sum(1)
             scale = torch.stack([valid_w, valid_h], 1).view(N, 1, 2).to(memory.dtype)
             centres = pixel_centres(H, W, memory.dtype, memory.device)[None] / scale
             wh = torch.full_like(centres, self.proposal_base_size * (2.0**level))
             proposals.append(torch.cat((centres, wh), -1))
-            start += H * W
         proposals = torch.cat(proposals, 1)
         valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
         proposals = torch.log(proposals / (1 - proposals))
@@ -306,13 +314,14 @@ class DeformableTransformer(nn.Module):
             encoder proposals' logits (N, S, K) and unnormalized boxes (N, S, 4)
             (None otherwise).
         """
-        spatial_shapes_list = [tuple(src.shape[-2:]) for src in srcs]
+        spatial_shapes_list = [tuple(src.shape[-2:]) for src in srcs]  # ints, or symbolic when exported
         src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         mask_flatten = torch.cat([mask.flatten(1) for mask in masks], 1)
         pos_flatten = torch.cat(
             [pos.flatten(2).transpose(1, 2) + self.level_embed[level] for level, pos in enumerate(pos_embeds)], 1
         )
-        spatial_shapes = torch.as_tensor(spatial_shapes_list, dtype=torch.long, device=src_flatten.device)
+        device = src_flatten.device
+        spatial_shapes = torch.stack([sizes_as_tensor(hw, torch.long, device) for hw in spatial_shapes_list])
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.valid_ratios(m, src_flatten.dtype) for m in masks], 1)
 
@@ -328,7 +337,7 @@ class DeformableTransformer(nn.Module):
         N, _, C = memory.shape
         enc_logits = enc_boxes_unact = None
         if self.two_stage:
-            output_memory, proposals = self.encoder_proposals(memory, mask_flatten, spatial_shapes_list)
+            output_memory, proposals = self.encoder_proposals(memory, mask_flatten, masks)
             head = self.decoder.num_layers
             enc_logits = class_embed[head](output_memory)
             enc_boxes_unact = bbox_embed[head](output_memory) + proposals

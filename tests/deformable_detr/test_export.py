@@ -1,0 +1,144 @@
+"""deformable_detr.export and tools/deploy/export_model.py: every format, every
+variant, parity with the eager model at image sizes other than the export size
+(each format exported in a fresh process), and the tool's errors."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deformable_detr.export import ImageToDetections, load_artefact, load_model
+
+from .tiny_model import VARIANTS, build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
+ALL_VARIANTS = list(VARIANTS)
+# AOTInductor compiles the ExportedProgram tested for all four variants; one compile
+# takes about 1.5 minutes on 2 cores, so it runs on the variant with the most parts
+FORMAT_VARIANTS = {
+    "torchscript": ALL_VARIANTS,
+    "onnx": ALL_VARIANTS,
+    "exported-program": ALL_VARIANTS,
+    "aoti": ["two_stage"],
+}
+TOLERANCE = 1e-4  # float32, boxes in pixels and scores
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools" / "deploy" / "export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+export_model = _load_tool()
+
+
+def _run(command, **kwargs):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "projects" / "DeformableDETR"), str(ROOT)]))
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+# ----------------------------------------------------------------------------- parity, fresh process per format
+@pytest.mark.parametrize("fmt", list(FORMAT_VARIANTS))
+def test_artefacts_match_eager_at_other_sizes(fmt):
+    variants = FORMAT_VARIANTS[fmt]
+    stdout = _run([sys.executable, "-m", "tests.deformable_detr.export_parity", fmt, *variants])
+    results = json.loads(stdout.strip().splitlines()[-1])
+    assert sorted(results) == sorted(variants)
+    for variant, runs in results.items():
+        for run in runs:
+            where = f"{fmt} {variant} at {run['size']}"
+            assert run["count"] == run["eager_count"] > 0, where
+            assert run["classes_equal"], where
+            assert run["boxes"] <= TOLERANCE and run["scores"] <= TOLERANCE, f"{where}: {run}"
+
+
+# ----------------------------------------------------------------------------- the wrapper
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+def test_image_to_detections_is_the_eager_inference(variant):
+    torch.manual_seed(0)
+    model = build_model(variant).eval()
+    image = torch.rand(3, 90, 120) * 255
+    with torch.no_grad():
+        eager = model([{"image": image}])[0]["instances"]
+        boxes, scores, classes = ImageToDetections(model)(image)
+    assert boxes.shape == (model.test_topk, 4) and scores.shape == classes.shape == (model.test_topk,)
+    kept = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    torch.testing.assert_close(boxes[kept], eager.pred_boxes.tensor, rtol=0, atol=0)
+    torch.testing.assert_close(scores[kept], eager.scores, rtol=0, atol=0)
+    torch.testing.assert_close(classes[kept], eager.pred_classes, rtol=0, atol=0)
+    assert ((boxes >= 0) & (boxes <= torch.tensor([120, 90, 120, 90]))).all()
+
+
+# ----------------------------------------------------------------------------- the tool
+@pytest.fixture(scope="module")
+def synthetic_checkpoint(tmp_path_factory):
+    """A randomly initialized model of the synthetic config, saved as a checkpoint."""
+    torch.manual_seed(0)
+    model, _ = load_model(str(SYNTHETIC.with_suffix(".yaml")))
+    path = tmp_path_factory.mktemp("checkpoint") / "model.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def test_load_model_takes_the_checkpoint_from_either_config(synthetic_checkpoint):
+    expected = torch.load(synthetic_checkpoint)["model"]
+    lazy, lazy_format = load_model(str(SYNTHETIC.with_suffix(".py")), [f"train.init_checkpoint={synthetic_checkpoint}"])
+    yacs, yacs_format = load_model(str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"])
+    assert lazy_format == yacs_format == "RGB"
+    for model in (lazy, yacs):
+        assert not model.training
+        state = model.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_tool_exports_and_prints_how_to_load(synthetic_checkpoint, tmp_path):
+    stdout = _run([
+        sys.executable, "tools/deploy/export_model.py", "--config-file", str(SYNTHETIC.with_suffix(".py")),
+        "--format", "torchscript", "--output", str(tmp_path / "out"), f"train.init_checkpoint={synthetic_checkpoint}",
+    ])
+    artefact = tmp_path / "out" / "model.ts"
+    assert f"wrote {artefact}" in stdout and f"torch.jit.load('{artefact}')" in stdout
+    model, _ = load_model(str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"])
+    exported = load_artefact(str(artefact), "torchscript")
+    for size in [(200, 150), (333, 260)]:  # the generated sample image is 480x640
+        image = torch.rand(3, *size) * 255
+        with torch.no_grad():
+            for got, expected in zip(exported(image), ImageToDetections(model)(image)):
+                torch.testing.assert_close(got, expected, rtol=0, atol=TOLERANCE)
+
+
+def _tool_error(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        export_model.main(["--config-file", str(SYNTHETIC.with_suffix(".py")), *args])
+    message = str(exit_info.value.code) if exit_info.value.code not in (None, 2) else capsys.readouterr().err
+    lines = message.strip().splitlines()
+    return lines[-1]
+
+
+def test_tool_errors_name_the_problem(capsys, tmp_path, synthetic_checkpoint):
+    out = ["--output", str(tmp_path / "out")]
+    assert "invalid choice: 'tensorrt'" in _tool_error(capsys, "--format", "tensorrt", *out)
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    error = _tool_error(capsys, "--format", "onnx", "--output", str(blocked / "out"))
+    assert error.startswith(f"export_model: output directory '{blocked / 'out'}' cannot be created")
+
+    error = _tool_error(capsys, "--format", "onnx", *out, f"train.init_checkpoint={tmp_path / 'missing.pth'}")
+    assert error.startswith(f"export_model: checkpoint '{tmp_path / 'missing.pth'}' does not load")
+
+    single_scale = tmp_path / "single_scale.pth"
+    torch.save({"model": build_model("single_scale").state_dict()}, single_scale)
+    error = _tool_error(capsys, "--format", "onnx", *out, f"train.init_checkpoint={single_scale}")
+    assert error.startswith(f"export_model: checkpoint '{single_scale}' does not fit the config's model")
+    assert not (tmp_path / "out" / "model.onnx").exists()
