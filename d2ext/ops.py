@@ -199,6 +199,15 @@ def _check_levels(spatial_shapes, level_start_index, S):
 # torch.library registration
 
 
+def _kernels(backend: str):
+    """(forward, backward) kernels of the cpp or numba backend."""
+    if backend == "cpp":
+        return torch.ops.d2ext_C.ms_deform_attn_forward, torch.ops.d2ext_C.ms_deform_attn_backward
+    from d2ext import numba_kernels
+
+    return numba_kernels.forward, numba_kernels.backward
+
+
 @torch.library.custom_op("d2ext::ms_deform_attn", mutates_args=())
 def _ms_deform_attn_op(
     value: torch.Tensor,
@@ -211,18 +220,13 @@ def _ms_deform_attn_op(
     # Runs eagerly even inside compiled graphs: the levels are checked here.
     _check_levels(spatial_shapes, level_start_index, value.shape[1])
     backend = resolve_backend(backend, value.device, value.dtype)
-    if backend == "cpp":
-        forward = torch.ops.d2ext_C.ms_deform_attn_forward
-    elif backend == "numba":
-        from d2ext import numba_kernels
-
-        forward = numba_kernels.forward
-    else:
+    if backend == "torch":
         dtype = sampling_locations.dtype  # compute_dtype(value.dtype)
         output = ms_deform_attn_reference(
             value.to(dtype), spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
         return output.to(value.dtype)
+    forward, _ = _kernels(backend)
     return forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
@@ -244,28 +248,23 @@ def _ms_deform_attn_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_levels(spatial_shapes, level_start_index, value.shape[1])
     backend = resolve_backend(backend, value.device, value.dtype)
-    if backend == "cpp":
-        backward = torch.ops.d2ext_C.ms_deform_attn_backward
-    elif backend == "numba":
-        from d2ext import numba_kernels
-
-        if torch.are_deterministic_algorithms_enabled():
-            message = (
-                "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with atomic "
-                "adds and has no deterministic implementation, but torch.use_deterministic_algorithms(True) "
-                "is set; use backend='cpp' on CPU"
-            )
-            if not torch.is_deterministic_algorithms_warn_only_enabled():
-                raise RuntimeError(message)
-            warnings.warn(message)
-        backward = numba_kernels.backward
-    else:
-        dtype = sampling_locations.dtype
+    if backend == "torch":
+        dtype = sampling_locations.dtype  # compute_dtype(value.dtype)
         grads = ms_deform_attn_reference_backward(
             grad_output.to(dtype), value.to(dtype), spatial_shapes, level_start_index, sampling_locations,
             attention_weights,
         )
         return (grads[0].to(value.dtype),) + grads[1:]
+    if backend == "numba" and torch.are_deterministic_algorithms_enabled():
+        message = (
+            "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with atomic "
+            "adds and has no deterministic implementation, but torch.use_deterministic_algorithms(True) "
+            "is set; use backend='cpp' on CPU"
+        )
+        if not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(message)
+        warnings.warn(message)
+    _, backward = _kernels(backend)
     return backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 

@@ -1,5 +1,6 @@
 """The MSDA op: parity of the compiled backend with the reference, gradients,
-dtypes, empty and odd shapes, determinism, torch.compile/export, bad input."""
+dtypes, empty and odd shapes, determinism, bad input (torch.compile and
+torch.export: test_op_contract.py, in fresh processes)."""
 import pytest
 import torch
 
@@ -9,7 +10,6 @@ from d2ext.reference import ms_deform_attn_reference
 from .msda_inputs import (
     assert_backend_matches_reference,
     assert_lattice_parity,
-    level_tensors,
     make_inputs,
     reference_with_grads,
 )
@@ -192,50 +192,6 @@ def test_available_backends_explains_itself():
 def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError, match="backend must be one of"):
         d2ext.ms_deform_attn(*make_inputs(1, 2, 1, 2, [(2, 2)], 1), backend="cuda")
-
-
-# ---------------------------------------------------------------------------
-# torch.compile and torch.export
-
-
-class _Attention(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attn = d2ext.MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2, backend="cpp")
-
-    def forward(self, query, reference_points, features, spatial_shapes, level_start_index):
-        return self.attn(query, reference_points, features, spatial_shapes, level_start_index)
-
-
-def _attention_inputs():
-    spatial_shapes, level_start_index, S = level_tensors([(4, 5), (2, 3)])
-    return (torch.randn(2, 7, 16), torch.rand(2, 7, 2, 2), torch.randn(2, S, 16), spatial_shapes, level_start_index)
-
-
-@requires_cpp
-def test_torch_compile_fullgraph_forward_and_backward():
-    torch.manual_seed(0)
-    model = _Attention()
-    inputs = _attention_inputs()
-    expected = model(*inputs)
-    expected_grads = torch.autograd.grad(expected.sum(), list(model.parameters()))
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    output = compiled(*inputs)
-    grads = torch.autograd.grad(output.sum(), list(model.parameters()))
-    torch.testing.assert_close(output, expected)
-    for grad, expected_grad in zip(grads, expected_grads):
-        torch.testing.assert_close(grad, expected_grad)
-
-
-@requires_cpp
-def test_torch_export_keeps_the_op():
-    model = _Attention().eval()
-    inputs = _attention_inputs()
-    exported = torch.export.export(model, inputs)
-    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
-    assert "d2ext.ms_deform_attn.default" in targets
-    torch.testing.assert_close(exported.module()(*inputs), model(*inputs))
 
 
 # ---------------------------------------------------------------------------
