@@ -35,7 +35,7 @@ def ms_deform_attn_reference(
     _, Lq, _, L, P, _ = sampling_locations.shape
     sampled = [
         F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        for value_l, grid_l in _levels(value, spatial_shapes, level_start_index, sampling_locations)
+        for _, _, value_l, grid_l in _levels(value, spatial_shapes, level_start_index, sampling_locations)
     ]  # L x (N*M, D, Lq, P)
     # (N*M, D, Lq, L*P) * (N*M, 1, Lq, L*P) summed over L*P
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
@@ -61,15 +61,13 @@ def ms_deform_attn_reference_backward(
     grad_value = torch.zeros_like(value)
     grad_grids, grad_weights = [], []
     levels = _levels(value, spatial_shapes, level_start_index, sampling_locations)
-    for level, ((value_l, grid_l), (H, W), start) in enumerate(
-        zip(levels, spatial_shapes.tolist(), level_start_index.tolist())
-    ):
+    for level, (start, area, value_l, grid_l) in enumerate(levels):
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
         grad_weights.append((grad * sampled).sum(1))  # (N*M, Lq, P)
         grad_value_l, grad_grid_l = torch.ops.aten.grid_sampler_2d_backward(
             grad * weights[..., level, :], value_l, grid_l, 0, 0, False, [True, True]
         )  # (N*M, D, H, W), (N*M, Lq, P, 2); 0, 0: bilinear, zero padding
-        grad_value[:, start : start + H * W] = grad_value_l.view(N, M, D, H * W).permute(0, 3, 1, 2)
+        grad_value[:, start : start + area] = grad_value_l.view(N, M, D, area).permute(0, 3, 1, 2)
         grad_grids.append(grad_grid_l)
     # (N*M, Lq, L, P, ...) -> (N, Lq, M, L, P, ...); d grid / d location = 2
     grad_locations = 2 * torch.stack(grad_grids, 2).view(N, M, Lq, L, P, 2).transpose(1, 2)
@@ -78,10 +76,11 @@ def ms_deform_attn_reference_backward(
 
 
 def _levels(value, spatial_shapes, level_start_index, sampling_locations):
-    """Per level, the value map (N*M, D, H, W) and the grid_sample grid (N*M, Lq, P, 2)."""
+    """Per level: its first row in S, its H * W, the value map (N*M, D, H, W) and
+    the grid_sample grid (N*M, Lq, P, 2)."""
     N, _, M, D = value.shape
     grids = 2 * sampling_locations - 1
     for level, ((H, W), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
         # (N, H*W, M, D) -> (N*M, D, H, W); (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         value_l = value[:, start : start + H * W].permute(0, 2, 3, 1).reshape(N * M, D, H, W)
-        yield value_l, grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        yield start, H * W, value_l, grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
