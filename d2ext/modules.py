@@ -15,37 +15,37 @@ class MSDeformAttn(nn.Module):
     sums the sampled values.
 
     Args:
-        d_model: channels of queries and values (C); divisible by n_heads.
-        n_levels: feature levels (L).
-        n_heads: attention heads (M).
-        n_points: sampling points per head and level (P).
+        hidden_dim: channels of queries and values (C); divisible by num_heads.
+        num_levels: feature levels (L).
+        num_heads: attention heads (M).
+        num_points: sampling points per head and level (P).
         backend: the op's backend, see d2ext.ms_deform_attn.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, *, backend: str = "auto"):
+    def __init__(self, hidden_dim: int = 256, num_levels: int = 4, num_heads: int = 8, num_points: int = 4, *, backend: str = "auto"):
         super().__init__()
-        if d_model % n_heads != 0:
-            raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, n_heads={n_heads}")
-        self.d_model = d_model
-        self.n_levels = n_levels
-        self.n_heads = n_heads
-        self.n_points = n_points
+        if hidden_dim % num_heads != 0:
+            raise ValueError(f"hidden_dim must be divisible by num_heads, got hidden_dim={hidden_dim}, num_heads={num_heads}")
+        self.hidden_dim = hidden_dim
+        self.num_levels = num_levels
+        self.num_heads = num_heads
+        self.num_points = num_points
         self.backend = backend
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_offsets = nn.Linear(hidden_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(hidden_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.output_proj = nn.Linear(hidden_dim, hidden_dim)
         self.reset_parameters()
 
     def reset_parameters(self):
         """The paper's initialisation: offsets start on a ring of directions, one per
         head, at distance 1..P pixels; attention weights start uniform."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.n_heads, dtype=torch.float64) * (2.0 * math.pi / self.n_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float64) * (2.0 * math.pi / self.num_heads)
         directions = torch.stack([angles.cos(), angles.sin()], -1)
         directions = directions / directions.abs().max(-1, keepdim=True).values
-        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
-        grid *= torch.arange(1, self.n_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
+        grid = directions.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid *= torch.arange(1, self.num_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.flatten())
         nn.init.zeros_(self.attention_weights.weight)
@@ -59,8 +59,8 @@ class MSDeformAttn(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         input_flatten: torch.Tensor,
-        input_spatial_shapes: torch.Tensor,
-        input_level_start_index: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
         input_padding_mask: torch.Tensor = None,
     ) -> torch.Tensor:
         """
@@ -70,8 +70,8 @@ class MSDeformAttn(nn.Module):
                 (N, Lq, L, 4) normalized (cx, cy, w, h) boxes, in which case the
                 offsets are relative to the box size.
             input_flatten: (N, S, C), the flattened maps of all levels.
-            input_spatial_shapes: (L, 2) int64 (H, W) of every level.
-            input_level_start_index: (L,) int64 offset of every level in S.
+            spatial_shapes: (L, 2) int64 (H, W) of every level.
+            level_start_index: (L,) int64 offset of every level in S.
             input_padding_mask: (N, S) bool, True at padding, or None.
 
         Returns:
@@ -79,20 +79,20 @@ class MSDeformAttn(nn.Module):
         """
         N, Lq, _ = query.shape
         _, S, _ = input_flatten.shape
-        M, L, P = self.n_heads, self.n_levels, self.n_points
-        if input_spatial_shapes.shape[0] != L:
-            raise ValueError(f"this module has {L} levels, got spatial shapes of {input_spatial_shapes.shape[0]}")
+        M, L, P = self.num_heads, self.num_levels, self.num_points
+        if spatial_shapes.shape[0] != L:
+            raise ValueError(f"this module has {L} levels, got spatial shapes of {spatial_shapes.shape[0]}")
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(N, S, M, self.d_model // M)
+        value = value.view(N, S, M, self.hidden_dim // M)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
         weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
 
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalize by (W, H)
-            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)
+            normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
             locations = (
@@ -104,6 +104,6 @@ class MSDeformAttn(nn.Module):
                 f"reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), got shape {tuple(reference_points.shape)}"
             )
         output = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, locations, weights, backend=self.backend
+            value, spatial_shapes, level_start_index, locations, weights, backend=self.backend
         )
         return self.output_proj(output)

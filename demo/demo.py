@@ -34,7 +34,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from deformable_detr import load_yacs_config
 from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
-from deformable_detr import synthetic
+from deformable_detr.data import synthetic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

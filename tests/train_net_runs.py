@@ -4,9 +4,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+
+from .scripts import ROOT
+
 CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"
 TRAIN_NET = ROOT / "tools" / "lazyconfig_train_net.py"
 

@@ -15,11 +15,11 @@ same configuration, on the same device, in one run. Prints Markdown tables.
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
 stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
-layers, d_model 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
+layers, hidden_dim 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
 --num-classes labels (80 by default, as configs/COCO), auxiliary losses on every
 decoder layer. Ours is configs/COCO/deformable_detr_r50*_50ep.py via LazyConfig
 with model.transformer.msda_backend overridden; HF's is built from it by
-deformable_detr.hf_peer (so its attention and FFN dropouts are the official 0.1
+deformable_detr.interop.hf_peer (so its attention and FFN dropouts are the official 0.1
 too, and the same backbone stages train), with its MSDA on the PyTorch
 grid_sample path (no hub kernels).
 
@@ -69,8 +69,8 @@ def build_ours(variant, backend, num_classes, device):
 
 
 def build_hf(variant, num_classes, device):
-    """HF's model shaped like ours (deformable_detr.hf_peer), with our matcher costs and loss weights."""
-    from deformable_detr.hf_peer import build_hf_peer
+    """HF's model shaped like ours (deformable_detr.interop.hf_peer), with our matcher costs and loss weights."""
+    from deformable_detr.interop.hf_peer import build_hf_peer
 
     ours = build_ours(variant, "torch", num_classes, "cpu")
     model = build_hf_peer(

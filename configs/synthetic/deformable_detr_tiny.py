@@ -11,9 +11,8 @@ from detectron2.data import transforms as T
 from detectron2.modeling.backbone import BasicStem, ResNet
 from omegaconf import OmegaConf
 
-from deformable_detr.dataset_mapper import DetrDatasetMapper
-from deformable_detr.ground_truth import DetrCOCOEvaluator, clean_boxes, detection_dataset_dicts
-from deformable_detr.synthetic import DATASET_NAMES
+from deformable_detr.data import DetrCOCOEvaluator, DetrDatasetMapper, clean_boxes, detection_dataset_dicts
+from deformable_detr.data.synthetic import DATASET_NAMES
 
 from ..common.coco_schedule import step_schedule
 from ..common.models.deformable_detr_r50 import model
@@ -35,8 +34,8 @@ model.num_classes = len(MetadataCatalog.get(TRAIN).thing_classes)
 model.num_queries = 30
 model.num_feature_levels = 3
 model.test_topk = 30
-model.transformer.d_model = 128
-model.transformer.n_heads = 4
+model.transformer.hidden_dim = 128
+model.transformer.num_heads = 4
 model.transformer.num_encoder_layers = 3
 model.transformer.num_decoder_layers = 3
 model.transformer.dim_feedforward = 512

@@ -11,7 +11,8 @@ import torch
 
 import d2ext
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..scripts import ROOT
+
 
 
 def _torch_archs():

@@ -16,7 +16,7 @@ def _inputs(N=2, Lq=6, C=32, shapes=((6, 5), (3, 3)), box=False):
 
 
 def test_initial_offsets_point_around_the_reference_and_weights_are_uniform():
-    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    attn = d2ext.MSDeformAttn(hidden_dim=32, num_levels=2, num_heads=4, num_points=3)
     offsets = attn.sampling_offsets.bias.view(4, 2, 3, 2)
     # head 0 looks right (+x), head 1 down (+y) at 90 degrees, points at 1, 2, 3 pixels
     torch.testing.assert_close(offsets[0, 1], torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]))
@@ -32,7 +32,7 @@ def test_initial_offsets_point_around_the_reference_and_weights_are_uniform():
 def test_backends_agree(box):
     if not d2ext.available_backends()["cpp"].available:
         pytest.skip("d2ext._C is not built")
-    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3).double()
+    attn = d2ext.MSDeformAttn(hidden_dim=32, num_levels=2, num_heads=4, num_points=3).double()
     torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.1)
     inputs = [t.double() if t.is_floating_point() else t for t in _inputs(box=box)]
     outputs = []
@@ -44,7 +44,7 @@ def test_backends_agree(box):
 
 
 def test_padding_is_ignored():
-    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    attn = d2ext.MSDeformAttn(hidden_dim=32, num_levels=2, num_heads=4, num_points=3)
     query, reference, features, spatial_shapes, level_start_index = _inputs()
     mask = torch.zeros(features.shape[:2], dtype=torch.bool)
     mask[:, -4:] = True
@@ -56,9 +56,9 @@ def test_padding_is_ignored():
 
 
 def test_bad_configuration_and_reference_points():
-    with pytest.raises(ValueError, match="divisible by n_heads"):
-        d2ext.MSDeformAttn(d_model=30, n_heads=4)
-    attn = d2ext.MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=3)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        d2ext.MSDeformAttn(hidden_dim=30, num_heads=4)
+    attn = d2ext.MSDeformAttn(hidden_dim=32, num_levels=2, num_heads=4, num_points=3)
     query, reference, features, spatial_shapes, level_start_index = _inputs()
     with pytest.raises(ValueError, match="must end in 2"):
         attn(query, reference[..., :1], features, spatial_shapes, level_start_index)

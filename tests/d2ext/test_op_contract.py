@@ -40,7 +40,7 @@ def run_python(code: str, env: dict | None = None) -> str:
 _ATTENTION = """
     import torch, d2ext
     torch.manual_seed(0)
-    attn = d2ext.MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)
+    attn = d2ext.MSDeformAttn(hidden_dim=16, num_levels=2, num_heads=2, num_points=2)
     spatial_shapes = torch.tensor([[4, 5], [2, 3]])
     level_start_index = torch.tensor([0, 20])
     inputs = (torch.randn(2, 7, 16), torch.rand(2, 7, 2, 2), torch.randn(2, 26, 16), spatial_shapes, level_start_index)

@@ -4,37 +4,32 @@ the tools end to end. Nothing is downloaded: the official state_dicts are built
 here with the official key names and shapes (torchvision's ResNet-50 for the
 backbone), the HF ones come from a randomly initialised transformers model."""
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
-from deformable_detr.conversion import (
+from deformable_detr.interop.state_dicts import (
     Variant,
     coco_raw_class_ids,
     convert_hf_state_dict,
     convert_official_state_dict,
     load_conversion,
 )
-from deformable_detr.hf_peer import build_hf_peer
+from deformable_detr.interop import converter
+from deformable_detr.interop.hf_peer import build_hf_peer
 
 from .tiny_model import VARIANTS, build_model, build_model_and_hf_peer
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(d_model=64, ffn=64, heads=4, layers=2, points=4, queries=10)
-COCO = dict(d_model=256, ffn=1024, heads=8, layers=6, points=4, queries=300)
+from ..scripts import ROOT, load_script
+
+TINY = dict(hidden_dim=64, ffn=64, heads=4, layers=2, points=4, queries=10)
+COCO = dict(hidden_dim=256, ffn=1024, heads=8, layers=6, points=4, queries=300)
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-def official_state_dict(variant, num_classes=91, d_model=64, ffn=64, heads=4, layers=2, points=4, queries=10, seed=0):
+def official_state_dict(variant, num_classes=91, hidden_dim=64, ffn=64, heads=4, layers=2, points=4, queries=10, seed=0):
     """A state_dict with the official release's keys and shapes (models/deformable_detr.py,
     deformable_transformer.py, backbone.py) and random values."""
     v = VARIANTS[variant]
@@ -60,47 +55,47 @@ def official_state_dict(variant, num_classes=91, d_model=64, ffn=64, heads=4, la
         sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = rand(channels), rand(channels)
 
     def msda(prefix):
-        linear(f"{prefix}.sampling_offsets", heads * levels * points * 2, d_model)
-        linear(f"{prefix}.attention_weights", heads * levels * points, d_model)
-        linear(f"{prefix}.value_proj", d_model, d_model)
-        linear(f"{prefix}.output_proj", d_model, d_model)
+        linear(f"{prefix}.sampling_offsets", heads * levels * points * 2, hidden_dim)
+        linear(f"{prefix}.attention_weights", heads * levels * points, hidden_dim)
+        linear(f"{prefix}.value_proj", hidden_dim, hidden_dim)
+        linear(f"{prefix}.output_proj", hidden_dim, hidden_dim)
 
-    sd["transformer.level_embed"] = rand(levels, d_model)
+    sd["transformer.level_embed"] = rand(levels, hidden_dim)
     for i in range(layers):
         p = f"transformer.encoder.layers.{i}"
         msda(f"{p}.self_attn")
-        norm(f"{p}.norm1", d_model)
-        linear(f"{p}.linear1", ffn, d_model)
-        linear(f"{p}.linear2", d_model, ffn)
-        norm(f"{p}.norm2", d_model)
+        norm(f"{p}.norm1", hidden_dim)
+        linear(f"{p}.linear1", ffn, hidden_dim)
+        linear(f"{p}.linear2", hidden_dim, ffn)
+        norm(f"{p}.norm2", hidden_dim)
     for i in range(layers):
         p = f"transformer.decoder.layers.{i}"
         msda(f"{p}.cross_attn")
-        norm(f"{p}.norm1", d_model)
-        sd[f"{p}.self_attn.in_proj_weight"], sd[f"{p}.self_attn.in_proj_bias"] = rand(3 * d_model, d_model), rand(3 * d_model)
-        linear(f"{p}.self_attn.out_proj", d_model, d_model)
-        norm(f"{p}.norm2", d_model)
-        linear(f"{p}.linear1", ffn, d_model)
-        linear(f"{p}.linear2", d_model, ffn)
-        norm(f"{p}.norm3", d_model)
+        norm(f"{p}.norm1", hidden_dim)
+        sd[f"{p}.self_attn.in_proj_weight"], sd[f"{p}.self_attn.in_proj_bias"] = rand(3 * hidden_dim, hidden_dim), rand(3 * hidden_dim)
+        linear(f"{p}.self_attn.out_proj", hidden_dim, hidden_dim)
+        norm(f"{p}.norm2", hidden_dim)
+        linear(f"{p}.linear1", ffn, hidden_dim)
+        linear(f"{p}.linear2", hidden_dim, ffn)
+        norm(f"{p}.norm3", hidden_dim)
     if two_stage:
-        linear("transformer.enc_output", d_model, d_model)
-        norm("transformer.enc_output_norm", d_model)
-        linear("transformer.pos_trans", 2 * d_model, 2 * d_model)
-        norm("transformer.pos_trans_norm", 2 * d_model)
+        linear("transformer.enc_output", hidden_dim, hidden_dim)
+        norm("transformer.enc_output_norm", hidden_dim)
+        linear("transformer.pos_trans", 2 * hidden_dim, 2 * hidden_dim)
+        norm("transformer.pos_trans_norm", 2 * hidden_dim)
     else:
-        linear("transformer.reference_points", 2, d_model)
-        sd["query_embed.weight"] = rand(queries, 2 * d_model)
+        linear("transformer.reference_points", 2, hidden_dim)
+        sd["query_embed.weight"] = rand(queries, 2 * hidden_dim)
     channels = [2048] if levels == 1 else [512, 1024, 2048]
     for level in range(levels):
-        kernel, in_channels = (1, channels[level]) if level < len(channels) else (3, channels[-1] if level == len(channels) else d_model)
-        sd[f"input_proj.{level}.0.weight"], sd[f"input_proj.{level}.0.bias"] = rand(d_model, in_channels, kernel, kernel), rand(d_model)
-        norm(f"input_proj.{level}.1", d_model)
+        kernel, in_channels = (1, channels[level]) if level < len(channels) else (3, channels[-1] if level == len(channels) else hidden_dim)
+        sd[f"input_proj.{level}.0.weight"], sd[f"input_proj.{level}.0.bias"] = rand(hidden_dim, in_channels, kernel, kernel), rand(hidden_dim)
+        norm(f"input_proj.{level}.1", hidden_dim)
     num_pred = layers + (1 if two_stage else 0)
     heads_of = {}
     for i in range(num_pred if refine else 1):
-        linear(f"class_embed.{i}", num_classes, d_model)
-        for j, (o, n) in enumerate([(d_model, d_model), (d_model, d_model), (4, d_model)]):
+        linear(f"class_embed.{i}", num_classes, hidden_dim)
+        for j, (o, n) in enumerate([(hidden_dim, hidden_dim), (hidden_dim, hidden_dim), (4, hidden_dim)]):
             linear(f"bbox_embed.{i}.layers.{j}", o, n)
     for i in range(1, num_pred if not refine else 0):  # shared heads: the same tensors under every index
         for key in [k for k in sd if k.startswith(("class_embed.0.", "bbox_embed.0."))]:
@@ -113,7 +108,7 @@ def official_state_dict(variant, num_classes=91, d_model=64, ffn=64, heads=4, la
 
 
 def _tiny_r50(variant, num_classes=91):
-    return build_model(variant, num_classes=num_classes, depth=50, d_model=64, num_queries=10, layers=2, ffn=64, heads=4)
+    return build_model(variant, num_classes=num_classes, depth=50, hidden_dim=64, num_queries=10, layers=2, ffn=64, heads=4)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -253,7 +248,7 @@ def test_convert_official_tool_on_the_coco_config(tmp_path, capsys):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, instantiate
 
-    tool = _load_tool("convert_official_checkpoint")
+    tool = load_script("tools/convert_official_checkpoint.py")
     config = str(ROOT / "configs/COCO/deformable_detr_r50_50ep.py")
     source = official_state_dict("multi_scale", **COCO)
     torch.save({"model": source, "args": argparse.Namespace(lr=2e-4, with_box_refine=False), "epoch": 49}, tmp_path / "official.pth")
@@ -268,7 +263,7 @@ def test_convert_official_tool_on_the_coco_config(tmp_path, capsys):
     assert torch.equal(model.transformer.decoder.layers[5].norm1.weight, source["transformer.decoder.layers.5.norm2.weight"])
 
     box_refine = str(ROOT / "configs/COCO/deformable_detr_r50_box_refine_50ep.py")
-    with pytest.raises(ValueError, match="the checkpoint is 4-level, box refinement off"):
+    with pytest.raises(SystemExit, match="^error: .*the checkpoint is 4-level, box refinement off"):
         tool.main(["--config-file", box_refine, str(tmp_path / "official.pth"), str(tmp_path / "bad.pth")])
     assert not (tmp_path / "bad.pth").exists()
 
@@ -276,8 +271,8 @@ def test_convert_official_tool_on_the_coco_config(tmp_path, capsys):
 def test_convert_hf_tool_on_a_saved_model(tmp_path, capsys):
     """The HF tool on a save_pretrained directory (config.json + model.safetensors),
     with the yacs config of the two-stage variant and 91 classes mapped to 80."""
-    tool = _load_tool("convert_hf_checkpoint")
-    ours = build_model("two_stage", num_classes=91, depth=50, d_model=256, num_queries=300, layers=6, ffn=1024, heads=8)
+    tool = load_script("tools/convert_hf_checkpoint.py")
+    ours = build_model("two_stage", num_classes=91, depth=50, hidden_dim=256, num_queries=300, layers=6, ffn=1024, heads=8)
     hf = build_hf_peer(ours)
     hf.save_pretrained(tmp_path / "hf")
     config = str(ROOT / "configs/COCO/deformable_detr_r50_two_stage_50ep.yaml")
@@ -315,26 +310,24 @@ def test_hf_transformers4_names_with_a_timm_backbone():
 
 
 def test_convert_official_tool_refuses_unsafe_pickles(tmp_path):
-    tool = _load_tool("convert_official_checkpoint")
     torch.save({"model": {}, "args": Path("/not/a/plain/type")}, tmp_path / "odd.pth")
     with pytest.raises(ValueError, match="odd.pth: not loadable as data .*re-save the state_dict alone"):
-        tool.load_official(str(tmp_path / "odd.pth"))
+        converter.load_official(str(tmp_path / "odd.pth"))
     (tmp_path / "empty.pth").touch()
     with pytest.raises(ValueError, match="empty.pth: the file is empty"):
-        tool.load_official(str(tmp_path / "empty.pth"))
+        converter.load_official(str(tmp_path / "empty.pth"))
     torch.save({"model": {"a": 1}}, tmp_path / "not_weights.pth")
     with pytest.raises(ValueError, match="expected the official checkpoint"):
-        tool.load_official(str(tmp_path / "not_weights.pth"))
+        converter.load_official(str(tmp_path / "not_weights.pth"))
 
 
 def test_convert_hf_tool_points_official_checkpoints_to_the_other_tool(tmp_path):
-    tool = _load_tool("convert_hf_checkpoint")
     torch.save({"model": {"a": torch.ones(1)}, "args": argparse.Namespace(lr=2e-4)}, tmp_path / "official.pth")
     torch.save({"model": {"a": torch.ones(1)}, "args": {"lr": 2e-4}}, tmp_path / "official_plain_args.pth")
     for name in ("official.pth", "official_plain_args.pth"):
         with pytest.raises(ValueError, match=f"{name}: .*; convert official Deformable-DETR checkpoints with "
                            "tools/convert_official_checkpoint.py$"):
-            tool.load_hf(str(tmp_path / name))
+            converter.load_hf(str(tmp_path / name))
     (tmp_path / "empty.bin").touch()
     with pytest.raises(ValueError, match="empty.bin: the file is empty"):
-        tool.load_hf(str(tmp_path / "empty.bin"))
+        converter.load_hf(str(tmp_path / "empty.bin"))

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
-from deformable_detr.dataset_mapper import (
+from ..scripts import ROOT
+from deformable_detr.data.dataset_mapper import (
     DetrDatasetMapper,
     detr_crop_augmentation,
     detr_test_augmentation,
@@ -40,7 +40,7 @@ def _mapper(augmentation, augmentation_with_crop=None, is_train=True):
 
 def test_train_output(record):
     mapper = _mapper(
-        *(detr_train_augmentation((96, 128), 200), detr_crop_augmentation((96, 128), 200, (40,), crop_size=(30, 50)))
+        *(detr_train_augmentation((96, 128), 200), detr_crop_augmentation((96, 128), 200, (40,), "absolute_range", (30, 50)))
     )
     for _ in range(10):
         out = mapper(record)
@@ -120,38 +120,57 @@ def test_unreadable_image(record, tmp_path):
 
 
 def test_augmentation_helpers():
-    train = detr_train_augmentation()
+    train = detr_train_augmentation((480, 800), 1333)
     assert [type(a) for a in train] == [T.RandomFlip, T.ResizeShortestEdge]
-    assert train[1].short_edge_length == tuple(range(480, 801, 32)) and train[1].max_size == 1333
-    crop = detr_crop_augmentation()
+    assert train[1].short_edge_length == (480, 800) and train[1].max_size == 1333
+    crop = detr_crop_augmentation((480, 800), 1333, (400, 500), "absolute_range", (384, 600))
     assert [type(a) for a in crop] == [T.RandomFlip, T.ResizeShortestEdge, T.RandomCrop, T.ResizeShortestEdge]
-    assert crop[1].short_edge_length == (400, 500, 600) and crop[2].crop_size == (384, 600)
+    assert crop[1].short_edge_length == (400, 500) and crop[2].crop_size == (384, 600)
     assert crop[2].crop_type == "absolute_range"
-    assert [type(a) for a in detr_train_augmentation(random_flip="none")] == [T.ResizeShortestEdge]
-    (test,) = detr_test_augmentation()
+    assert [type(a) for a in detr_train_augmentation((480,), 1333, random_flip="none")] == [T.ResizeShortestEdge]
+    (test,) = detr_test_augmentation(800, 1333)
     assert test.short_edge_length == (800, 800) and test.max_size == 1333
 
 
-def test_from_config():
-    cfg = get_cfg()
-    cfg.INPUT.FORMAT = "RGB"
-    cfg.INPUT.MIN_SIZE_TRAIN = (480, 512)
-    cfg.INPUT.CROP.ENABLED = True
-    cfg.INPUT.CROP.TYPE = "absolute_range"
-    cfg.INPUT.CROP.SIZE = [384, 600]
-    cfg.INPUT.CROP.RESIZE_MIN_SIZES = [400, 500, 600]
-    train = DetrDatasetMapper(cfg, is_train=True)
-    assert train.is_train and train.image_format == "RGB"
-    resize = train.augmentation.augs[-1]
-    assert resize.short_edge_length == (480, 512) and resize.max_size == 1333
-    assert [type(a) for a in train.augmentation_with_crop.augs] == [
-        T.RandomFlip,
-        T.ResizeShortestEdge,
-        T.RandomCrop,
-        T.ResizeShortestEdge,
-    ]
-    cfg.INPUT.CROP.ENABLED = False
+def _augmentation_params(augmentations):
+    """[(type, {attribute: value})] of detectron2 augmentations, lists as tuples."""
+    def plain(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    return [(type(a).__name__, {k: plain(v) for k, v in vars(a).items()}) for a in augmentations]
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_yacs_and_lazy_configs_build_the_same_mapper(is_train):
+    """The recipe's augmentation from the COCO yacs config (DetrDatasetMapper.from_config)
+    equals the one of the LazyConfig files: DETR's 480..800 resize, the crop branch,
+    800 at test time."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from deformable_detr import load_yacs_config
+
+    lazy_config = LazyConfig.load(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.py"))
+    lazy = instantiate(lazy_config.dataloader["train" if is_train else "test"].mapper)
+    yacs = DetrDatasetMapper(load_yacs_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.yaml")), is_train=is_train)
+    assert yacs.image_format == lazy.image_format == "RGB"
+    assert _augmentation_params(yacs.augmentation.augs) == _augmentation_params(lazy.augmentation.augs)
+    if is_train:
+        assert _augmentation_params(yacs.augmentation_with_crop.augs) == _augmentation_params(lazy.augmentation_with_crop.augs)
+        resize = yacs.augmentation.augs[-1]
+        assert resize.short_edge_length == tuple(range(480, 801, 32)) and resize.max_size == 1333
+        assert [type(a) for a in yacs.augmentation_with_crop.augs] == [
+            T.RandomFlip,
+            T.ResizeShortestEdge,
+            T.RandomCrop,
+            T.ResizeShortestEdge,
+        ]
+    else:
+        assert yacs.augmentation_with_crop is None
+        assert [a.short_edge_length for a in yacs.augmentation.augs] == [(800, 800)]
+
+
+def test_crop_branch_off_in_the_config():
+    from deformable_detr import load_yacs_config
+
+    cfg = load_yacs_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.yaml"), ["INPUT.CROP.ENABLED", "False"])
     assert DetrDatasetMapper(cfg, is_train=True).augmentation_with_crop is None
-    test = DetrDatasetMapper(cfg, is_train=False)
-    assert test.augmentation_with_crop is None
-    assert [a.short_edge_length for a in test.augmentation.augs] == [(800, 800)]

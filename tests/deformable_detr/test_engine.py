@@ -6,8 +6,7 @@ from detectron2.utils.events import EventStorage
 
 from deformable_detr.engine import DetrTrainer
 
-from .test_model import _inputs
-from .tiny_model import build_model
+from .tiny_model import build_model, detection_batch
 
 
 class _LossModel(torch.nn.Module):
@@ -53,7 +52,7 @@ def test_bfloat16_autocast_step_on_cpu():
     torch.manual_seed(0)
     model = build_model("multi_scale")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    trainer = DetrTrainer(model, [_inputs([(64, 64), (64, 96)])] * 2, optimizer, clip_max_norm=0.1, amp_dtype="bfloat16")
+    trainer = DetrTrainer(model, [detection_batch([(64, 64), (64, 96)])] * 2, optimizer, clip_max_norm=0.1, amp_dtype="bfloat16")
     before = model.query_embed.weight.detach().clone()
     _step(trainer)
     assert not torch.equal(before, model.query_embed.weight)
@@ -63,7 +62,7 @@ def test_bfloat16_autocast_step_on_cpu():
 def test_images_without_annotations_train():
     torch.manual_seed(0)
     model = build_model("box_refine").train()
-    batch = _inputs([(64, 64), (64, 96)])
+    batch = detection_batch([(64, 64), (64, 96)])
     batch[1]["instances"] = batch[1]["instances"][:0]
     losses = model(batch)
     total = sum(losses.values())

@@ -1,12 +1,10 @@
 """deformable_detr.export and tools/deploy/export_model.py: every format, every
 variant, parity with the eager model at image sizes other than the export size
 (each format exported in a fresh process), and the tool's errors."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +13,8 @@ from deformable_detr.export import ImageToDetections, load_artefact, load_model
 
 from .tiny_model import VARIANTS, build_model
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..scripts import ROOT, load_script
+
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
 ALL_VARIANTS = list(VARIANTS)
 # (format, variants) exported in one fresh process each; an AOTInductor compile
@@ -26,19 +25,11 @@ FORMAT_RUNS = [(fmt, ALL_VARIANTS) for fmt in ("torchscript", "onnx", "exported-
 TOLERANCE = 1e-4  # float32, boxes in pixels and scores
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("export_model", ROOT / "tools" / "deploy" / "export_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-export_model = _load_tool()
+export_model = load_script("tools/deploy/export_model.py")
 
 
 def _run(command, **kwargs):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "projects" / "DeformableDETR"), str(ROOT)]))
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

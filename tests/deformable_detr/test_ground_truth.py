@@ -1,4 +1,4 @@
-"""deformable_detr.ground_truth: training and COCO evaluation clean boxes by
+"""deformable_detr.data.ground_truth: training and COCO evaluation clean boxes by
 one rule (clip to the image, drop what has no width or height left), report it
 once per dataset, and refuse a dataset without annotations or with invalid JSON."""
 import json
@@ -9,7 +9,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
 
-from deformable_detr.ground_truth import DetrCOCOEvaluator, clean_boxes, clip_box, detection_dataset_dicts
+from deformable_detr.data.ground_truth import DetrCOCOEvaluator, clean_boxes, clip_box, detection_dataset_dicts
 
 WIDTH, HEIGHT = 50, 40
 # XYWH boxes: inside, leaving the image on the right, zero width, entirely outside
@@ -43,7 +43,7 @@ def test_clip_box():
 
 
 def test_training_and_evaluation_see_the_same_boxes(dataset, caplog, tmp_path):
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.ground_truth"):
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.data.ground_truth"):
         [record] = clean_boxes(detection_dataset_dicts(dataset), dataset)
         evaluator = DetrCOCOEvaluator(dataset, output_dir=str(tmp_path / "eval"))
     assert [a["bbox"] for a in record["annotations"]] == CLEANED_XYXY

@@ -22,8 +22,8 @@ import torch
 from detectron2.structures import Boxes
 from transformers import DeformableDetrImageProcessor  # a test requirement (requirements.txt)
 
-from deformable_detr.conversion import coco_raw_class_ids, convert_hf_state_dict, load_conversion
-from deformable_detr.hf_peer import build_hf_peer
+from deformable_detr.interop.state_dicts import coco_raw_class_ids, convert_hf_state_dict, load_conversion
+from deformable_detr.interop.hf_peer import build_hf_peer
 
 from .tiny_model import VARIANTS, build_model, build_model_and_hf_peer
 
@@ -179,6 +179,6 @@ def test_coco_class_map_selects_hf_logits():
 
 
 def test_hf_peer_refuses_what_hf_cannot_express():
-    ours = build_model("multi_scale", depth=50, d_model=64)  # GroupNorm with 8 groups; HF has 32
+    ours = build_model("multi_scale", depth=50, hidden_dim=64)  # GroupNorm with 8 groups; HF has 32
     with pytest.raises(ValueError, match="GroupNorm"):
         build_hf_peer(ours)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
-from .tiny_model import VARIANTS, build_model
+from .tiny_model import VARIANTS, build_model, detection_batch
 
 # Trainable parameters with 91 classes. single_scale and multi_scale are the
 # n_parameters of the official release's training logs (quoted in
@@ -24,26 +24,12 @@ OFFICIAL_PARAMETERS = {
 }
 
 
-def _inputs(sizes, num_classes=5, with_targets=True, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    batch = []
-    for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8).float(), "height": h, "width": w}
-        if with_targets:
-            instances = Instances((h, w))
-            instances.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, w / 2, h / 2], [w / 3, h / 4, w - 2.0, h - 3.0]]))
-            instances.gt_classes = torch.tensor([1, num_classes - 1])
-            x["instances"] = instances
-        batch.append(x)
-    return batch
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_train_step_and_inference(variant):
     torch.manual_seed(0)
     model = build_model(variant)
     model.train()
-    losses = model(_inputs([(64, 80), (48, 64)]))
+    losses = model(detection_batch([(64, 80), (48, 64)]))
     suffixes = [""] + ["_0"] + (["_enc"] if variant == "two_stage" else [])
     for suffix in suffixes:
         for name in ("loss_ce", "loss_bbox", "loss_giou"):
@@ -57,7 +43,7 @@ def test_train_step_and_inference(variant):
 
     model.eval()
     with torch.no_grad():
-        outputs = model(_inputs([(64, 80)], with_targets=False))
+        outputs = model(detection_batch([(64, 80)], with_targets=False))
     instances = outputs[0]["instances"]
     assert len(instances) == 7  # test_topk
     assert instances.image_size == (64, 80)
@@ -69,7 +55,7 @@ def test_train_step_and_inference(variant):
 def test_predictions_are_rescaled_to_the_requested_size():
     torch.manual_seed(0)
     model = build_model("multi_scale").eval()
-    batch = _inputs([(64, 80)], with_targets=False)
+    batch = detection_batch([(64, 80)], with_targets=False)
     with torch.no_grad():
         native = model(batch)[0]["instances"]
         batch[0]["height"], batch[0]["width"] = 128, 160
@@ -86,7 +72,7 @@ def test_padded_batch_matches_single_images(variant):
     downsampled padding masks of DETR round differently from the feature maps."""
     torch.manual_seed(0)
     model = build_model(variant).eval()
-    small, large = _inputs([(64, 64), (128, 192)], with_targets=False)
+    small, large = detection_batch([(64, 64), (128, 192)], with_targets=False)
     images_batch = model.preprocess_image([small, large])
     images_single = model.preprocess_image([small])
     srcs_b, masks_b, pos_b = model.feature_levels(images_batch)
@@ -109,7 +95,7 @@ def test_padded_batch_matches_single_images(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_parameter_counts_match_the_official_release(variant):
-    model = build_model(variant, num_classes=91, depth=50, d_model=256, num_queries=300, layers=6, ffn=1024, heads=8)
+    model = build_model(variant, num_classes=91, depth=50, hidden_dim=256, num_queries=300, layers=6, ffn=1024, heads=8)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == OFFICIAL_PARAMETERS[variant]
 
@@ -128,11 +114,25 @@ def test_initialisation_follows_the_paper():
     assert shared.class_embed[0] is shared.class_embed[-1], "without refinement the heads are shared"
 
 
+def test_transformer_names_the_missing_heads():
+    """The heads the transformer cannot run without are asked for by name, not
+    met as a None deep inside."""
+    two_stage = build_model("two_stage")
+    srcs, masks, positions = two_stage.masked_feature_levels(torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool))
+    with pytest.raises(ValueError, match="two-stage transformer needs class_embed and bbox_embed"):
+        two_stage.transformer(srcs, masks, positions, None)
+    multi_scale = build_model("multi_scale")
+    with pytest.raises(ValueError, match="with_box_refine needs bbox_embed"):
+        multi_scale.transformer(srcs, masks, positions, multi_scale.query_embed.weight, with_box_refine=True)
+    with pytest.raises(ValueError, match="query_embed"):
+        multi_scale.transformer(srcs, masks, positions, None)
+
+
 def test_overfits_a_fixed_batch():
     torch.manual_seed(0)
     model = build_model("box_refine", depth=18)
     model.train()
-    batch = _inputs([(64, 64), (64, 96)], seed=1)
+    batch = detection_batch([(64, 64), (64, 96)], seed=1)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     losses = []
     for _ in range(60):

@@ -12,8 +12,8 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools.coco import COCO
 
-from deformable_detr import synthetic
-from deformable_detr.synthetic import generate_shapes_dataset, register_synthetic_shapes
+from deformable_detr.data import synthetic
+from deformable_detr.data.synthetic import generate_shapes_dataset, register_synthetic_shapes
 
 SMALL = dict(num_train=20, num_val=5)
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic" / "deformable_detr_tiny.py"

@@ -1,12 +1,10 @@
 """tools/plot_metrics.py, the FLOP handles of deformable_detr.flops, and
 demo/demo.py on a randomly initialized synthetic-config checkpoint (yacs path in
 process, LazyConfig path in a subprocess with its own dataset root)."""
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,18 +14,12 @@ import torch
 import d2ext
 from deformable_detr.flops import MSDA_OP, flop_count_handles, msda_flops
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..scripts import ROOT, load_script
 
 
-def _load_script(relative_path):
-    spec = importlib.util.spec_from_file_location(Path(relative_path).stem, ROOT / relative_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-plot_metrics = _load_script("tools/plot_metrics.py")
-demo = _load_script("demo/demo.py")
+plot_metrics = load_script("tools/plot_metrics.py")
+demo = load_script("demo/demo.py")
 
 
 # ----------------------------------------------------------------------------- plot_metrics
@@ -102,15 +94,11 @@ def test_sdpa_flop_handle():
 def tiny_checkpoint(tmp_path_factory):
     """A randomly initialized model of configs/synthetic/deformable_detr_tiny.yaml
     (the same model as the .py config), saved as a checkpoint."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from deformable_detr import add_deformable_detr_config
+    from deformable_detr import load_yacs_config
 
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"))
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_yacs_config(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"), ["MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)
     model = build_model(cfg)
     path = tmp_path_factory.mktemp("checkpoint") / "model.pth"
@@ -145,8 +133,7 @@ def test_demo_yaml(tiny_checkpoint, images, tmp_path):
 
 def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
     output = tmp_path / "out"
-    pythonpath = os.pathsep.join([str(ROOT / "projects" / "DeformableDETR"), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=pythonpath)
+    env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"))
     command = [
         sys.executable, str(ROOT / "demo" / "demo.py"),
         "--config-file", str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"),

@@ -51,17 +51,15 @@ def test_eval_only(trained):
 
 
 def test_default_predictor_on_the_checkpoint(trained):
-    from detectron2.config import get_cfg
     from detectron2.engine import DefaultPredictor
 
-    from deformable_detr import add_deformable_detr_config
+    from deformable_detr import load_yacs_config
 
     datasets, output_dir, _, _ = trained
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    cfg.merge_from_file(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"))
-    cfg.MODEL.WEIGHTS = str(output_dir / "model_final.pth")
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = load_yacs_config(
+        str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"),
+        ["MODEL.WEIGHTS", str(output_dir / "model_final.pth"), "MODEL.DEVICE", "cpu"],
+    )
     predictor = DefaultPredictor(cfg)
     image_path = next((datasets / "synthetic_shapes" / "val").glob("*.jpg"))
     instances = predictor(cv2.imread(str(image_path)))["instances"]

@@ -1,6 +1,7 @@
 """A small Deformable DETR (ResNet-18, narrow transformer) for fast CPU tests."""
 import torch
 from detectron2.modeling.backbone import BasicStem, ResNet
+from detectron2.structures import Boxes, Instances
 
 from deformable_detr.criterion import SetCriterion
 from deformable_detr.matcher import HungarianMatcher
@@ -26,12 +27,12 @@ def resnet(depth, out_features, norm="FrozenBN"):
 
 
 def build_model(
-    variant, num_classes=5, depth=18, d_model=32, num_queries=10, layers=2, ffn=64, heads=4, dropout=0.0, norm_groups=None
+    variant, num_classes=5, depth=18, hidden_dim=32, num_queries=10, layers=2, ffn=64, heads=4, dropout=0.0, norm_groups=None
 ):
     v = VARIANTS[variant]
     transformer = DeformableTransformer(
-        d_model=d_model,
-        n_heads=heads,
+        hidden_dim=hidden_dim,
+        num_heads=heads,
         num_encoder_layers=layers,
         num_decoder_layers=layers,
         dim_feedforward=ffn,
@@ -48,7 +49,7 @@ def build_model(
     return DeformableDETR(
         backbone=resnet(depth, v["in_features"]),
         in_features=v["in_features"],
-        position_embedding=PositionEmbeddingSine(num_pos_feats=d_model // 2),
+        position_embedding=PositionEmbeddingSine(num_pos_feats=hidden_dim // 2),
         transformer=transformer,
         criterion=criterion,
         num_classes=num_classes,
@@ -59,15 +60,31 @@ def build_model(
         pixel_mean=[123.675, 116.280, 103.530],
         pixel_std=[58.395, 57.120, 57.375],
         test_topk=7,
-        input_proj_norm_groups=norm_groups or (8 if d_model < 256 else 32),
+        input_proj_norm_groups=norm_groups or (8 if hidden_dim < 256 else 32),
     )
 
 
 def build_model_and_hf_peer(variant, num_classes=5, num_queries=12):
     """A tiny transformer on ResNet-50 with HF's 32 GroupNorm groups, and HF
     transformers' model shaped like it (random weights of its own)."""
-    from deformable_detr.hf_peer import build_hf_peer
+    from deformable_detr.interop.hf_peer import build_hf_peer
 
     torch.manual_seed(0)
-    ours = build_model(variant, num_classes=num_classes, depth=50, d_model=64, num_queries=num_queries, norm_groups=32)
+    ours = build_model(variant, num_classes=num_classes, depth=50, hidden_dim=64, num_queries=num_queries, norm_groups=32)
     return ours, build_hf_peer(ours)
+
+
+def detection_batch(sizes, num_classes=5, with_targets=True, seed=0):
+    """A batch of random images of the (H, W) `sizes`, as the model takes them,
+    each with two ground-truth boxes when with_targets."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = []
+    for h, w in sizes:
+        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8).float(), "height": h, "width": w}
+        if with_targets:
+            instances = Instances((h, w))
+            instances.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, w / 2, h / 2], [w / 3, h / 4, w - 2.0, h - 3.0]]))
+            instances.gt_classes = torch.tensor([1, num_classes - 1])
+            x["instances"] = instances
+        batch.append(x)
+    return batch

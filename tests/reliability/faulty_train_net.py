@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def nan_images():
-    from deformable_detr.dataset_mapper import DetrDatasetMapper
+    from deformable_detr.data.dataset_mapper import DetrDatasetMapper
 
     map_record = DetrDatasetMapper.__call__
 

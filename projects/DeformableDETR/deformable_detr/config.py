@@ -1,10 +1,13 @@
 """yacs config keys of Deformable DETR (for DefaultPredictor and yacs-based tools).
-The defaults are the paper's multi-scale R-50 recipe."""
+The defaults of the new keys are the paper's multi-scale R-50 model; the recipe's
+values of detectron2's own keys (backbone, input) are in
+configs/COCO/Base-DeformableDETR.yaml."""
 from detectron2.config import CfgNode as CN
 
 
 def add_deformable_detr_config(cfg: CN) -> None:
-    """Adds cfg.MODEL.DEFORMABLE_DETR and the solver keys of the recipe."""
+    """Adds cfg.MODEL.DEFORMABLE_DETR, cfg.INPUT.CROP.RESIZE_MIN_SIZES and the
+    solver's lr multipliers."""
     dd = cfg.MODEL.DEFORMABLE_DETR = CN()
     dd.NUM_CLASSES = 80
     dd.IN_FEATURES = ["res3", "res4", "res5"]
@@ -13,13 +16,13 @@ def add_deformable_detr_config(cfg: CN) -> None:
     dd.WITH_BOX_REFINE = False
     dd.TWO_STAGE = False
     dd.HIDDEN_DIM = 256
-    dd.NHEADS = 8
-    dd.ENC_LAYERS = 6
-    dd.DEC_LAYERS = 6
+    dd.NUM_HEADS = 8
+    dd.NUM_ENCODER_LAYERS = 6
+    dd.NUM_DECODER_LAYERS = 6
     dd.DIM_FEEDFORWARD = 1024
     dd.DROPOUT = 0.1
-    dd.ENC_N_POINTS = 4
-    dd.DEC_N_POINTS = 4
+    dd.ENC_NUM_POINTS = 4
+    dd.DEC_NUM_POINTS = 4
     dd.PROPOSAL_BASE_SIZE = 0.05
     dd.PROPOSAL_TEMPERATURE = 10000.0
     dd.POSITION_TEMPERATURE = 10000.0
@@ -38,26 +41,8 @@ def add_deformable_detr_config(cfg: CN) -> None:
     dd.FOCAL_ALPHA = 0.25
     dd.FOCAL_GAMMA = 2.0
 
-    # torchvision-style ResNet-50 with frozen BN, stem and res2 frozen
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 2
-    cfg.MODEL.RESNETS.DEPTH = 50
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.MODEL.RESNETS.NORM = "FrozenBN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.280, 103.530]
-    cfg.MODEL.PIXEL_STD = [58.395, 57.120, 57.375]
-    cfg.INPUT.FORMAT = "RGB"
-    # DETR's augmentation (deformable_detr.dataset_mapper.DetrDatasetMapper)
-    cfg.INPUT.MIN_SIZE_TRAIN = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-    cfg.INPUT.MAX_SIZE_TRAIN = 1333
-    cfg.INPUT.CROP.ENABLED = True
-    cfg.INPUT.CROP.TYPE = "absolute_range"
-    cfg.INPUT.CROP.SIZE = [384, 600]
+    # DETR's crop branch resizes the shortest edge to one of these before cropping
     cfg.INPUT.CROP.RESIZE_MIN_SIZES = (400, 500, 600)
-    cfg.MODEL.META_ARCHITECTURE = "DeformableDETR"
-
-    cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
 

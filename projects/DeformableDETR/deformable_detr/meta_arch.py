@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
-from .transformer import DeformableTransformer, inverse_sigmoid
+from .transformer import DeformableTransformer, refine_box
 
 __all__ = ["DeformableDETR", "MLP"]
 
@@ -113,7 +113,7 @@ class DeformableDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
-        hidden_dim = transformer.d_model
+        hidden_dim = transformer.hidden_dim
         shapes = backbone.output_shape()
         channels = [shapes[f].channels for f in self.in_features]
         projections = [_input_projection(c, hidden_dim, 1, 1, input_proj_norm_groups) for c in channels]
@@ -149,15 +149,15 @@ class DeformableDETR(nn.Module):
         dd = cfg.MODEL.DEFORMABLE_DETR
         backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
         transformer = DeformableTransformer(
-            d_model=dd.HIDDEN_DIM,
-            n_heads=dd.NHEADS,
-            num_encoder_layers=dd.ENC_LAYERS,
-            num_decoder_layers=dd.DEC_LAYERS,
+            hidden_dim=dd.HIDDEN_DIM,
+            num_heads=dd.NUM_HEADS,
+            num_encoder_layers=dd.NUM_ENCODER_LAYERS,
+            num_decoder_layers=dd.NUM_DECODER_LAYERS,
             dim_feedforward=dd.DIM_FEEDFORWARD,
             dropout=dd.DROPOUT,
             num_feature_levels=dd.NUM_FEATURE_LEVELS,
-            enc_n_points=dd.ENC_N_POINTS,
-            dec_n_points=dd.DEC_N_POINTS,
+            enc_num_points=dd.ENC_NUM_POINTS,
+            dec_num_points=dd.DEC_NUM_POINTS,
             two_stage=dd.TWO_STAGE,
             two_stage_num_proposals=dd.NUM_QUERIES,
             proposal_base_size=dd.PROPOSAL_BASE_SIZE,
@@ -277,14 +277,8 @@ class DeformableDETR(nn.Module):
         )
         logits, boxes = [], []
         for layer in range(hidden_states.shape[0]):
-            reference = inverse_sigmoid(references[layer])
-            delta = self.bbox_embed[layer](hidden_states[layer])
-            if reference.shape[-1] == 4:
-                unact = delta + reference
-            else:
-                unact = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             logits.append(self.class_embed[layer](hidden_states[layer]))
-            boxes.append(unact.sigmoid())
+            boxes.append(refine_box(self.bbox_embed[layer](hidden_states[layer]), references[layer]).sigmoid())
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]

@@ -5,6 +5,15 @@ import torch
 from torch import nn
 
 
+def sine_embedding(positions: torch.Tensor, num_feats: int, temperature: float) -> torch.Tensor:
+    """(...) positions -> (..., num_feats): sin(p / T_0), cos(p / T_1), sin(p / T_2), ...
+    with T_i = temperature ** (2 * (i // 2) / num_feats), in the positions' dtype."""
+    dim_t = torch.arange(num_feats, dtype=positions.dtype, device=positions.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
+    angles = positions[..., None] / dim_t
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
+
+
 class PositionEmbeddingSine(nn.Module):
     """Sine/cosine encoding of (y, x) pixel positions counted inside the valid
     (unpadded) region, normalized to (0, scale] per image.
@@ -45,10 +54,6 @@ class PositionEmbeddingSine(nn.Module):
         if self.normalize:
             y_embed = (y_embed + self.offset) / (y_embed[:, -1:, :] + self.eps) * self.scale
             x_embed = (x_embed + self.offset) / (x_embed[:, :, -1:] + self.eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=dtype, device=mask.device)
-        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        pos_x = sine_embedding(x_embed, self.num_pos_feats, self.temperature)
+        pos_y = sine_embedding(y_embed, self.num_pos_feats, self.temperature)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)

@@ -10,11 +10,29 @@ from torch import nn
 
 from d2ext import MSDeformAttn
 
+from .position_encoding import sine_embedding
+
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """logit(x), with x clamped to [eps, 1 - eps] first."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def refine_box(delta: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """A box head's output relative to its reference, in logit space: (..., 4)
+    delta plus a (..., 4) (cx, cy, w, h) reference box or a (..., 2) (cx, cy)
+    reference point (which moves the centre only) -> (..., 4) box logits."""
+    reference = inverse_sigmoid(reference)
+    if reference.shape[-1] == 4:
+        return delta + reference
+    return torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+
+
+def valid_size(mask: torch.Tensor) -> torch.Tensor:
+    """mask: (N, H, W), True at padding -> (N, 2) int64 (width, height) of the
+    valid region (padding is on the bottom and right)."""
+    return torch.stack([(~mask[:, 0, :]).sum(1), (~mask[:, :, 0]).sum(1)], -1)
 
 
 def sizes_as_tensor(sizes, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -40,13 +58,13 @@ def _clones(module: nn.Module, n: int) -> nn.ModuleList:
 class FeedForward(nn.Module):
     """Post-norm FFN block: x + dropout(linear2(dropout(relu(linear1(x))))), then LayerNorm."""
 
-    def __init__(self, d_model: int, dim_feedforward: int, dropout: float):
+    def __init__(self, hidden_dim: int, dim_feedforward: int, dropout: float):
         super().__init__()
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
         self.dropout1 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
         self.dropout2 = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x))))))
@@ -55,12 +73,12 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then the FFN; post-norm."""
 
-    def __init__(self, d_model, dim_feedforward, dropout, n_levels, n_heads, n_points, msda_backend="auto"):
+    def __init__(self, hidden_dim, dim_feedforward, dropout, num_levels, num_heads, num_points, msda_backend="auto"):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.self_attn = MSDeformAttn(hidden_dim, num_levels, num_heads, num_points, backend=msda_backend)
         self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.ffn = FeedForward(hidden_dim, dim_feedforward, dropout)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
         """src, pos: (N, S, C); reference_points: (N, S, L, 2). Returns (N, S, C)."""
@@ -104,15 +122,15 @@ class DecoderLayer(nn.Module):
     """Self-attention among queries, deformable cross-attention into the encoder
     memory, then the FFN; post-norm."""
 
-    def __init__(self, d_model, dim_feedforward, dropout, n_levels, n_heads, n_points, msda_backend="auto"):
+    def __init__(self, hidden_dim, dim_feedforward, dropout, num_levels, num_heads, num_points, msda_backend="auto"):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.cross_attn = MSDeformAttn(hidden_dim, num_levels, num_heads, num_points, backend=msda_backend)
         self.dropout2 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, dim_feedforward, dropout)
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        self.ffn = FeedForward(hidden_dim, dim_feedforward, dropout)
 
     def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask):
         """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); memory: (N, S, C)."""
@@ -163,12 +181,7 @@ class DeformableDecoder(nn.Module):
             output = layer(output, query_pos, reference_input, memory, spatial_shapes, level_start_index, padding_mask)
             references.append(reference_points)
             if bbox_embed is not None:
-                delta = bbox_embed[index](output)
-                if reference_points.shape[-1] == 4:
-                    refined = delta + inverse_sigmoid(reference_points)
-                else:
-                    refined = torch.cat([delta[..., :2] + inverse_sigmoid(reference_points), delta[..., 2:]], -1)
-                reference_points = refined.sigmoid().detach()
+                reference_points = refine_box(bbox_embed[index](output), reference_points).sigmoid().detach()
             hidden_states.append(output)
         return torch.stack(hidden_states), references
 
@@ -177,10 +190,10 @@ class DeformableTransformer(nn.Module):
     """Encoder + decoder of Deformable DETR.
 
     Args:
-        d_model, n_heads, num_encoder_layers, num_decoder_layers, dim_feedforward,
+        hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, dim_feedforward,
         dropout: the usual transformer sizes.
         num_feature_levels: L.
-        enc_n_points, dec_n_points: sampling points per head and level.
+        enc_num_points, dec_num_points: sampling points per head and level.
         two_stage: decoder queries come from the top-scoring encoder proposals
             instead of learned embeddings.
         two_stage_num_proposals: number of those proposals.
@@ -191,15 +204,15 @@ class DeformableTransformer(nn.Module):
 
     def __init__(
         self,
-        d_model: int = 256,
-        n_heads: int = 8,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
         num_encoder_layers: int = 6,
         num_decoder_layers: int = 6,
         dim_feedforward: int = 1024,
         dropout: float = 0.1,
         num_feature_levels: int = 4,
-        enc_n_points: int = 4,
-        dec_n_points: int = 4,
+        enc_num_points: int = 4,
+        dec_num_points: int = 4,
         two_stage: bool = False,
         two_stage_num_proposals: int = 300,
         proposal_base_size: float = 0.05,
@@ -207,27 +220,27 @@ class DeformableTransformer(nn.Module):
         msda_backend: str = "auto",
     ):
         super().__init__()
-        self.d_model = d_model
+        self.hidden_dim = hidden_dim
         self.two_stage = two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
         self.proposal_base_size = proposal_base_size
         self.proposal_temperature = proposal_temperature
         self.encoder = DeformableEncoder(
-            EncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, enc_n_points, msda_backend),
+            EncoderLayer(hidden_dim, dim_feedforward, dropout, num_feature_levels, num_heads, enc_num_points, msda_backend),
             num_encoder_layers,
         )
         self.decoder = DeformableDecoder(
-            DecoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, dec_n_points, msda_backend),
+            DecoderLayer(hidden_dim, dim_feedforward, dropout, num_feature_levels, num_heads, dec_num_points, msda_backend),
             num_decoder_layers,
         )
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
+        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, hidden_dim))
         if two_stage:
-            self.enc_output = nn.Linear(d_model, d_model)
-            self.enc_output_norm = nn.LayerNorm(d_model)
-            self.pos_trans = nn.Linear(d_model * 2, d_model * 2)
-            self.pos_trans_norm = nn.LayerNorm(d_model * 2)
+            self.enc_output = nn.Linear(hidden_dim, hidden_dim)
+            self.enc_output_norm = nn.LayerNorm(hidden_dim)
+            self.pos_trans = nn.Linear(hidden_dim * 2, hidden_dim * 2)
+            self.pos_trans_norm = nn.LayerNorm(hidden_dim * 2)
         else:
-            self.reference_points = nn.Linear(d_model, 2)
+            self.reference_points = nn.Linear(hidden_dim, 2)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -246,20 +259,15 @@ class DeformableTransformer(nn.Module):
         """mask: (N, H, W) True at padding -> (N, 2) valid (w, h) fraction, in `dtype`
         or float32, whichever is wider."""
         _, H, W = mask.shape
-        dtype = torch.promote_types(dtype, torch.float32)
-        valid_h = (~mask[:, :, 0]).sum(1).to(dtype) / H
-        valid_w = (~mask[:, 0, :]).sum(1).to(dtype) / W
-        return torch.stack([valid_w, valid_h], -1)
+        valid = valid_size(mask).to(torch.promote_types(dtype, torch.float32))
+        return torch.stack([valid[:, 0] / W, valid[:, 1] / H], -1)
 
     def proposal_position_embedding(self, proposals: torch.Tensor) -> torch.Tensor:
-        """(N, Q, 4) unnormalized (logit) boxes -> (N, Q, 2 * d_model) sine embedding,
+        """(N, Q, 4) unnormalized (logit) boxes -> (N, Q, 2 * hidden_dim) sine embedding,
         in the proposals' dtype or float32, whichever is wider."""
-        num_feats = self.d_model // 2
         dtype = torch.promote_types(proposals.dtype, torch.float32)
-        dim_t = torch.arange(num_feats, dtype=dtype, device=proposals.device)
-        dim_t = self.proposal_temperature ** (2 * (dim_t // 2) / num_feats)
-        pos = proposals.to(dtype).sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
-        return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+        angles = proposals.to(dtype).sigmoid() * (2 * math.pi)
+        return sine_embedding(angles, self.hidden_dim // 2, self.proposal_temperature).flatten(2)
 
     def encoder_proposals(self, memory, padding_mask, masks: List[torch.Tensor]):
         """One proposal per encoder position: the pixel centre, with width and height
@@ -276,9 +284,7 @@ class DeformableTransformer(nn.Module):
         proposals = []
         for level, mask in enumerate(masks):
             N, H, W = mask.shape
-            valid_h = (~mask[:, :, 0]).sum(1)
-            valid_w = (~mask[:, 0, :]).sum(1)
-            scale = torch.stack([valid_w, valid_h], 1).view(N, 1, 2).to(memory.dtype)
+            scale = valid_size(mask).view(N, 1, 2).to(memory.dtype)
             centres = pixel_centres(H, W, memory.dtype, memory.device)[None] / scale
             wh = torch.full_like(centres, self.proposal_base_size * (2.0**level))
             proposals.append(torch.cat((centres, wh), -1))
@@ -298,7 +304,7 @@ class DeformableTransformer(nn.Module):
         query_embed: Optional[torch.Tensor],
         class_embed: Optional[nn.ModuleList] = None,
         bbox_embed: Optional[nn.ModuleList] = None,
-        refine_boxes: bool = False,
+        with_box_refine: bool = False,
     ):
         """
         Args:
@@ -306,7 +312,10 @@ class DeformableTransformer(nn.Module):
             query_embed: (Q, 2C) learned query position and content, or None in two-stage.
             class_embed, bbox_embed: the detection heads, one per decoder layer plus, in
                 two-stage, one for the encoder proposals (the last).
-            refine_boxes: iterative box refinement with bbox_embed.
+            with_box_refine: iterative box refinement with bbox_embed.
+            Two-stage needs both heads (its proposals are scored and moved by the
+            last ones), box refinement needs bbox_embed, and without two-stage
+            query_embed is required.
 
         Returns:
             hidden states (num_decoder_layers, N, Q, C), the list of reference points
@@ -314,6 +323,12 @@ class DeformableTransformer(nn.Module):
             encoder proposals' logits (N, S, K) and unnormalized boxes (N, S, 4)
             (None otherwise).
         """
+        if self.two_stage and (class_embed is None or bbox_embed is None):
+            raise ValueError("a two-stage transformer needs class_embed and bbox_embed, to score and move its proposals")
+        if with_box_refine and bbox_embed is None:
+            raise ValueError("with_box_refine needs bbox_embed, one box head per decoder layer")
+        if not self.two_stage and query_embed is None:
+            raise ValueError("query_embed (Q, 2 * hidden_dim) is required without two-stage")
         spatial_shapes_list = [tuple(src.shape[-2:]) for src in srcs]  # ints, or symbolic when exported
         src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         mask_flatten = torch.cat([mask.flatten(1) for mask in masks], 1)
@@ -363,6 +378,6 @@ class DeformableTransformer(nn.Module):
             valid_ratios,
             query_pos,
             mask_flatten,
-            bbox_embed if refine_boxes else None,
+            bbox_embed if with_box_refine else None,
         )
         return hidden_states, references, enc_logits, enc_boxes_unact

@@ -17,28 +17,23 @@ __all__ = [
     "detr_test_augmentation",
 ]
 
-TRAIN_MIN_SIZES = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
-CROP_RESIZE_MIN_SIZES = (400, 500, 600)
-CROP_SIZE = (384, 600)
-
-
 def _flip(random_flip: str) -> list:
     if random_flip == "none":
         return []
     return [T.RandomFlip(horizontal=random_flip == "horizontal", vertical=random_flip == "vertical")]
 
 
-def detr_train_augmentation(min_sizes=TRAIN_MIN_SIZES, max_size: int = 1333, random_flip: str = "horizontal") -> list:
+def detr_train_augmentation(min_sizes, max_size: int, random_flip: str = "horizontal") -> list:
     """Flip, then resize the shortest edge to one of `min_sizes` (longest at most `max_size`)."""
     return _flip(random_flip) + [T.ResizeShortestEdge(min_sizes, max_size, sample_style="choice")]
 
 
 def detr_crop_augmentation(
-    min_sizes=TRAIN_MIN_SIZES,
-    max_size: int = 1333,
-    crop_resize_min_sizes=CROP_RESIZE_MIN_SIZES,
-    crop_type: str = "absolute_range",
-    crop_size=CROP_SIZE,
+    min_sizes,
+    max_size: int,
+    crop_resize_min_sizes,
+    crop_type: str,
+    crop_size,
     random_flip: str = "horizontal",
 ) -> list:
     """Flip, resize the shortest edge to one of `crop_resize_min_sizes`, crop
@@ -50,7 +45,7 @@ def detr_crop_augmentation(
     ]
 
 
-def detr_test_augmentation(min_size: int = 800, max_size: int = 1333) -> list:
+def detr_test_augmentation(min_size: int, max_size: int) -> list:
     return [T.ResizeShortestEdge(min_size, max_size)]
 
 

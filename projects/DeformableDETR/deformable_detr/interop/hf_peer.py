@@ -6,7 +6,7 @@ from torch import nn
 from detectron2.modeling.backbone import ResNet
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 
-from .meta_arch import DeformableDETR
+from ..meta_arch import DeformableDETR
 
 __all__ = ["build_hf_peer"]
 
@@ -37,7 +37,7 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
     """An untrained transformers DeformableDetrForObjectDetection shaped like
     `model`: same backbone stages, levels, layers, heads, points, queries and
     classes. Its weights are random: convert them into `model` with
-    deformable_detr.conversion.convert_hf_state_dict to compare the two.
+    deformable_detr.interop.state_dicts.convert_hf_state_dict to compare the two.
     config_overrides go to DeformableDetrConfig (HF's loss and matcher settings).
 
     HF freezes its backbone by name, and with a transformers ResNet that test
@@ -66,11 +66,11 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
         use_pretrained_backbone=False,
         num_labels=model.num_classes,
         num_queries=model.num_queries,
-        d_model=transformer.d_model,
+        d_model=transformer.hidden_dim,
         encoder_layers=len(transformer.encoder.layers),
         decoder_layers=transformer.decoder.num_layers,
-        encoder_attention_heads=encoder_layer.self_attn.n_heads,
-        decoder_attention_heads=decoder_layer.cross_attn.n_heads,
+        encoder_attention_heads=encoder_layer.self_attn.num_heads,
+        decoder_attention_heads=decoder_layer.cross_attn.num_heads,
         encoder_ffn_dim=encoder_layer.ffn.linear1.out_features,
         decoder_ffn_dim=decoder_layer.ffn.linear1.out_features,
         dropout=encoder_layer.dropout.p,
@@ -78,8 +78,8 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
         activation_dropout=encoder_layer.ffn.dropout1.p,
         activation_function="relu",
         num_feature_levels=model.num_feature_levels,
-        encoder_n_points=encoder_layer.self_attn.n_points,
-        decoder_n_points=decoder_layer.cross_attn.n_points,
+        encoder_n_points=encoder_layer.self_attn.num_points,
+        decoder_n_points=decoder_layer.cross_attn.num_points,
         with_box_refine=model.with_box_refine,
         two_stage=model.two_stage,
         two_stage_num_proposals=transformer.two_stage_num_proposals,
