@@ -8,7 +8,7 @@ export MAX_JOBS
 
 CSRC := $(shell find d2ext/csrc -type f)
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint format demo bench clean
 
 $(VENV)/.requirements: requirements.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ install: $(VENV)/.built
 
 test: install
 	$(PY) -m pytest tests
+
+# Formatting and lint rules of ruff.toml (black/isort/flake8 rules, line length 100);
+# `make format` applies the formatter and the safe fixes.
+lint: $(VENV)/.requirements
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(VENV)/.requirements
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 # The main job: train the small model on the synthetic shapes dataset (generated
 # on first use) on the CPU, then evaluate it with COCOEvaluator.

@@ -12,6 +12,7 @@ Environment:
 Without FORCE_CUDA, the CUDA kernel is compiled when torch is a CUDA build and
 a CUDA toolkit is found, whether or not a GPU is visible.
 """
+
 import glob
 import os
 import re
@@ -25,7 +26,12 @@ if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 import torch  # noqa: E402
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 CSRC = os.path.join("d2ext", "csrc")
 
@@ -54,7 +60,8 @@ def _default_arch_list() -> str:
     if not archs:
         raise RuntimeError(
             "cannot tell which GPU architectures to compile for: no GPU is visible and torch "
-            f"{torch.__version__} lists none; set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0+PTX') or FORCE_CUDA=0"
+            f"{torch.__version__} lists none; set TORCH_CUDA_ARCH_LIST (e.g. '8.0;9.0+PTX') "
+            "or FORCE_CUDA=0"
         )
     return ";".join(archs) + "+PTX"
 
@@ -83,7 +90,9 @@ def cuda_library_include_dirs():
 
 
 def _extension():
-    sources = [os.path.join(CSRC, "ms_deform_attn.cpp")] + glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))
+    sources = [os.path.join(CSRC, "ms_deform_attn.cpp")] + glob.glob(
+        os.path.join(CSRC, "cpu", "*.cpp")
+    )
     # at::parallel_for is inline OpenMP in torch's headers: without -fopenmp it
     # runs serially. The extension then shares the libgomp that torch loaded.
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else ["-fopenmp-simd"]
@@ -92,7 +101,12 @@ def _extension():
         _set_arch_list()
         sources += glob.glob(os.path.join(CSRC, "cuda", "*.cu"))
         # --threads: the architectures compile in parallel
-        extra_compile_args["nvcc"] = ["-O3", "-lineinfo", "--threads", os.environ.get("MAX_JOBS", "2")]
+        extra_compile_args["nvcc"] = [
+            "-O3",
+            "-lineinfo",
+            "--threads",
+            os.environ.get("MAX_JOBS", "2"),
+        ]
         for include in cuda_library_include_dirs():
             extra_compile_args["nvcc"] += ["-isystem", include]
         return CUDAExtension(
@@ -102,7 +116,9 @@ def _extension():
             extra_compile_args=extra_compile_args,
             extra_link_args=openmp,
         )
-    return CppExtension("d2ext._C", sources, extra_compile_args=extra_compile_args, extra_link_args=openmp)
+    return CppExtension(
+        "d2ext._C", sources, extra_compile_args=extra_compile_args, extra_link_args=openmp
+    )
 
 
 if __name__ == "__main__":  # as pip runs it; tests load the helpers above without building
@@ -111,7 +127,9 @@ if __name__ == "__main__":  # as pip runs it; tests load the helpers above witho
         version="0.1.0",
         description="Deformable DETR for detectron2, with a multi-scale deformable attention op",
         packages=find_packages(include=["d2ext", "d2ext.*"])
-        + find_packages("projects/DeformableDETR", include=["deformable_detr", "deformable_detr.*"]),
+        + find_packages(
+            "projects/DeformableDETR", include=["deformable_detr", "deformable_detr.*"]
+        ),
         package_dir={"deformable_detr": "projects/DeformableDETR/deformable_detr"},
         python_requires=">=3.10",
         ext_modules=[_extension()],

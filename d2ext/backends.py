@@ -5,6 +5,7 @@ Backends:
     "numba"  Numba CUDA JIT kernels (CUDA tensors; CPU tensors under NUMBA_ENABLE_CUDASIM=1)
     "torch"  the pure PyTorch reference (any device)
 """
+
 import os
 from typing import NamedTuple
 
@@ -25,7 +26,9 @@ def _cpp_info() -> BackendInfo:
     try:
         from d2ext import _C
     except ImportError as e:
-        return BackendInfo(False, (), f"d2ext._C is not built ({e}); build it with `pip install -e .`")
+        return BackendInfo(
+            False, (), f"d2ext._C is not built ({e}); build it with `pip install -e .`"
+        )
     if _C.cuda_compiled():
         return BackendInfo(True, ("cpu", "cuda"), "compiled extension, CPU and CUDA kernels")
     return BackendInfo(True, ("cpu",), "compiled extension, CPU kernel only (built without CUDA)")
@@ -38,7 +41,9 @@ def _numba_info() -> BackendInfo:
     if not ok:
         return BackendInfo(False, (), reason)
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
-        return BackendInfo(True, ("cpu",), "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on CPU tensors")
+        return BackendInfo(
+            True, ("cpu",), "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on CPU tensors"
+        )
     return BackendInfo(True, ("cuda",), "Numba CUDA JIT kernels")
 
 
@@ -64,7 +69,8 @@ def _unusable_reason(name: str, device: torch.device, dtype: torch.dtype):
     if not info.available:
         return f"the {name!r} backend is unavailable: {info.detail}"
     if device.type not in info.devices:
-        return f"the {name!r} backend runs on {'/'.join(info.devices)} tensors ({info.detail}), got {device.type}"
+        devices = "/".join(info.devices)
+        return f"the {name!r} backend runs on {devices} tensors ({info.detail}), got {device.type}"
     if name == "numba" and dtype not in NUMBA_DTYPES:
         return f"the 'numba' backend supports float32 and float64, got {dtype}"
     return None

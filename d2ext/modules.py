@@ -1,4 +1,5 @@
 """The paper's multi-scale deformable attention module, built on the op."""
+
 import math
 
 import torch
@@ -22,10 +23,21 @@ class MSDeformAttn(nn.Module):
         backend: the op's backend, see d2ext.ms_deform_attn.
     """
 
-    def __init__(self, hidden_dim: int = 256, num_levels: int = 4, num_heads: int = 8, num_points: int = 4, *, backend: str = "auto"):
+    def __init__(
+        self,
+        hidden_dim: int = 256,
+        num_levels: int = 4,
+        num_heads: int = 8,
+        num_points: int = 4,
+        *,
+        backend: str = "auto",
+    ):
         super().__init__()
         if hidden_dim % num_heads != 0:
-            raise ValueError(f"hidden_dim must be divisible by num_heads, got hidden_dim={hidden_dim}, num_heads={num_heads}")
+            raise ValueError(
+                f"hidden_dim must be divisible by num_heads, got hidden_dim={hidden_dim}, "
+                f"num_heads={num_heads}"
+            )
         self.hidden_dim = hidden_dim
         self.num_levels = num_levels
         self.num_heads = num_heads
@@ -41,10 +53,14 @@ class MSDeformAttn(nn.Module):
         """The paper's initialisation: offsets start on a ring of directions, one per
         head, at distance 1..P pixels; attention weights start uniform."""
         nn.init.zeros_(self.sampling_offsets.weight)
-        angles = torch.arange(self.num_heads, dtype=torch.float64) * (2.0 * math.pi / self.num_heads)
+        angles = torch.arange(self.num_heads, dtype=torch.float64) * (
+            2.0 * math.pi / self.num_heads
+        )
         directions = torch.stack([angles.cos(), angles.sin()], -1)
         directions = directions / directions.abs().max(-1, keepdim=True).values
-        grid = directions.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid = directions.view(self.num_heads, 1, 1, 2).repeat(
+            1, self.num_levels, self.num_points, 1
+        )
         grid *= torch.arange(1, self.num_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
         with torch.no_grad():
             self.sampling_offsets.bias.copy_(grid.flatten())
@@ -81,19 +97,26 @@ class MSDeformAttn(nn.Module):
         _, S, _ = input_flatten.shape
         M, L, P = self.num_heads, self.num_levels, self.num_points
         if spatial_shapes.shape[0] != L:
-            raise ValueError(f"this module has {L} levels, got spatial shapes of {spatial_shapes.shape[0]}")
+            raise ValueError(
+                f"this module has {L} levels, got spatial shapes of {spatial_shapes.shape[0]}"
+            )
 
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(N, S, M, self.hidden_dim // M)
         offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
+        weights = (
+            self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
+        )
 
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalize by (W, H)
             normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            locations = (
+                reference_points[:, :, None, :, None, :]
+                + offsets / normalizer[None, None, None, :, None, :]
+            )
         elif reference_points.shape[-1] == 4:
             locations = (
                 reference_points[:, :, None, :, None, :2]
@@ -101,7 +124,8 @@ class MSDeformAttn(nn.Module):
             )
         else:
             raise ValueError(
-                f"reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), got shape {tuple(reference_points.shape)}"
+                "reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), got shape "
+                f"{tuple(reference_points.shape)}"
             )
         output = ms_deform_attn(
             value, spatial_shapes, level_start_index, locations, weights, backend=self.backend

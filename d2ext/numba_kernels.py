@@ -34,14 +34,18 @@ def _simulated() -> bool:
 
 
 def is_available() -> tuple[bool, str]:
-    """(True, "") if the kernels can run here, on a GPU or on the simulator, else (False, reason)."""
+    """(True, "") if the kernels can run here, on a GPU or on the simulator, else (False,
+    reason)."""
     if cuda is None:
         return False, _IMPORT_ERROR
     if _simulated():
         return True, ""
     try:
         if not cuda.is_available():
-            return False, "numba.cuda finds no usable GPU (set NUMBA_ENABLE_CUDASIM=1 for the simulator)"
+            return (
+                False,
+                "numba.cuda finds no usable GPU (set NUMBA_ENABLE_CUDASIM=1 for the simulator)",
+            )
     except Exception as e:
         return False, f"numba.cuda is unusable: {type(e).__name__}: {e}"
     return True, ""
@@ -109,9 +113,15 @@ def _kernels(dtype_name: str):
         return (x - x) + (y - y)
 
     @cuda.jit
-    def forward_kernel(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, output, G):
+    def forward_kernel(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, output, G
+    ):
         N, _, M, D = value.shape
-        Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+        Lq, L, P = (
+            sampling_locations.shape[1],
+            sampling_locations.shape[3],
+            sampling_locations.shape[4],
+        )
         tid = cuda.grid(1)
         item = tid // G
         if item >= N * Lq * M:
@@ -122,18 +132,18 @@ def _kernels(dtype_name: str):
         S = value.shape[1]
         for d in range(tid % G, D, G):
             acc = real(0)
-            for l in range(L):
-                H = spatial_shapes[l, 0]
-                W = spatial_shapes[l, 1]
-                start = level_start_index[l]
+            for lvl in range(L):
+                H = spatial_shapes[lvl, 0]
+                W = spatial_shapes[lvl, 1]
+                start = level_start_index[lvl]
                 if not level_in_bounds(H, W, start, S):
                     continue
                 for p in range(P):
-                    x = sampling_locations[n, q, m, l, p, 0]
-                    y = sampling_locations[n, q, m, l, p, 1]
+                    x = sampling_locations[n, q, m, lvl, p, 0]
+                    y = sampling_locations[n, q, m, lvl, p, 1]
                     r1, r2, r3, r4, w1, w2, w3, w4, lh, lw, outside = bilinear(x, y, H, W, start)
                     if outside:  # adds 0, or NaN for a location or weight that is not finite
-                        acc += attention_weights[n, q, m, l, p] * outside_sample(x, y)
+                        acc += attention_weights[n, q, m, lvl, p] * outside_sample(x, y)
                         continue
                     sample = real(0)
                     if r1 >= 0:
@@ -144,7 +154,7 @@ def _kernels(dtype_name: str):
                         sample += w3 * value[n, r3, m, d]
                     if r4 >= 0:
                         sample += w4 * value[n, r4, m, d]
-                    acc += attention_weights[n, q, m, l, p] * sample
+                    acc += attention_weights[n, q, m, lvl, p] * sample
             output[n, q, m * D + d] = acc
 
     @cuda.jit
@@ -162,7 +172,11 @@ def _kernels(dtype_name: str):
     ):
         partial = cuda.shared.array((3, _THREADS), real)
         N, _, M, D = value.shape
-        Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+        Lq, L, P = (
+            sampling_locations.shape[1],
+            sampling_locations.shape[3],
+            sampling_locations.shape[4],
+        )
         t = cuda.threadIdx.x
         tid = cuda.grid(1)
         item = tid // G
@@ -174,10 +188,10 @@ def _kernels(dtype_name: str):
         n = item // (M * Lq)
         one = real(1)
         S = value.shape[1]
-        for l in range(L):
-            H = spatial_shapes[l, 0]
-            W = spatial_shapes[l, 1]
-            start = level_start_index[l]
+        for lvl in range(L):
+            H = spatial_shapes[lvl, 0]
+            W = spatial_shapes[lvl, 1]
+            start = level_start_index[lvl]
             # uniform across the block, so every thread still reaches every syncthreads
             if not level_in_bounds(H, W, start, S):
                 continue
@@ -189,9 +203,9 @@ def _kernels(dtype_name: str):
                 outside = False
                 outside_value = real(0)
                 if valid:
-                    a = attention_weights[n, q, m, l, p]
-                    x = sampling_locations[n, q, m, l, p, 0]
-                    y = sampling_locations[n, q, m, l, p, 1]
+                    a = attention_weights[n, q, m, lvl, p]
+                    x = sampling_locations[n, q, m, lvl, p, 0]
+                    y = sampling_locations[n, q, m, lvl, p, 1]
                     r1, r2, r3, r4, w1, w2, w3, w4, lh, lw, outside = bilinear(x, y, H, W, start)
                     outside_value = outside_sample(x, y)
                     d1 = real(0)
@@ -230,14 +244,16 @@ def _kernels(dtype_name: str):
                         partial[1, t] += partial[1, t + offset]
                         partial[2, t] += partial[2, t + offset]
                     offset //= 2
-                if valid and lane == 0 and outside:  # zero, or NaN for a location or weight that is not finite
-                    grad_attention_weights[n, q, m, l, p] = outside_value
-                    grad_sampling_locations[n, q, m, l, p, 0] = a * outside_value
-                    grad_sampling_locations[n, q, m, l, p, 1] = a * outside_value
+                if (
+                    valid and lane == 0 and outside
+                ):  # zero, or NaN for a location or weight that is not finite
+                    grad_attention_weights[n, q, m, lvl, p] = outside_value
+                    grad_sampling_locations[n, q, m, lvl, p, 0] = a * outside_value
+                    grad_sampling_locations[n, q, m, lvl, p, 1] = a * outside_value
                 elif valid and lane == 0:
-                    grad_attention_weights[n, q, m, l, p] = partial[0, t]
-                    grad_sampling_locations[n, q, m, l, p, 0] = a * partial[1, t] * real(W)
-                    grad_sampling_locations[n, q, m, l, p, 1] = a * partial[2, t] * real(H)
+                    grad_attention_weights[n, q, m, lvl, p] = partial[0, t]
+                    grad_sampling_locations[n, q, m, lvl, p, 0] = a * partial[1, t] * real(W)
+                    grad_sampling_locations[n, q, m, lvl, p, 1] = a * partial[2, t] * real(H)
 
     return forward_kernel, backward_kernel
 
@@ -266,7 +282,9 @@ def _launch(kernel, work: int, G: int, tensors) -> None:
         kernel[blocks, threads, stream](*[cuda.as_cuda_array(t, sync=False) for t in tensors], G)
 
 
-def forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> torch.Tensor:
+def forward(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+) -> torch.Tensor:
     """Multi-scale deformable attention.
 
     Args:
@@ -299,7 +317,8 @@ def forward(value, spatial_shapes, level_start_index, sampling_locations, attent
 def backward(
     grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of `forward` for grad_output (N, Lq, M * D); the other arguments are those of `forward`.
+    """Gradients of `forward` for grad_output (N, Lq, M * D); the other arguments are those of
+    `forward`.
 
     Returns:
         grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2) and

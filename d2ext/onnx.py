@@ -8,6 +8,7 @@ points P are static (taken from the input shapes); each level's (H_l, W_l) and
 start offset are read from ``spatial_shapes`` and ``level_start_index`` at run
 time, so the image size stays dynamic.
 """
+
 import torch
 from onnxscript import opset18 as op
 
@@ -16,7 +17,9 @@ __all__ = ["OPSET", "TRANSLATION_TABLE", "ms_deform_attn_onnx"]
 OPSET = 18  # GridSample needs >= 16; 18 is the exporter's default
 
 
-def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+def ms_deform_attn_onnx(
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend
+):
     """The reference MSDA (d2ext/reference.py) in ONNX ops; `backend` is ignored.
 
     Args:
@@ -29,12 +32,16 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
     """
     _, _, M, D = value.shape
     L, P = sampling_locations.shape[3], sampling_locations.shape[4]
-    grids = op.Sub(op.Mul(sampling_locations, op.Constant(value_float=2.0)), op.Constant(value_float=1.0))
+    grids = op.Sub(
+        op.Mul(sampling_locations, op.Constant(value_float=2.0)), op.Constant(value_float=1.0)
+    )
     # (N, Lq, M, L, P, 2) -> (N, M, Lq, L, P, 2); grid_sample takes (N * M, Lq, P, 2) per level
     grids = op.Transpose(grids, perm=[0, 2, 1, 3, 4, 5])
     queries = op.Shape(grids, start=2, end=3)  # (1,) = [Lq]
     value_shape = op.Constant(value_ints=[-1, D])
-    grid_shape = op.Concat(op.Constant(value_ints=[-1]), queries, op.Constant(value_ints=[P, 2]), axis=0)
+    grid_shape = op.Concat(
+        op.Constant(value_ints=[-1]), queries, op.Constant(value_ints=[P, 2]), axis=0
+    )
     # (N, S, M, D) -> (N, M, D, S)
     value = op.Transpose(value, perm=[0, 2, 3, 1])
     sampled = []
@@ -45,14 +52,22 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
         end = op.Add(start, op.ReduceProd(hw, keepdims=1))
         value_l = op.Slice(value, start, end, op.Constant(value_ints=[3]))
         value_l = op.Reshape(value_l, op.Concat(value_shape, hw, axis=0))  # (N * M, D, H_l, W_l)
-        grid_l = op.Reshape(op.Gather(grids, op.Constant(value_int=level), axis=3), grid_shape)  # (N * M, Lq, P, 2)
-        sampled.append(op.GridSample(value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros"))
+        grid_l = op.Reshape(
+            op.Gather(grids, op.Constant(value_int=level), axis=3), grid_shape
+        )  # (N * M, Lq, P, 2)
+        sampled.append(
+            op.GridSample(value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros")
+        )
     sampled = op.Concat(*sampled, axis=-1)  # (N * M, D, Lq, L * P)
     # (N, Lq, M, L, P) -> (N * M, 1, Lq, L * P)
     weights = op.Transpose(attention_weights, perm=[0, 2, 1, 3, 4])
-    weights_shape = op.Concat(op.Constant(value_ints=[-1, 1]), queries, op.Constant(value_ints=[L * P]), axis=0)
+    weights_shape = op.Concat(
+        op.Constant(value_ints=[-1, 1]), queries, op.Constant(value_ints=[L * P]), axis=0
+    )
     weights = op.Reshape(weights, weights_shape)
-    output = op.ReduceSum(op.Mul(sampled, weights), op.Constant(value_ints=[-1]), keepdims=0)  # (N * M, D, Lq)
+    output = op.ReduceSum(
+        op.Mul(sampled, weights), op.Constant(value_ints=[-1]), keepdims=0
+    )  # (N * M, D, Lq)
     output = op.Reshape(output, op.Constant(value_ints=[-1, M * D, 0]))  # (N, M * D, Lq)
     return op.Transpose(output, perm=[0, 2, 1])
 

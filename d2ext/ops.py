@@ -7,6 +7,7 @@ shape-propagating node. The op takes the backend by name and resolves "auto"
 when it runs, not when it is traced: an exported graph holds "auto" and runs
 with whichever backend the machine that runs it has.
 """
+
 import warnings
 
 import torch
@@ -54,10 +55,15 @@ def ms_deform_attn(
         sampled at pixel (x * W_l - 0.5, y * H_l - 0.5), zero outside the map;
         exactly grid_sample(align_corners=False, padding_mode="zeros").
 
+    Sizes: any batch size (there is no im2col_step), empty batches and query
+    sets, any channel count, any number of levels and points; inputs need not be
+    contiguous.
+
     Dtypes: value's dtype sets the output's. Sampling locations and attention
     weights are used in float32 when value is float16 or bfloat16 (as autocast
-    mixes them), and in value's dtype otherwise; their gradients come back in
-    their own dtype. Accumulation is in float32 for half types.
+    mixes them: a location rounded to bfloat16 is off by up to a third of a pixel
+    on a 167-pixel-wide map), and in value's dtype otherwise; their gradients
+    come back in their own dtype. Accumulation is in float32 for half types.
 
     Non-finite input propagates as through grid_sample: a location that is not
     finite, or a weight that is not finite (inside the map or not), makes that
@@ -65,10 +71,24 @@ def ms_deform_attn(
     location and weight; NaN or infinite values propagate to the outputs that
     sample them.
 
-    Errors: bad shapes, dtypes or devices raise ValueError naming the argument.
-    The levels (spatial_shapes against level_start_index and S) are checked
-    when the op runs, also inside compiled graphs, with one device-to-host copy
-    per spatial_shapes tensor (a model passes one tensor to all its layers).
+    Errors: bad shapes, dtypes or devices raise ValueError naming the argument,
+    the expected and the actual shape or dtype. The levels (spatial_shapes
+    against level_start_index and S) are checked when the op runs, also inside
+    compiled graphs, with one device-to-host copy per spatial_shapes tensor (a
+    model passes one tensor to all its layers). The kernels never read outside
+    value whatever the metadata: the CPU kernel refuses levels that do not fit
+    in it, the CUDA and Numba kernels skip them.
+
+    Determinism: the CPU backward is deterministic. The CUDA and Numba backwards
+    add into grad_value atomically: under torch.use_deterministic_algorithms(True)
+    they raise an error naming d2ext::ms_deform_attn (a warning in warn-only mode).
+
+    Compile and export: every backend runs behind the custom op
+    d2ext::ms_deform_attn (fake implementation, registered autograd, checked
+    with torch.library.opcheck), so torch.compile(fullgraph=True) and
+    torch.export trace through it, also as the first use in a process. A graph
+    exported with backend="auto" runs with the backend of the machine that runs
+    it; one exported with a named backend fails there, naming it, if it is missing.
 
     Examples::
 
@@ -125,24 +145,29 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
     for name, t in named.items():
         if t.device != value.device:
             raise ValueError(
-                f"all tensors must be on one device: value is on {value.device}, {name} on {t.device}"
+                f"all tensors must be on one device: value is on {value.device}, {name} on "
+                f"{t.device}"
             )
 
     if value.dim() != 4:
         raise ValueError(f"value must be (N, S, M, D), got shape {_shape(value)}")
     N, S, M, D = value.shape
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError(f"spatial_shapes must be (L, 2) of (H, W), got shape {_shape(spatial_shapes)}")
+        raise ValueError(
+            f"spatial_shapes must be (L, 2) of (H, W), got shape {_shape(spatial_shapes)}"
+        )
     L = spatial_shapes.shape[0]
     if L == 0:
         raise ValueError("spatial_shapes must hold at least one level, got shape (0, 2)")
     if tuple(level_start_index.shape) != (L,):
         raise ValueError(
-            f"level_start_index must be (L,) = ({L},) like spatial_shapes, got shape {_shape(level_start_index)}"
+            f"level_start_index must be (L,) = ({L},) like spatial_shapes, got shape "
+            f"{_shape(level_start_index)}"
         )
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
         raise ValueError(
-            f"sampling_locations must be (N, Lq, M, L, P, 2), got shape {_shape(sampling_locations)}"
+            "sampling_locations must be (N, Lq, M, L, P, 2), got shape "
+            f"{_shape(sampling_locations)}"
         )
     _, Lq, _, _, P, _ = sampling_locations.shape
     expected = (N, Lq, M, L, P, 2)
@@ -153,8 +178,8 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
         )
     if tuple(attention_weights.shape) != expected[:-1]:
         raise ValueError(
-            f"attention_weights must be (N, Lq, M, L, P) = {_shape(expected[:-1])}, "
-            f"got {_shape(attention_weights)}"
+            f"attention_weights must be (N, Lq, M, L, P) = {_shape(expected[:-1])}, got "
+            f"{_shape(attention_weights)}"
         )
 
 
@@ -172,7 +197,11 @@ def _check_levels(spatial_shapes, level_start_index, S):
         key = (spatial_shapes._version, id(level_start_index), level_start_index._version, S)
         if _checked_levels.get(spatial_shapes) == key:
             return
-    both = torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1)]).to(torch.int64).tolist()
+    both = (
+        torch.cat([spatial_shapes.reshape(-1), level_start_index.reshape(-1)])
+        .to(torch.int64)
+        .tolist()
+    )
     L = spatial_shapes.shape[0]
     shapes = [(both[2 * i], both[2 * i + 1]) for i in range(L)]
     starts = both[2 * L :]
@@ -223,7 +252,11 @@ def _ms_deform_attn_op(
     if backend == "torch":
         dtype = sampling_locations.dtype  # compute_dtype(value.dtype)
         output = ms_deform_attn_reference(
-            value.to(dtype), spatial_shapes, level_start_index, sampling_locations, attention_weights
+            value.to(dtype),
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
         )
         return output.to(value.dtype)
     forward, _ = _kernels(backend)
@@ -251,31 +284,53 @@ def _ms_deform_attn_backward_op(
     if backend == "torch":
         dtype = sampling_locations.dtype  # compute_dtype(value.dtype)
         grads = ms_deform_attn_reference_backward(
-            grad_output.to(dtype), value.to(dtype), spatial_shapes, level_start_index, sampling_locations,
+            grad_output.to(dtype),
+            value.to(dtype),
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
             attention_weights,
         )
         return (grads[0].to(value.dtype),) + grads[1:]
     if backend == "numba" and torch.are_deterministic_algorithms_enabled():
         message = (
-            "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with atomic "
-            "adds and has no deterministic implementation, but torch.use_deterministic_algorithms(True) "
-            "is set; use backend='cpp' on CPU"
+            "d2ext::ms_deform_attn backward with the 'numba' backend accumulates grad_value with "
+            "atomic adds and has no deterministic implementation, but "
+            "torch.use_deterministic_algorithms(True) is set; use backend='cpp' on CPU"
         )
         if not torch.is_deterministic_algorithms_warn_only_enabled():
             raise RuntimeError(message)
         warnings.warn(message)
     _, backward = _kernels(backend)
-    return backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return backward(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
 
 
 @_ms_deform_attn_backward_op.register_fake
-def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
+def _(
+    grad_output,
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    backend,
+):
+    return (
+        torch.empty_like(value),
+        torch.empty_like(sampling_locations),
+        torch.empty_like(attention_weights),
+    )
 
 
 def _setup_context(ctx, inputs, output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = inputs
-    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = (
+        inputs
+    )
+    ctx.save_for_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    )
     ctx.backend = backend
 
 

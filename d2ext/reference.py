@@ -6,6 +6,7 @@ zero padding) and differentiable by autograd. `ms_deform_attn_reference_backward
 computes the same gradients explicitly, for the "torch" backend of the custom
 op, whose backward runs where autograd does not record.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -35,7 +36,9 @@ def ms_deform_attn_reference(
     _, Lq, _, L, P, _ = sampling_locations.shape
     sampled = [
         F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        for _, _, value_l, grid_l in _levels(value, spatial_shapes, level_start_index, sampling_locations)
+        for _, _, value_l, grid_l in _levels(
+            value, spatial_shapes, level_start_index, sampling_locations
+        )
     ]  # L x (N*M, D, Lq, P)
     # (N*M, D, Lq, L*P) * (N*M, 1, Lq, L*P) summed over L*P
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
@@ -62,7 +65,9 @@ def ms_deform_attn_reference_backward(
     grad_grids, grad_weights = [], []
     levels = _levels(value, spatial_shapes, level_start_index, sampling_locations)
     for level, (start, area, value_l, grid_l) in enumerate(levels):
-        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(
+            value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         grad_weights.append((grad * sampled).sum(1))  # (N*M, Lq, P)
         grad_value_l, grad_grid_l = torch.ops.aten.grid_sampler_2d_backward(
             grad * weights[..., level, :], value_l, grid_l, 0, 0, False, [True, True]
@@ -80,7 +85,9 @@ def _levels(value, spatial_shapes, level_start_index, sampling_locations):
     the grid_sample grid (N*M, Lq, P, 2)."""
     N, _, M, D = value.shape
     grids = 2 * sampling_locations - 1
-    for level, ((H, W), start) in enumerate(zip(spatial_shapes.tolist(), level_start_index.tolist())):
+    for level, ((H, W), start) in enumerate(
+        zip(spatial_shapes.tolist(), level_start_index.tolist())
+    ):
         # (N, H*W, M, D) -> (N*M, D, H, W); (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         value_l = value[:, start : start + H * W].permute(0, 2, 3, 1).reshape(N * M, D, H, W)
         yield start, H * W, value_l, grids[:, :, :, level].transpose(1, 2).flatten(0, 1)

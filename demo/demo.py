@@ -2,13 +2,14 @@
 """Runs a trained Deformable DETR on images and writes them with the detections drawn.
 
     # LazyConfig (.py): overrides are key=value, the weights train.init_checkpoint
-    PYTHONPATH=projects/DeformableDETR:. python demo/demo.py \\
+    python demo/demo.py \\
         --config-file configs/synthetic/deformable_detr_tiny.py \\
         --input ~/.cache/d2ext/datasets/synthetic_shapes/val/00000*.jpg --output output/demo \\
         --opts train.init_checkpoint=output/synthetic_tiny/model_final.pth
     # yacs (.yaml, through DefaultPredictor): overrides are KEY VALUE pairs
-    PYTHONPATH=projects/DeformableDETR:. python demo/demo.py \\
-        --config-file configs/COCO/deformable_detr_r50_50ep.yaml --input images/ --output output/demo \\
+    python demo/demo.py \\
+        --config-file configs/COCO/deformable_detr_r50_50ep.yaml \\
+        --input images/ --output output/demo \\
         --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth
 
 --input takes files, glob patterns and folders (their images). One image per
@@ -18,6 +19,7 @@ DATASETS.TEST[0]). LazyConfig models see the image through the test mapper's
 augmentation (dataloader.test.mapper.augmentation) and image_format, as in
 evaluation.
 """
+
 import argparse
 import glob
 import os
@@ -40,15 +42,25 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, help="LazyConfig .py or yacs .yaml")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, glob patterns or folders")
-    parser.add_argument("--output", required=True, help="folder for the visualized images (created)")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, glob patterns or folders"
+    )
+    parser.add_argument(
+        "--output", required=True, help="folder for the visualized images (created)"
+    )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--scale", type=float, default=1.0, help="resize factor of the written images")
     parser.add_argument(
-        "--opts", nargs=argparse.REMAINDER, default=[],
+        "--scale", type=float, default=1.0, help="resize factor of the written images"
+    )
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
         help="config overrides: key=value for .py (e.g. train.init_checkpoint=model.pth), "
         "KEY VALUE pairs for .yaml (e.g. MODEL.WEIGHTS model.pth)",
     )
@@ -61,7 +73,11 @@ def expand_inputs(inputs) -> list:
     for item in inputs:
         item = os.path.expanduser(item)
         if os.path.isdir(item):
-            paths += sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(IMAGE_EXTENSIONS))
+            paths += sorted(
+                os.path.join(item, f)
+                for f in os.listdir(item)
+                if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
         elif os.path.isfile(item):
             paths.append(item)
         else:
@@ -87,7 +103,9 @@ class LazyConfigPredictor:
         DetrCheckpointer(self.model).load(cfg.train.init_checkpoint)
         mapper = cfg.dataloader.test.mapper
         augmentation = instantiate(mapper.get("augmentation", None)) or []
-        self.aug = T.AugmentationList(augmentation if isinstance(augmentation, (list, tuple)) else [augmentation])
+        self.aug = T.AugmentationList(
+            augmentation if isinstance(augmentation, (list, tuple)) else [augmentation]
+        )
         self.input_format = mapper.get("image_format", "BGR")
 
     @torch.no_grad()
@@ -110,7 +128,9 @@ def setup(args):
     cfg = load_yacs_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     cfg.freeze()
-    return DefaultPredictor(cfg), test_metadata(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    return DefaultPredictor(cfg), test_metadata(
+        cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
+    )
 
 
 def visualize(image_bgr, instances, metadata, threshold: float, scale: float = 1.0):
@@ -132,7 +152,9 @@ def main(argv=None):
         image = read_image(path, format="BGR")
         instances = predictor(image)["instances"]
         out = os.path.join(args.output, os.path.basename(path))
-        if not cv2.imwrite(out, visualize(image, instances, metadata, args.confidence_threshold, args.scale)):
+        if not cv2.imwrite(
+            out, visualize(image, instances, metadata, args.confidence_threshold, args.scale)
+        ):
             raise SystemExit(f"could not write {out}")
     print(f"wrote {len(paths)} image(s) to {args.output}")
 
@@ -140,5 +162,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except UnreadableCheckpointError as e:  # also from DefaultPredictor (see deformable_detr.checkpoint)
+    except (
+        UnreadableCheckpointError
+    ) as e:  # also from DefaultPredictor (see deformable_detr.checkpoint)
         raise SystemExit(f"error: {e}")

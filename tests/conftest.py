@@ -23,8 +23,11 @@ if torch.cuda.is_available():
         the parity checks instead of passing as a stale or zero value. The
         blocks go back to the cache (no empty_cache), where the test's own
         allocations take them."""
-        blocks = [torch.empty(size, dtype=torch.uint8, device="cuda") for size, count in _POISON_BLOCKS
-                  for _ in range(count)]
+        blocks = [
+            torch.empty(size, dtype=torch.uint8, device="cuda")
+            for size, count in _POISON_BLOCKS
+            for _ in range(count)
+        ]
         for block in blocks:
             block.fill_(255)
         del blocks

@@ -1,4 +1,5 @@
 """The repository's scripts (tools/, demo/), loaded as modules for tests."""
+
 import importlib.util
 from pathlib import Path
 

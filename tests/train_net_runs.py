@@ -1,10 +1,11 @@
 """Subprocess runs of tools/lazyconfig_train_net.py (or a script wrapping it) on
 the synthetic config, with the synthetic dataset under a given D2EXT_DATASETS."""
+
 import json
 import os
 import subprocess
 import sys
-
+from pathlib import Path
 
 from .scripts import ROOT
 
@@ -23,9 +24,17 @@ def command(*args, script=TRAIN_NET, config=CONFIG) -> list:
 def run(args: list, datasets, *, succeeds: bool = True, timeout: float = 600, **variables) -> str:
     """Runs `args` (a command) and returns its stdout and stderr; asserts that
     it succeeded, or with succeeds=False that it failed."""
-    result = subprocess.run(args, env=environment(datasets, **variables), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        args,
+        env=environment(datasets, **variables),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     output = result.stdout + result.stderr
-    assert (result.returncode == 0) == succeeds, f"exit status {result.returncode}:\n{output[-6000:]}"
+    assert (result.returncode == 0) == succeeds, (
+        f"exit status {result.returncode}:\n{output[-6000:]}"
+    )
     return output
 
 

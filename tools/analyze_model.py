@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Parameter count and FLOPs of a Deformable DETR LazyConfig model on one image.
 
-    PYTHONPATH=projects/DeformableDETR:. python tools/analyze_model.py \\
+    python tools/analyze_model.py \\
         --config-file configs/COCO/deformable_detr_r50_50ep.py
-    PYTHONPATH=projects/DeformableDETR:. python tools/analyze_model.py \\
-        --config-file configs/COCO/deformable_detr_r50_single_scale_50ep.py --height 800 --width 1200
-    PYTHONPATH=projects/DeformableDETR:. python tools/analyze_model.py \\
-        --config-file configs/synthetic/deformable_detr_tiny.py --height 320 --width 320 model.num_queries=50
+    python tools/analyze_model.py \\
+        --config-file configs/COCO/deformable_detr_r50_single_scale_50ep.py \\
+        --height 800 --width 1200
+    python tools/analyze_model.py \\
+        --config-file configs/synthetic/deformable_detr_tiny.py --height 320 --width 320 \\
+        model.num_queries=50
 
 FLOPs come from fvcore's FlopCountAnalysis (detectron2's subclass, which traces
 detectron2 models with torch.jit): one "flop" per multiply-add, element-wise
@@ -15,6 +17,7 @@ deformable_detr.flops (5 multiply-adds per channel per sampling point). The
 model has random weights (nothing is loaded) and runs in eval mode, on one
 --height x --width image (no resize), post-processing included.
 """
+
 import argparse
 import logging
 
@@ -27,12 +30,16 @@ from deformable_detr.flops import flop_count_handles
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-depth", type=int, default=2, help="depth of the per-module table (0: no table)")
+    parser.add_argument(
+        "--max-depth", type=int, default=2, help="depth of the per-module table (0: no table)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser.parse_args(argv)
 
@@ -62,13 +69,22 @@ def main(argv=None):
     if args.max_depth > 0:
         print(flop_count_table(flops, max_depth=args.max_depth))
     by_operator = flops.by_operator()
-    print("FLOPs by operator (G): " + ", ".join(f"{k}: {v / 1e9:.2f}" for k, v in sorted(by_operator.items())))
+    print(
+        "FLOPs by operator (G): "
+        + ", ".join(f"{k}: {v / 1e9:.2f}" for k, v in sorted(by_operator.items()))
+    )
     uncounted = flops.unsupported_ops()
     if uncounted:
         print("not counted: " + ", ".join(f"{k} x{v}" for k, v in sorted(uncounted.items())))
     print(f"{args.config_file} at {args.height}x{args.width}:")
-    print(f"  parameters: {trainable:,} trainable / {total:,} total ({trainable / 1e6:.1f}M / {total / 1e6:.1f}M)")
-    print(f"  FLOPs: {total_flops / 1e9:.1f} G (multiply-adds), of which MSDA {by_operator.get('ms_deform_attn', 0) / 1e9:.2f} G")
+    print(
+        f"  parameters: {trainable:,} trainable / {total:,} total "
+        f"({trainable / 1e6:.1f}M / {total / 1e6:.1f}M)"
+    )
+    print(
+        f"  FLOPs: {total_flops / 1e9:.1f} G (multiply-adds), "
+        f"of which MSDA {by_operator.get('ms_deform_attn', 0) / 1e9:.2f} G"
+    )
 
 
 if __name__ == "__main__":

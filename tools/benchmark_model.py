@@ -2,16 +2,17 @@
 cpp and numba) beside HF transformers' DeformableDetrForObjectDetection with the
 same configuration, on the same device, in one run. Prints Markdown tables.
 
-    # the GPU comparison (issue 5): batch 2 training at 800x1333, inference at batch 1 and 4
-    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --device cuda
-    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --variant box_refine --amp bf16
+    # the GPU comparison: batch 2 training at 800x1333, inference at batch 1 and 4
+    python tools/benchmark_model.py --device cuda
+    python tools/benchmark_model.py \\
+        --variant box_refine --amp bf16
     # CPU smoke test (the numba row is skipped: its kernel is CUDA only)
-    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --device cpu \\
+    python tools/benchmark_model.py --device cpu \\
         --height 128 --width 160 --warmup 1 --repeats 2
 
-    # CPU deployment (issue 12): our eager model, torch.compile, ONNX Runtime and
+    # CPU deployment: our eager model, torch.compile, ONNX Runtime and
     # AOTInductor beside HF eager, inference at batch 1 (exports and compiles first)
-    PYTHONPATH=projects/DeformableDETR:. python3 tools/benchmark_model.py --deploy --device cpu
+    python tools/benchmark_model.py --deploy --device cpu
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
 stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
@@ -35,6 +36,7 @@ events (with torch.cuda.synchronize) on CUDA, perf_counter on CPU. Peak memory i
 torch.cuda.max_memory_allocated over the timed iterations (CUDA only), weights
 and optimizer state included.
 """
+
 import argparse
 import statistics
 import sys
@@ -69,12 +71,19 @@ def build_ours(variant, backend, num_classes, device):
 
 
 def build_hf(variant, num_classes, device):
-    """HF's model shaped like ours (deformable_detr.interop.hf_peer), with our matcher costs and loss weights."""
+    """HF's model shaped like ours (deformable_detr.interop.hf_peer), with our matcher
+    costs and loss weights."""
     from deformable_detr.interop.hf_peer import build_hf_peer
 
     ours = build_ours(variant, "torch", num_classes, "cpu")
     model = build_hf_peer(
-        ours, class_cost=2, bbox_cost=5, giou_cost=2, bbox_loss_coefficient=5, giou_loss_coefficient=2, focal_alpha=0.25
+        ours,
+        class_cost=2,
+        bbox_cost=5,
+        giou_cost=2,
+        bbox_loss_coefficient=5,
+        giou_loss_coefficient=2,
+        focal_alpha=0.25,
     )
     return model.to(device)
 
@@ -93,7 +102,9 @@ def random_boxes(n, height, width, gen):
 
 def make_batch(batch, height, width, n_boxes, num_classes, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    images = [torch.randint(0, 256, (3, height, width), generator=gen).float() for _ in range(batch)]
+    images = [
+        torch.randint(0, 256, (3, height, width), generator=gen).float() for _ in range(batch)
+    ]
     boxes = [random_boxes(n_boxes, height, width, gen) for _ in range(batch)]
     classes = [torch.randint(0, num_classes, (n_boxes,), generator=gen) for _ in range(batch)]
     return images, boxes, classes
@@ -142,9 +153,11 @@ def hf_postprocess(outputs, sizes, top_k=100):
     cx, cy, w, h = boxes.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
     xyxy = xyxy.gather(1, queries[..., None].expand(-1, -1, 4))
-    scale = torch.tensor([[s[1], s[0], s[1], s[0]] for s in sizes], dtype=xyxy.dtype, device=xyxy.device)
+    scale = torch.tensor(
+        [[s[1], s[0], s[1], s[0]] for s in sizes], dtype=xyxy.dtype, device=xyxy.device
+    )
     xyxy = xyxy * scale[:, None, :]
-    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
+    return [{"scores": s, "labels": c, "boxes": b} for s, c, b in zip(scores, labels, xyxy)]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -166,7 +179,9 @@ def autocast(device, amp):
 
 
 def bench_train(kind, model, args, device):
-    images, boxes, classes = make_batch(args.batch, args.height, args.width, args.boxes, args.num_classes)
+    images, boxes, classes = make_batch(
+        args.batch, args.height, args.width, args.boxes, args.num_classes
+    )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=1e-4)
@@ -188,13 +203,13 @@ def bench_train(kind, model, args, device):
         loss.backward()
         opt.step()
 
-    result = timed(step, device, args.warmup, args.repeats)
-    del opt
-    return result
+    return timed(step, device, args.warmup, args.repeats)
 
 
 def bench_infer(kind, model, batch, args, device):
-    images, boxes, classes = make_batch(batch, args.height, args.width, args.boxes, args.num_classes, seed=1)
+    images, boxes, classes = make_batch(
+        batch, args.height, args.width, args.boxes, args.num_classes, seed=1
+    )
     model.eval()
     if kind == "hf":
         pv, pm, _ = hf_inputs(images, boxes, classes, device, train=False)
@@ -267,30 +282,47 @@ def bench_deploy(args, device):
     """Prints the CPU inference table at batch 1: our deployment paths and HF eager."""
     import tempfile
 
-    images, boxes, classes = make_batch(1, args.height, args.width, args.boxes, args.num_classes, seed=1)
+    images, boxes, classes = make_batch(
+        1, args.height, args.width, args.boxes, args.num_classes, seed=1
+    )
     pv, pm, _ = hf_inputs(images, boxes, classes, device, train=False)
     hf = build_hf(args.variant, args.num_classes, device).eval()
-    rows = {"hf eager": (0.0, lambda: hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), [(args.height, args.width)]))}
+    rows = {
+        "hf eager": (
+            0.0,
+            lambda: hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), [(args.height, args.width)]),
+        )
+    }
     with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
         model = build_ours(args.variant, "auto", args.num_classes, device).eval()
         rows.update(deploy_runners(model, images[0], workdir))
-        times = interleaved_medians({name: fn for name, (_, fn) in rows.items()}, device, args.warmup, args.repeats)
+        times = interleaved_medians(
+            {name: fn for name, (_, fn) in rows.items()}, device, args.warmup, args.repeats
+        )
     print()
-    print(f"Inference, batch 1, {args.height}x{args.width}, {torch.get_num_threads()} threads: median ms over "
-          f"{args.repeats} rounds, each path once per round, after {args.warmup} warm-up calls "
-          "(ratio: HF eager ms / ms, >1 means faster than HF eager); "
-          "export/compile s is the one-off cost before the first run.")
+    print(
+        f"Inference, batch 1, {args.height}x{args.width}, {torch.get_num_threads()} threads: "
+        f"median ms over {args.repeats} rounds, each path once per round, "
+        f"after {args.warmup} warm-up calls "
+        "(ratio: HF eager ms / ms, >1 means faster than HF eager); "
+        "export/compile s is the one-off cost before the first run."
+    )
     print()
     print("| path | ms | img/s | vs HF eager | export/compile s |")
     print("|---|---|---|---|---|")
     for name, (setup_s, _) in rows.items():
         ms = times[name]
-        print(f"| {name} | {ms:.0f} | {1e3 / ms:.2f} | {times['hf eager'] / ms:.2f}x | {setup_s:.0f} |")
+        print(
+            f"| {name} | {ms:.0f} | {1e3 / ms:.2f} | {times['hf eager'] / ms:.2f}x "
+            f"| {setup_s:.0f} |"
+        )
 
 
 # ----------------------------------------------------------------------------- main
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="multi_scale")
     parser.add_argument("--batch", type=int, default=2, help="training batch (per GPU)")
@@ -302,11 +334,18 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
-    parser.add_argument("--models", nargs="+", default=["ours-cpp", "ours-numba", "hf"],
-                        choices=["ours-cpp", "ours-numba", "ours-torch", "hf"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["ours-cpp", "ours-numba", "hf"],
+        choices=["ours-cpp", "ours-numba", "ours-torch", "hf"],
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--deploy", action="store_true",
-                        help="inference at batch 1 only: eager, torch.compile, ONNX Runtime, AOTInductor, HF eager")
+    parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="inference at batch 1 only: eager, torch.compile, ONNX Runtime, AOTInductor, HF eager",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -325,9 +364,11 @@ def main():
         versions.append("transformers missing")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; {', '.join(versions)}")
-    print(f"variant {args.variant} ({VARIANTS[args.variant]}), {args.num_classes} classes, "
-          f"image {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
-          f"warmup {args.warmup}, repeats {args.repeats}")
+    print(
+        f"variant {args.variant} ({VARIANTS[args.variant]}), {args.num_classes} classes, "
+        f"image {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
+        f"warmup {args.warmup}, repeats {args.repeats}"
+    )
 
     if args.deploy:
         return bench_deploy(args, device)
@@ -335,23 +376,35 @@ def main():
     rows, notes, failed = [], [], False
     for kind in args.models:
         if kind.startswith("ours-"):
-            backend = kind[len("ours-"):]
+            backend = kind[len("ours-") :]
             info = backends[backend]
             if device.type not in info.devices:
-                notes.append(f"{kind}: skipped, backend {backend!r} does not run on {device.type} ({info.detail})")
+                notes.append(
+                    f"{kind}: skipped, backend {backend!r} does not run on {device.type} "
+                    f"({info.detail})"
+                )
                 continue
         try:
-            model = build_hf(args.variant, args.num_classes, device) if kind == "hf" else \
-                build_ours(args.variant, backend, args.num_classes, device)
+            model = (
+                build_hf(args.variant, args.num_classes, device)
+                if kind == "hf"
+                else build_ours(args.variant, backend, args.num_classes, device)
+            )
             row = {"model": kind, "params": trainable(model)}
             print(f"  {kind}: {row['params']:,} trainable parameters", flush=True)
-            row["train_ms"], row["peak"] = bench_train("hf" if kind == "hf" else "ours", model, args, device)
+            row["train_ms"], row["peak"] = bench_train(
+                "hf" if kind == "hf" else "ours", model, args, device
+            )
             for b in args.infer_batches:
-                row[f"ips{b}"] = bench_infer("hf" if kind == "hf" else "ours", model, b, args, device)
+                row[f"ips{b}"] = bench_infer(
+                    "hf" if kind == "hf" else "ours", model, b, args, device
+                )
             rows.append(row)
         except Exception as e:  # one model's failure must not lose the others' rows
             failed = True
-            notes.append(f"{kind}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            notes.append(
+                f"{kind}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
             import traceback
 
             traceback.print_exc()
@@ -369,9 +422,12 @@ def main():
         return f" ({x:.2f}x)"
 
     print()
-    print(f"Training, batch {args.batch}, {args.height}x{args.width}: forward + loss + backward + AdamW step, "
-          f"median ms (ratio hf/ours: >1 means ours is faster); peak memory (ratio ours/hf). "
-          f"Inference images/s, eval, forward + top-100 post-processing for both (ratio ours/hf).")
+    print(
+        f"Training, batch {args.batch}, {args.height}x{args.width}: "
+        f"forward + loss + backward + AdamW step, "
+        f"median ms (ratio hf/ours: >1 means ours is faster); peak memory (ratio ours/hf). "
+        f"Inference images/s, eval, forward + top-100 post-processing for both (ratio ours/hf)."
+    )
     print()
     head = ["model", "trainable params", f"train ms (batch {args.batch})", "train peak MiB"]
     head += [f"infer img/s (batch {b})" for b in args.infer_batches]
@@ -379,7 +435,12 @@ def main():
     print("|" + "---|" * len(head))
     for r in rows:
         peak = "n/a (cpu)" if r["peak"] is None else f"{r['peak'] / 2**20:.0f}{ratio(r, 'peak')}"
-        cells = [r["model"], f"{r['params']:,}", f"{r['train_ms']:.1f}{ratio(r, 'train_ms', inverse=True)}", peak]
+        cells = [
+            r["model"],
+            f"{r['params']:,}",
+            f"{r['train_ms']:.1f}{ratio(r, 'train_ms', inverse=True)}",
+            peak,
+        ]
         cells += [f"{r[f'ips{b}']:.2f}{ratio(r, f'ips{b}')}" for b in args.infer_batches]
         print("| " + " | ".join(cells) + " |")
     for n in notes:

@@ -30,10 +30,10 @@ checked first against the float64 reference; if its output or a gradient is
 off by more than 1e-4 (relative), it is left out of the table and the script
 exits with status 1 after the table.
 """
+
 import argparse
 import functools
 import multiprocessing
-import os
 import runpy
 import statistics
 import sys
@@ -52,8 +52,15 @@ LEVELS = {
     "cpu": [(25, 42), (13, 21), (7, 11), (4, 6)],
 }
 N, M, D, P = 2, 8, 32, 4
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OFFICIAL_IM2COL_STEP = 64  # upstream's default; the kernel cuts it to the batch, which it must then divide
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+OFFICIAL_IM2COL_STEP = (
+    64  # upstream's default; the kernel cuts it to the batch, which it must then divide
+)
 _official = None  # the official extension module, once load_official has built it
 
 
@@ -76,7 +83,9 @@ class OfficialMSDA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value, shapes, starts, locations, weights):
         ctx.save_for_backward(value, shapes, starts, locations, weights)
-        return _official.ms_deform_attn_forward(value, shapes, starts, locations, weights, OFFICIAL_IM2COL_STEP)
+        return _official.ms_deform_attn_forward(
+            value, shapes, starts, locations, weights, OFFICIAL_IM2COL_STEP
+        )
 
     @staticmethod
     @once_differentiable
@@ -107,12 +116,16 @@ def load_official(src, verbose=False):
     if (src / "models" / "ops" / "src").is_dir():
         src = src / "models" / "ops" / "src"
     # setup.py's toolkit choice and header dirs, so that both kernels build alike
-    build = runpy.run_path(str(Path(__file__).resolve().parents[1] / "setup.py"), run_name="build_helpers")
+    build = runpy.run_path(
+        str(Path(__file__).resolve().parents[1] / "setup.py"), run_name="build_helpers"
+    )
     from torch.utils import cpp_extension
 
     flags = ["-O3", "-DWITH_CUDA"]
     cuda_flags = flags + [  # upstream's setup.py flags
-        "-DCUDA_HAS_FP16=1", "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+        "-DCUDA_HAS_FP16=1",
+        "-D__CUDA_NO_HALF_OPERATORS__",
+        "-D__CUDA_NO_HALF_CONVERSIONS__",
         "-D__CUDA_NO_HALF2_OPERATORS__",
     ]
     for include in build["cuda_library_include_dirs"]():
@@ -163,7 +176,7 @@ def time_ms(fn, device, warmup, repeats):
 
 def copy_bandwidth(device, warmup, repeats):
     """Bytes per second of a large copy within the device, counting bytes read plus written."""
-    numel = (2**28 if device.type == "cuda" else 2**26)  # 1 GiB of float32 on CUDA, 256 MiB on CPU
+    numel = 2**28 if device.type == "cuda" else 2**26  # 1 GiB of float32 on CUDA, 256 MiB on CPU
     source = torch.randn(numel, device=device)
     target = torch.empty_like(source)
     ms = time_ms(lambda: target.copy_(source), device, warmup, repeats)
@@ -174,9 +187,17 @@ def floor_bytes(inputs):
     """The fewest bytes (forward, forward+backward) must move; see the docstring at top."""
     value, _, _, locations, weights = inputs
     read = sum(t.numel() * t.element_size() for t in (value, locations, weights))
-    output = locations.shape[0] * locations.shape[1] * value.shape[2] * value.shape[3] * value.element_size()
+    output = (
+        locations.shape[0]
+        * locations.shape[1]
+        * value.shape[2]
+        * value.shape[3]
+        * value.element_size()
+    )
     forward = read + output
-    backward = read + output + read  # inputs and grad_output read; three gradients of the inputs' sizes written
+    backward = (
+        read + output + read
+    )  # inputs and grad_output read; three gradients of the inputs' sizes written
     return forward, forward + backward
 
 
@@ -209,7 +230,9 @@ def peak_bytes(case, dtype_name, backend, device, batch):
     # a fresh process, so that earlier cases do not hide this one's peak
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_cpu_peak_child, args=((case, dtype_name, backend, batch), queue))
+    process = context.Process(
+        target=_cpu_peak_child, args=((case, dtype_name, backend, batch), queue)
+    )
     process.start()
     result = queue.get()
     process.join()
@@ -225,15 +248,32 @@ def runs(backend, dtype_name):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", nargs="+", default=None, help="default: every backend that runs on the device")
-    parser.add_argument("--dtypes", nargs="+", default=None, choices=sorted(DTYPES),
-                        help="default: float32 (and bfloat16 on CUDA)")
-    parser.add_argument("--cases", nargs="+", default=["encoder", "decoder"], choices=["encoder", "decoder"])
-    parser.add_argument("--batch", type=int, default=N, help="N, the batch size (default: %(default)s)")
-    parser.add_argument("--official-src", metavar="DIR", default=None,
-                        help="build the official Deformable-DETR CUDA kernel from DIR and add an `official` row")
+    parser.add_argument(
+        "--backends", nargs="+", default=None, help="default: every backend that runs on the device"
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=None,
+        choices=sorted(DTYPES),
+        help="default: float32 (and bfloat16 on CUDA)",
+    )
+    parser.add_argument(
+        "--cases", nargs="+", default=["encoder", "decoder"], choices=["encoder", "decoder"]
+    )
+    parser.add_argument(
+        "--batch", type=int, default=N, help="N, the batch size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--official-src",
+        metavar="DIR",
+        default=None,
+        help="build the official Deformable-DETR CUDA kernel from DIR and add an `official` row",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
@@ -242,7 +282,8 @@ def main():
     official_ok = True
     available = d2ext.available_backends()
     backends = args.backends or [
-        name for name, info in available.items()
+        name
+        for name, info in available.items()
         if device.type in info.devices and not (name == "numba" and device.type == "cpu")
     ]
     details = {name: available[name].detail for name in backends if name in available}
@@ -253,17 +294,25 @@ def main():
         errors = relative_errors("official", device, args.batch)
         official_ok = all(e < 1e-4 for e in errors)  # False for NaN too
         backends = [b for b in backends if b != "official"] + (["official"] if official_ok else [])
-        details["official"] = (f"Deformable-DETR's CUDA kernel from {args.official_src}, im2col_step "
-                               f"{OFFICIAL_IM2COL_STEP}; vs float64 reference (output, grad value, "
-                               f"locations, weights): {', '.join(f'{e:.1e}' for e in errors)}"
-                               + ("" if official_ok else " -- FAILS the 1e-4 check, not timed"))
+        details["official"] = (
+            f"Deformable-DETR's CUDA kernel from {args.official_src}, im2col_step "
+            f"{OFFICIAL_IM2COL_STEP}; vs float64 reference (output, grad value, "
+            f"locations, weights): {', '.join(f'{e:.1e}' for e in errors)}"
+            + ("" if official_ok else " -- FAILS the 1e-4 check, not timed")
+        )
     elif "official" in backends:
         parser.error("the `official` backend needs --official-src DIR")
     dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     bandwidth = copy_bandwidth(device, args.warmup, args.repeats)
-    print(f"device: {name}; torch {torch.__version__}; levels {LEVELS[device.type]}; "
-          f"N={args.batch} M={M} D={D} P={P}")
+    print(
+        f"device: {name}; torch {torch.__version__}; levels {LEVELS[device.type]}; "
+        f"N={args.batch} M={M} D={D} P={P}"
+    )
     print(f"copy bandwidth (read + write): {bandwidth / 1e9:.0f} GB/s")
     for backend in details:
         print(f"  {backend}: {details[backend]}")
@@ -275,16 +324,28 @@ def main():
             inputs = make_case(case, device, DTYPES[dtype_name], args.batch)
             Lq = inputs[3].shape[1]
             forward_bytes, both_bytes = floor_bytes(inputs)
-            print(f"| floor: {forward_bytes / 1e6:.1f} / {both_bytes / 1e6:.1f} MB at {bandwidth / 1e9:.0f} GB/s "
-                  f"| {case} | {Lq} | {dtype_name} | {forward_bytes / bandwidth * 1e3:.3f} "
-                  f"| {both_bytes / bandwidth * 1e3:.3f} | — |", flush=True)
+            print(
+                f"| floor: {forward_bytes / 1e6:.1f} / {both_bytes / 1e6:.1f} MB "
+                f"at {bandwidth / 1e9:.0f} GB/s "
+                f"| {case} | {Lq} | {dtype_name} | {forward_bytes / bandwidth * 1e3:.3f} "
+                f"| {both_bytes / bandwidth * 1e3:.3f} | — |",
+                flush=True,
+            )
             for backend in backends:
                 if not runs(backend, dtype_name):
                     continue
-                forward = time_ms(lambda: run_once(inputs, backend, False), device, args.warmup, args.repeats)
-                both = time_ms(lambda: run_once(inputs, backend, True), device, args.warmup, args.repeats)
+                forward = time_ms(
+                    lambda: run_once(inputs, backend, False), device, args.warmup, args.repeats
+                )
+                both = time_ms(
+                    lambda: run_once(inputs, backend, True), device, args.warmup, args.repeats
+                )
                 peak = peak_bytes(case, dtype_name, backend, device, args.batch) / 2**20
-                print(f"| {backend} | {case} | {Lq} | {dtype_name} | {forward:.2f} | {both:.2f} | {peak:.1f} |", flush=True)
+                print(
+                    f"| {backend} | {case} | {Lq} | {dtype_name} "
+                    f"| {forward:.2f} | {both:.2f} | {peak:.1f} |",
+                    flush=True,
+                )
     return 0 if official_ok else 1
 
 

@@ -6,7 +6,8 @@ checkpoint of this project's model.
         --config-file configs/COCO/deformable_detr_r50_box_refine_50ep.py \\
         r50_deformable_detr_plus_iterative_bbox_refinement-checkpoint.pth model_box_refine.pth
     # then, e.g.
-    python tools/lazyconfig_train_net.py --config-file configs/COCO/deformable_detr_r50_box_refine_50ep.py \\
+    python tools/lazyconfig_train_net.py \\
+        --config-file configs/COCO/deformable_detr_r50_box_refine_50ep.py \\
         --eval-only train.init_checkpoint=model_box_refine.pth
 
 The input is the official `.pth` (a dict whose "model" is the state_dict; its

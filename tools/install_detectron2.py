@@ -6,6 +6,7 @@ cp310 wheel. Its pure-Python `detectron2/` runs on newer Pythons (its compiled
 _C is optional: COCOEvaluator falls back to pycocotools), so we take the wheel
 for 3.10 and copy that package alone, without the wheel's top-level tools/.
 """
+
 import argparse
 import importlib.util
 import shutil
@@ -19,17 +20,36 @@ PACKAGE = "sal-detectron2==0.7.2"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--force", action="store_true", help="install even if detectron2 is importable")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="install even if detectron2 is importable"
+    )
     args = parser.parse_args()
     if importlib.util.find_spec("detectron2") is not None and not args.force:
-        print(f"detectron2 is already installed at {importlib.util.find_spec('detectron2').origin}; leaving it")
+        print(
+            "detectron2 is already installed at "
+            f"{importlib.util.find_spec('detectron2').origin}; leaving it"
+        )
         return
     site_packages = Path(sysconfig.get_paths()["purelib"])
     with tempfile.TemporaryDirectory() as download:
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-             "--target", download, "--quiet", PACKAGE],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.10",
+                "--target",
+                download,
+                "--quiet",
+                PACKAGE,
+            ],
             check=True,
         )
         source = Path(download) / "detectron2"

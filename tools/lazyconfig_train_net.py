@@ -2,10 +2,14 @@
 """Trains and evaluates Deformable DETR from a LazyConfig file.
 
     python tools/lazyconfig_train_net.py --config-file configs/synthetic/deformable_detr_tiny.py
-    python tools/lazyconfig_train_net.py --config-file configs/COCO/deformable_detr_r50_50ep.py --num-gpus 8
-    python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=model_final.pth
-    python tools/lazyconfig_train_net.py --config-file ... --resume     # continue from the last checkpoint
-    python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2 train.device=cpu   # 2 CPU workers (gloo)
+    python tools/lazyconfig_train_net.py \\
+        --config-file configs/COCO/deformable_detr_r50_50ep.py --num-gpus 8
+    python tools/lazyconfig_train_net.py --config-file ... \\
+        --eval-only train.init_checkpoint=model_final.pth
+    # continue from the last checkpoint
+    python tools/lazyconfig_train_net.py --config-file ... --resume
+    # 2 CPU workers (gloo)
+    python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2 train.device=cpu
 
 key=value pairs override the config (e.g. train.device=cpu train.max_iter=100);
 flags such as --resume may come before or after them. The config's `train` holds
@@ -15,6 +19,7 @@ period, eval_period, eval_after_train, log_period, device.
 One run at a time per train.output_dir (train.lock in it). Weights files load as
 data only and checkpoints are written atomically (see deformable_detr.checkpoint).
 """
+
 import logging
 import os
 import sys
@@ -44,7 +49,9 @@ def ddp(model, cfg, **kwargs):
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
     print_csv_format(results)
     return results
 
@@ -79,9 +86,15 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model), cfg.train.eval_after_train),
-            hooks.PeriodicWriter(writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(
+                cfg.train.eval_period, lambda: do_test(cfg, model), cfg.train.eval_after_train
+            ),
+            hooks.PeriodicWriter(
+                writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
             if comm.is_main_process()
             else None,
         ]
@@ -116,6 +129,13 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     args = parse_args()
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
     except (OutputDirInUseError, UnreadableCheckpointError) as e:
         sys.exit(f"error: {e}")

@@ -5,11 +5,13 @@ loss_giou), the learning rate and, when evaluated, bbox/AP.
 
     python tools/plot_metrics.py --metrics output/synthetic_tiny/metrics.json \\
         --output docs/images/training_curves_synthetic.png
-    python tools/plot_metrics.py --metrics output/synthetic_tiny/metrics.json --output curves.png --smooth 5
+    python tools/plot_metrics.py --metrics output/synthetic_tiny/metrics.json \\
+        --output curves.png --smooth 5
 
 Losses are drawn raw (faint) and, with --smooth N > 1, as a trailing moving
 average over N logged points.
 """
+
 import argparse
 import json
 import math
@@ -25,10 +27,14 @@ AP_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--metrics", required=True, help="detectron2 metrics.json")
     parser.add_argument("--output", required=True, help="PNG to write")
-    parser.add_argument("--smooth", type=int, default=1, help="moving-average window over logged points (1: none)")
+    parser.add_argument(
+        "--smooth", type=int, default=1, help="moving-average window over logged points (1: none)"
+    )
     parser.add_argument("--dpi", type=int, default=80)
     return parser.parse_args(argv)
 
@@ -50,7 +56,11 @@ def load_metrics(path: str) -> list:
 
 def series(records: list, key: str):
     """(iterations, values) of the records that have a finite `key`."""
-    points = [(r["iteration"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    points = [
+        (r["iteration"], r[key])
+        for r in records
+        if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -78,11 +88,18 @@ def _plot_losses(ax, records, keys, smooth):
     ax.legend(fontsize="small")
 
 
-def plot_metrics(records: list, output: str, smooth: int = 1, dpi: int = 80, title: str = "") -> None:
+def plot_metrics(
+    records: list, output: str, smooth: int = 1, dpi: int = 80, title: str = ""
+) -> None:
     """Writes the figure of `records` (see load_metrics) to `output`."""
     panels = [("total_loss", lambda ax: _plot_losses(ax, records, ["total_loss"], smooth))]
     if any(series(records, k)[0] for k in LOSS_TERMS):
-        panels.append(("loss terms (last decoder layer)", lambda ax: _plot_losses(ax, records, LOSS_TERMS, smooth)))
+        panels.append(
+            (
+                "loss terms (last decoder layer)",
+                lambda ax: _plot_losses(ax, records, LOSS_TERMS, smooth),
+            )
+        )
     if series(records, "lr")[0]:
         panels.append(("learning rate", lambda ax: ax.plot(*series(records, "lr"))))
     if series(records, "bbox/AP")[0]:

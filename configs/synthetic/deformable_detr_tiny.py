@@ -11,7 +11,12 @@ from detectron2.data import transforms as T
 from detectron2.modeling.backbone import BasicStem, ResNet
 from omegaconf import OmegaConf
 
-from deformable_detr.data import DetrCOCOEvaluator, DetrDatasetMapper, clean_boxes, detection_dataset_dicts
+from deformable_detr.data import (
+    DetrCOCOEvaluator,
+    DetrDatasetMapper,
+    clean_boxes,
+    detection_dataset_dicts,
+)
 from deformable_detr.data.synthetic import DATASET_NAMES
 
 from ..common.coco_schedule import step_schedule
@@ -48,7 +53,8 @@ optimizer.lr = 4e-4
 dataloader = OmegaConf.create()
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(clean_boxes)(
-        dataset_dicts=L(detection_dataset_dicts)(names=TRAIN, filter_empty=False), dataset_name=TRAIN
+        dataset_dicts=L(detection_dataset_dicts)(names=TRAIN, filter_empty=False),
+        dataset_name=TRAIN,
     ),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
@@ -61,7 +67,9 @@ dataloader.train = L(build_detection_train_loader)(
 )
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(detection_dataset_dicts)(names=VAL, filter_empty=False),
-    mapper=L(DetrDatasetMapper)(is_train=False, augmentation=[], augmentation_with_crop=None, image_format="RGB"),
+    mapper=L(DetrDatasetMapper)(
+        is_train=False, augmentation=[], augmentation_with_crop=None, image_format="RGB"
+    ),
     num_workers=1,
 )
 dataloader.evaluator = L(DetrCOCOEvaluator)(dataset_name=VAL)

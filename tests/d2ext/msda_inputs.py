@@ -1,5 +1,6 @@
 """Random inputs of the MSDA op, and the parity check against the reference,
 shared by the backends' tests."""
+
 import torch
 
 import d2ext
@@ -38,7 +39,9 @@ def random_locations(N, Lq, M, shapes, P):
     # Off integer pixel coordinates, where the location gradient jumps: a
     # backend and grid_sample could round to different sides.
     pixel = locations * size - 0.5
-    locations = torch.where((pixel - pixel.round()).abs() < 1e-3, locations + 0.25 / size, locations)
+    locations = torch.where(
+        (pixel - pixel.round()).abs() < 1e-3, locations + 0.25 / size, locations
+    )
     flat = locations.view(-1, 2)
     flat[0::5, 0] = 0.0
     flat[1::5, 1] = 0.0
@@ -70,7 +73,13 @@ def make_inputs(N, Lq, M, D, shapes, P, dtype=torch.float64, device="cpu", locat
         locations = random_locations(N, Lq, M, shapes, P)
     value = torch.randn(N, S, M, D, dtype=dtype, device=device)
     weights = torch.rand(N, Lq, M, len(shapes), P, dtype=dtype, device=device)
-    return value, spatial_shapes, level_start_index, locations.to(dtype=dtype, device=device), weights
+    return (
+        value,
+        spatial_shapes,
+        level_start_index,
+        locations.to(dtype=dtype, device=device),
+        weights,
+    )
 
 
 def reference_with_grads(inputs, grad_output):
@@ -92,13 +101,19 @@ def assert_backend_matches_reference(backend, inputs):
     value, spatial_shapes, level_start_index, locations, weights = [
         t.clone().requires_grad_(t.is_floating_point()) for t in inputs
     ]
-    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+    output = d2ext.ms_deform_attn(
+        value, spatial_shapes, level_start_index, locations, weights, backend=backend
+    )
     grad_output = torch.randn_like(output)
     expected, expected_grads = reference_with_grads(inputs, grad_output)
     assert_close_to_scale(output, expected, tol, msg=lambda m: f"{backend} output: {m}")
     grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
-    for name, grad, expected_grad in zip(("value", "sampling_locations", "attention_weights"), grads, expected_grads):
-        assert_close_to_scale(grad, expected_grad, tol, msg=lambda m: f"{backend} grad of {name}: {m}")
+    for name, grad, expected_grad in zip(
+        ("value", "sampling_locations", "attention_weights"), grads, expected_grads
+    ):
+        assert_close_to_scale(
+            grad, expected_grad, tol, msg=lambda m: f"{backend} grad of {name}: {m}"
+        )
     return grads
 
 
@@ -109,5 +124,9 @@ def assert_lattice_parity(backend, device):
     locations = lattice_locations(1, 3, 2, shapes, 8)
     inputs = make_inputs(1, 3, 2, 3, shapes, 8, device=device, locations=locations)
     grad_locations = assert_backend_matches_reference(backend, inputs)[1][0, 0, 0]
-    assert (grad_locations[:, 0, 0] != 0).all(), "pixel x = -1 is outside, but its neighbour x = 0 gives a gradient"
-    assert (grad_locations[:, 1, 1] != 0).all(), "pixel y = -1 is outside, but its neighbour y = 0 gives a gradient"
+    assert (grad_locations[:, 0, 0] != 0).all(), (
+        "pixel x = -1 is outside, but its neighbour x = 0 gives a gradient"
+    )
+    assert (grad_locations[:, 1, 1] != 0).all(), (
+        "pixel y = -1 is outside, but its neighbour y = 0 gives a gradient"
+    )

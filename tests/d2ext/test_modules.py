@@ -1,5 +1,6 @@
 """d2ext.MSDeformAttn: the paper's initialisation, both kinds of reference
 points, padding masks, and agreement between backends."""
+
 import pytest
 import torch
 

@@ -1,6 +1,7 @@
 """The MSDA op: parity of the compiled backend with the reference, gradients,
 dtypes, empty and odd shapes, determinism, bad input (torch.compile and
 torch.export: test_op_contract.py, in fresh processes)."""
+
 import pytest
 import torch
 
@@ -15,7 +16,9 @@ from .msda_inputs import (
 )
 
 CPP_CPU = d2ext.available_backends()["cpp"].available
-CPP_CUDA = CPP_CPU and "cuda" in d2ext.available_backends()["cpp"].devices and torch.cuda.is_available()
+CPP_CUDA = (
+    CPP_CPU and "cuda" in d2ext.available_backends()["cpp"].devices and torch.cuda.is_available()
+)
 requires_cpp = pytest.mark.skipif(not CPP_CPU, reason="d2ext._C is not built")
 
 DEVICES = ["cpu"] + (["cuda"] if CPP_CUDA else [])
@@ -36,7 +39,9 @@ CASES = [
 @requires_cpp
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"N{c[0]}Lq{c[1]}M{c[2]}D{c[3]}L{len(c[4])}P{c[5]}")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"N{c[0]}Lq{c[1]}M{c[2]}D{c[3]}L{len(c[4])}P{c[5]}"
+)
 def test_cpp_matches_reference(case, dtype, device):
     assert_backend_matches_reference("cpp", make_inputs(*case, dtype=dtype, device=device))
 
@@ -56,7 +61,9 @@ def test_gradcheck_float64(backend):
     )
 
     def op(value, locations, weights):
-        return d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+        return d2ext.ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend=backend
+        )
 
     inputs = tuple(t.requires_grad_() for t in (value, locations, weights))
     assert torch.autograd.gradcheck(op, inputs, eps=1e-6, atol=1e-6)
@@ -70,7 +77,9 @@ def test_empty_batch_or_queries(shape):
         t.requires_grad_(t.is_floating_point()) for t in make_inputs(N, Lq, 2, 5, [(3, 3)], 2)
     ]
     for backend in ("cpp", "torch"):
-        output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+        output = d2ext.ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend=backend
+        )
         assert output.shape == (N, Lq, 10)
         grads = torch.autograd.grad(output.sum(), (value, locations, weights), allow_unused=True)
         assert grads[0] is None or (grads[0] == 0).all()
@@ -79,26 +88,37 @@ def test_empty_batch_or_queries(shape):
 @requires_cpp
 def test_zero_points_give_zeros():
     value, spatial_shapes, level_start_index, locations, weights = [
-        t.requires_grad_(t.is_floating_point()) for t in make_inputs(2, 3, 2, 4, [(3, 3), (2, 2)], 0)
+        t.requires_grad_(t.is_floating_point())
+        for t in make_inputs(2, 3, 2, 4, [(3, 3), (2, 2)], 0)
     ]
     for backend in ("cpp", "torch"):
-        output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+        output = d2ext.ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend=backend
+        )
         assert output.shape == (2, 3, 8) and not output.any()
-        grad_value, grad_locations, grad_weights = torch.autograd.grad(output.sum(), (value, locations, weights))
+        grad_value, grad_locations, grad_weights = torch.autograd.grad(
+            output.sum(), (value, locations, weights)
+        )
         assert grad_value.shape == value.shape and not grad_value.any()
         assert grad_locations.shape == (2, 3, 2, 2, 0, 2) and grad_weights.shape == (2, 3, 2, 2, 0)
 
 
 @requires_cpp
 def test_non_contiguous_inputs():
-    value, spatial_shapes, level_start_index, locations, weights = make_inputs(2, 5, 3, 4, [(4, 5), (2, 3)], 3)
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        2, 5, 3, 4, [(4, 5), (2, 3)], 3
+    )
     # same values, other memory layouts
     value_t = value.transpose(0, 2).contiguous().transpose(0, 2)
     locations_t = locations.transpose(0, 1).contiguous().transpose(0, 1)
     weights_t = weights.transpose(1, 3).contiguous().transpose(1, 3)
     assert not (value_t.is_contiguous() or locations_t.is_contiguous() or weights_t.is_contiguous())
-    output = d2ext.ms_deform_attn(value_t, spatial_shapes, level_start_index, locations_t, weights_t, backend="cpp")
-    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+    output = d2ext.ms_deform_attn(
+        value_t, spatial_shapes, level_start_index, locations_t, weights_t, backend="cpp"
+    )
+    expected = ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, locations, weights
+    )
     torch.testing.assert_close(output, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -111,7 +131,9 @@ def test_half_types_accumulate_in_float32(dtype, device):
     value = value.to(dtype).requires_grad_()
     locations.requires_grad_()
     weights.requires_grad_()
-    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+    output = d2ext.ms_deform_attn(
+        value, spatial_shapes, level_start_index, locations, weights, backend="cpp"
+    )
     assert output.dtype == dtype
     grad_output = torch.randn(output.shape, device=device).to(dtype)
     grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
@@ -137,17 +159,23 @@ def test_mixed_dtypes_follow_value():
     assert output.dtype == torch.float32
     grad_locations, grad_weights = torch.autograd.grad(output.sum(), (locations, weights))
     assert grad_locations.dtype == torch.float64 and grad_weights.dtype == torch.float16
-    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations.float(), weights.float())
+    expected = ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, locations.float(), weights.float()
+    )
     torch.testing.assert_close(output, expected)
 
 
 @requires_cpp
 def test_int32_levels_are_accepted():
-    value, spatial_shapes, level_start_index, locations, weights = make_inputs(1, 3, 1, 2, [(2, 3), (1, 2)], 1)
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        1, 3, 1, 2, [(2, 3), (1, 2)], 1
+    )
     output = d2ext.ms_deform_attn(
         value, spatial_shapes.int(), level_start_index.int(), locations, weights, backend="cpp"
     )
-    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+    expected = ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, locations, weights
+    )
     torch.testing.assert_close(output, expected)
 
 
@@ -161,7 +189,9 @@ def test_cpu_backward_is_deterministic():
     torch.use_deterministic_algorithms(True)
     try:
         for _ in range(2):
-            output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+            output = d2ext.ms_deform_attn(
+                value, spatial_shapes, level_start_index, locations, weights, backend="cpp"
+            )
             grads.append(torch.autograd.grad(output.sum(), value)[0])
     finally:
         torch.use_deterministic_algorithms(previous)
@@ -211,19 +241,46 @@ def _with(index, tensor):
 BAD_INPUTS = {
     "value rank": (_with(0, lambda a: a[0].flatten(2)), r"value must be \(N, S, M, D\)"),
     "value integer": (_with(0, lambda a: a[0].long()), "value must be a floating-point tensor"),
-    "locations integer": (_with(3, lambda a: a[3].long()), "sampling_locations must be a floating-point"),
-    "weights integer": (_with(4, lambda a: a[4].int()), "attention_weights must be a floating-point"),
+    "locations integer": (
+        _with(3, lambda a: a[3].long()),
+        "sampling_locations must be a floating-point",
+    ),
+    "weights integer": (
+        _with(4, lambda a: a[4].int()),
+        "attention_weights must be a floating-point",
+    ),
     "shapes float": (_with(1, lambda a: a[1].float()), "spatial_shapes must be an integer tensor"),
-    "starts float": (_with(2, lambda a: a[2].double()), "level_start_index must be an integer tensor"),
+    "starts float": (
+        _with(2, lambda a: a[2].double()),
+        "level_start_index must be an integer tensor",
+    ),
     "shapes rank": (_with(1, lambda a: a[1].flatten()), r"spatial_shapes must be \(L, 2\)"),
     "starts length": (_with(2, lambda a: a[2][:1]), r"level_start_index must be \(L,\)"),
-    "locations last dim": (_with(3, lambda a: a[3][..., :1]), r"sampling_locations must be \(N, Lq, M, L, P, 2\)"),
-    "locations batch": (_with(3, lambda a: a[3][:1]), r"sampling_locations must be .* got \(1, 3, 2, 2, 2, 2\)"),
+    "locations last dim": (
+        _with(3, lambda a: a[3][..., :1]),
+        r"sampling_locations must be \(N, Lq, M, L, P, 2\)",
+    ),
+    "locations batch": (
+        _with(3, lambda a: a[3][:1]),
+        r"sampling_locations must be .* got \(1, 3, 2, 2, 2, 2\)",
+    ),
     "locations levels": (_with(3, lambda a: a[3][:, :, :, :1]), r"for value .* and 2 levels"),
-    "weights shape": (_with(4, lambda a: a[4][..., :1]), r"attention_weights must be \(N, Lq, M, L, P\)"),
-    "starts wrong": (_with(2, lambda a: torch.tensor([0, 11])), r"level_start_index must be the offsets .*\[0, 12\]"),
-    "S mismatch": (_with(0, lambda a: a[0][:, :-1]), "value has S = 15 positions but spatial_shapes"),
-    "non-positive shape": (_with(1, lambda a: torch.tensor([[3, 4], [0, 2]])), "spatial_shapes must be positive"),
+    "weights shape": (
+        _with(4, lambda a: a[4][..., :1]),
+        r"attention_weights must be \(N, Lq, M, L, P\)",
+    ),
+    "starts wrong": (
+        _with(2, lambda a: torch.tensor([0, 11])),
+        r"level_start_index must be the offsets .*\[0, 12\]",
+    ),
+    "S mismatch": (
+        _with(0, lambda a: a[0][:, :-1]),
+        "value has S = 15 positions but spatial_shapes",
+    ),
+    "non-positive shape": (
+        _with(1, lambda a: torch.tensor([[3, 4], [0, 2]])),
+        "spatial_shapes must be positive",
+    ),
     "not a tensor": (_with(1, [[3, 4], [2, 2]]), "spatial_shapes must be a torch.Tensor"),
     "device": (_with(2, lambda a: a[2].to("meta")), "all tensors must be on one device"),
 }
@@ -250,8 +307,20 @@ def test_inference_mode_is_checked_on_every_call():
         value, spatial_shapes, level_start_index, locations, weights = _good()
         output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         torch.testing.assert_close(
-            output, ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+            output,
+            ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights),
         )
         level_start_index[1] = 5  # no version counter here: must still be caught
         with pytest.raises(ValueError, match="level_start_index must be the offsets"):
             d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
+
+
+def test_docstring_example_runs():
+    """The Examples block of d2ext.ms_deform_attn's docstring, which the README points to."""
+    import doctest
+
+    finder = doctest.DocTestFinder(recurse=False)
+    (test,) = finder.find(d2ext.ms_deform_attn, "ms_deform_attn", globs={})
+    assert test.examples, "the docstring has no Examples block"
+    result = doctest.DocTestRunner().run(test)
+    assert result.failed == 0 and result.attempted == len(test.examples)

@@ -4,6 +4,7 @@ point (custom op and autograd included), empty inputs, and determinism.
 On a machine without a GPU the kernels run on Numba's CUDA simulator (see
 tests/conftest.py), where every CUDA thread is a Python thread: shapes stay tiny.
 """
+
 import numba
 import pytest
 import torch
@@ -14,7 +15,9 @@ from d2ext import numba_kernels
 from .msda_inputs import assert_backend_matches_reference, assert_lattice_parity, make_inputs
 
 _available, _reason = numba_kernels.is_available()
-pytestmark = pytest.mark.skipif(not _available, reason=f"Numba CUDA kernels cannot run here: {_reason}")
+pytestmark = pytest.mark.skipif(
+    not _available, reason=f"Numba CUDA kernels cannot run here: {_reason}"
+)
 
 DEVICE = "cpu" if numba.config.ENABLE_CUDASIM else "cuda"
 
@@ -31,7 +34,9 @@ DEVICE = "cpu" if numba.config.ENABLE_CUDASIM else "cuda"
     ids=["D1-L1-P1", "D3-L2-P3", "D32-L2-P1", "D33-L1-P3"],
 )
 def test_matches_reference(D, shapes, P, dtype):
-    assert_backend_matches_reference("numba", make_inputs(2, 3, 2, D, shapes, P, dtype=dtype, device=DEVICE))
+    assert_backend_matches_reference(
+        "numba", make_inputs(2, 3, 2, D, shapes, P, dtype=dtype, device=DEVICE)
+    )
 
 
 def test_on_the_pixel_lattice():
@@ -62,7 +67,9 @@ def test_deterministic_mode_refuses_the_atomic_backward():
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        with pytest.raises(RuntimeError, match="d2ext::ms_deform_attn backward with the 'numba' backend"):
+        with pytest.raises(
+            RuntimeError, match="d2ext::ms_deform_attn backward with the 'numba' backend"
+        ):
             output.sum().backward()
     finally:
         torch.use_deterministic_algorithms(previous)

@@ -1,5 +1,6 @@
 """d2ext.onnx: the op exported to standard ONNX ops, run by onnxruntime at level
 sizes and query counts other than the exported ones, against the reference."""
+
 import onnx
 import onnxruntime
 import pytest
@@ -16,8 +17,12 @@ NAMES = ["value", "spatial_shapes", "level_start_index", "sampling_locations", "
 
 
 class _MSDA(torch.nn.Module):
-    def forward(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        return d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    def forward(
+        self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+    ):
+        return d2ext.ms_deform_attn(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +30,20 @@ def onnx_path(tmp_path_factory):
     inputs = make_inputs(2, 5, 2, 4, [(6, 5), (3, 3), (2, 1)], 2, dtype=torch.float32)
     batch, positions, queries = Dim("batch"), Dim("positions"), Dim("queries")
     dynamic_shapes = (
-        {0: batch, 1: positions}, None, None, {0: batch, 1: queries}, {0: batch, 1: queries}
+        {0: batch, 1: positions},
+        None,
+        None,
+        {0: batch, 1: queries},
+        {0: batch, 1: queries},
     )
     program = torch.onnx.export(
-        _MSDA().eval(), inputs, dynamo=True, dynamic_shapes=dynamic_shapes, custom_translation_table=TRANSLATION_TABLE,
-        opset_version=OPSET, input_names=NAMES,
+        _MSDA().eval(),
+        inputs,
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        custom_translation_table=TRANSLATION_TABLE,
+        opset_version=OPSET,
+        input_names=NAMES,
     )
     path = tmp_path_factory.mktemp("onnx") / "msda.onnx"
     program.save(str(path))
@@ -41,17 +55,25 @@ def test_exported_graph_has_only_standard_ops(onnx_path):
     onnx.checker.check_model(model)
     domains = {node.domain for node in model.graph.node} | {f.domain for f in model.functions}
     assert domains <= {"", "pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common"}
-    ops = {node.op_type for node in model.graph.node} | {n.op_type for f in model.functions for n in f.node}
+    ops = {node.op_type for node in model.graph.node} | {
+        n.op_type for f in model.functions for n in f.node
+    }
     assert "GridSample" in ops
 
 
 @pytest.mark.parametrize(
     "N, Lq, shapes",
-    [(2, 5, [(6, 5), (3, 3), (2, 1)]), (1, 17, [(13, 7), (7, 4), (4, 2)]), (3, 1, [(1, 1), (5, 9), (2, 2)])],
+    [
+        (2, 5, [(6, 5), (3, 3), (2, 1)]),
+        (1, 17, [(13, 7), (7, 4), (4, 2)]),
+        (3, 1, [(1, 1), (5, 9), (2, 2)]),
+    ],
 )
 def test_onnxruntime_matches_reference(onnx_path, N, Lq, shapes):
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = make_inputs(N, Lq, 2, 4, shapes, 2, dtype=torch.float32)
     (output,) = session.run(None, {name: t.numpy() for name, t in zip(NAMES, inputs)})
     tol = TOLERANCE[torch.float32]
-    torch.testing.assert_close(torch.from_numpy(output), ms_deform_attn_reference(*inputs), rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        torch.from_numpy(output), ms_deform_attn_reference(*inputs), rtol=tol, atol=tol
+    )

@@ -3,6 +3,7 @@ and torch.export in a fresh process, the level check inside compiled graphs,
 the size checks of the compiled kernels' own entry points, memory safety under
 any metadata, non-finite input, torch.library.opcheck, and exported graphs that
 run where other backends are available."""
+
 import subprocess
 import sys
 import textwrap
@@ -22,15 +23,25 @@ NUMBA = d2ext.available_backends()["numba"].available
 requires_cpp = pytest.mark.skipif(not CPP, reason="d2ext._C is not built")
 
 # (backend, device) of every backend that runs here
-BACKENDS = [("torch", "cpu")] + ([("cpp", "cpu")] if CPP else []) + ([("numba", NUMBA_DEVICE)] if NUMBA else [])
+BACKENDS = (
+    [("torch", "cpu")]
+    + ([("cpp", "cpu")] if CPP else [])
+    + ([("numba", NUMBA_DEVICE)] if NUMBA else [])
+)
 
 
 def run_python(code: str, env: dict | None = None) -> str:
     """Runs `code` in a fresh interpreter; returns its stdout, fails with its stderr."""
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-5000:]}"
+    )
     return result.stdout
 
 
@@ -43,7 +54,13 @@ _ATTENTION = """
     attn = d2ext.MSDeformAttn(hidden_dim=16, num_levels=2, num_heads=2, num_points=2)
     spatial_shapes = torch.tensor([[4, 5], [2, 3]])
     level_start_index = torch.tensor([0, 20])
-    inputs = (torch.randn(2, 7, 16), torch.rand(2, 7, 2, 2), torch.randn(2, 26, 16), spatial_shapes, level_start_index)
+    inputs = (
+        torch.randn(2, 7, 16),
+        torch.rand(2, 7, 2, 2),
+        torch.randn(2, 26, 16),
+        spatial_shapes,
+        level_start_index,
+    )
 """
 
 
@@ -93,7 +110,9 @@ def test_compiled_call_checks_the_levels(backend):
     value, locations, weights = value.to(device), locations.to(device), weights.to(device)
 
     def op(value, spatial_shapes, level_start_index):
-        return d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+        return d2ext.ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend=backend
+        )
 
     compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
     good = torch.tensor([[3, 4]], device=device), torch.tensor([0], device=device)
@@ -121,15 +140,30 @@ def _replaced(index, make):
 
 
 KERNEL_SIZE_MISMATCHES = {
-    "locations M": (_replaced(3, lambda a: a[3][:, :, :1].contiguous()), "sampling_locations must be"),
+    "locations M": (
+        _replaced(3, lambda a: a[3][:, :, :1].contiguous()),
+        "sampling_locations must be",
+    ),
     "locations N": (_replaced(3, lambda a: a[3][:1].contiguous()), "sampling_locations must be"),
-    "locations L": (_replaced(3, lambda a: a[3][:, :, :, :1].contiguous()), "sampling_locations must be"),
-    "locations last dim": (_replaced(3, lambda a: a[3][..., :1].contiguous()), "sampling_locations must be"),
+    "locations L": (
+        _replaced(3, lambda a: a[3][:, :, :, :1].contiguous()),
+        "sampling_locations must be",
+    ),
+    "locations last dim": (
+        _replaced(3, lambda a: a[3][..., :1].contiguous()),
+        "sampling_locations must be",
+    ),
     "weights": (_replaced(4, lambda a: a[4][..., :1].contiguous()), "attention_weights must be"),
-    "spatial_shapes": (_replaced(1, lambda a: torch.tensor([[3, 4, 1], [2, 2, 1]])), "spatial_shapes must be"),
+    "spatial_shapes": (
+        _replaced(1, lambda a: torch.tensor([[3, 4, 1], [2, 2, 1]])),
+        "spatial_shapes must be",
+    ),
     "level_start_index": (_replaced(2, lambda a: torch.tensor([0])), "level_start_index must be"),
     "level past S": (_replaced(2, lambda a: torch.tensor([0, 13])), "does not lie within"),
-    "level too large": (_replaced(1, lambda a: torch.tensor([[3, 4], [3, 3]])), "does not lie within"),
+    "level too large": (
+        _replaced(1, lambda a: torch.tensor([[3, 4], [3, 3]])),
+        "does not lie within",
+    ),
     "negative start": (_replaced(2, lambda a: torch.tensor([-4, 12])), "does not lie within"),
 }
 
@@ -146,7 +180,9 @@ def test_kernel_entry_points_check_sizes(name):
 
 
 @requires_cpp
-@pytest.mark.parametrize("shape", [(2, 3, 4), (1, 3, 8), (2, 4, 8), (2, 3)], ids=["MD", "N", "Lq", "rank"])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 4), (1, 3, 8), (2, 4, 8), (2, 3)], ids=["MD", "N", "Lq", "rank"]
+)
 def test_kernel_backward_checks_grad_output(shape):
     with pytest.raises(RuntimeError, match=r"grad_output must be \(N, Lq, M \* D\) = \(2, 3, 8\)"):
         torch.ops.d2ext_C.ms_deform_attn_backward(torch.zeros(shape), *_kernel_inputs())
@@ -180,9 +216,17 @@ def test_levels_changed_behind_the_cache_never_crash():
         value = torch.randn(1, 12, 1, 2)
         locations = torch.rand(1, 50, 1, 1, 4, 2)
         weights = torch.rand(1, 50, 1, 1, 4)
-        args = [t.to(device[backend]) for t in (value, spatial_shapes, level_start_index, locations, weights)]
+        args = [
+            t.to(device[backend])
+            for t in (value, spatial_shapes, level_start_index, locations, weights)
+        ]
         d2ext.ms_deform_attn(*args, backend=backend)
-        for shapes, start in (((3000, 4000), 0), ((3, 4), 1 << 40), ((3, 4), -(1 << 40)), ((-3, 4), 0)):
+        for shapes, start in (
+            ((3000, 4000), 0),
+            ((3, 4), 1 << 40),
+            ((3, 4), -(1 << 40)),
+            ((-3, 4), 0),
+        ):
             if device[backend] == "cpu":  # neither way bumps the version counter
                 args[1].numpy()[0] = shapes
                 args[2].numpy()[0] = start
@@ -199,8 +243,11 @@ def test_levels_changed_behind_the_cache_never_crash():
                 print(backend, "refused")
     """
     )
-    expected = [f"{b} {'refused' if b == 'cpp' else 'skipped'}" for b in ("cpp", "numba")
-                if d2ext.available_backends()[b].available]
+    expected = [
+        f"{b} {'refused' if b == 'cpp' else 'skipped'}"
+        for b in ("cpp", "numba")
+        if d2ext.available_backends()[b].available
+    ]
     assert [line for line in out.splitlines() if line] == [e for e in expected for _ in range(4)]
 
 
@@ -237,7 +284,9 @@ def _non_finite_inputs(device):
 def _assert_same_non_finite(actual, expected, what):
     """Non-finite in the same elements (NaN and inf may differ there: a sum of
     infinite terms can come out either way), and close elsewhere."""
-    assert torch.equal(actual.isfinite(), expected.isfinite()), f"{what}: non-finite elements differ"
+    assert torch.equal(actual.isfinite(), expected.isfinite()), (
+        f"{what}: non-finite elements differ"
+    )
     finite = expected.isfinite()
     torch.testing.assert_close(actual[finite], expected[finite], rtol=1e-10, atol=1e-10, msg=what)
 
@@ -250,7 +299,9 @@ def test_non_finite_input_propagates_like_grid_sample(backend, device):
     value, spatial_shapes, level_start_index, locations, weights = [
         t.clone().requires_grad_(t.is_floating_point()) for t in inputs
     ]
-    output = d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend=backend)
+    output = d2ext.ms_deform_attn(
+        value, spatial_shapes, level_start_index, locations, weights, backend=backend
+    )
     grad_output = torch.randn_like(output)
     grads = torch.autograd.grad(output, (value, locations, weights), grad_output)
     expected, expected_grads = reference_with_grads([t.cpu() for t in inputs], grad_output.cpu())
@@ -262,8 +313,12 @@ def test_non_finite_input_propagates_like_grid_sample(backend, device):
     # locations; the op makes the whole location's gradient non-finite
     grad_locations = grads[1].cpu()
     expected_non_finite = ~expected_grads[1].isfinite().all(-1)
-    assert torch.equal(~grad_locations.isfinite().all(-1), expected_non_finite), f"{backend} grad of locations"
-    torch.testing.assert_close(grad_locations[~expected_non_finite], expected_grads[1][~expected_non_finite])
+    assert torch.equal(~grad_locations.isfinite().all(-1), expected_non_finite), (
+        f"{backend} grad of locations"
+    )
+    torch.testing.assert_close(
+        grad_locations[~expected_non_finite], expected_grads[1][~expected_non_finite]
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -274,8 +329,10 @@ def _opcheck_inputs(device, requires_grad):
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(
         2, 3, 2, 4, [(3, 4), (2, 2)], 2, dtype=torch.float64, device=device
     )
-    return tuple(t.requires_grad_(requires_grad and t.is_floating_point()) for t in
-                 (value, spatial_shapes, level_start_index, locations, weights))
+    return tuple(
+        t.requires_grad_(requires_grad and t.is_floating_point())
+        for t in (value, spatial_shapes, level_start_index, locations, weights)
+    )
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS, ids=[b for b, _ in BACKENDS])
@@ -289,7 +346,9 @@ def test_opcheck(backend, device, requires_grad):
 def test_opcheck_backward(backend, device):
     value, *rest = _opcheck_inputs(device, False)
     grad_output = torch.randn(2, 3, 8, dtype=torch.float64, device=device)
-    torch.library.opcheck(torch.ops.d2ext._ms_deform_attn_backward.default, (grad_output, value, *rest, backend))
+    torch.library.opcheck(
+        torch.ops.d2ext._ms_deform_attn_backward.default, (grad_output, value, *rest, backend)
+    )
 
 
 def test_backward_op_is_private():
@@ -320,7 +379,9 @@ def test_exported_program_on_a_machine_without_the_backend(backend, tmp_path):
 
     path = tmp_path / "attention.pt2"
     torch.export.save(torch.export.export(Attention(), (value, locations, weights)), path)
-    expected = ms_deform_attn_reference(value, spatial_shapes, level_start_index, locations, weights)
+    expected = ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, locations, weights
+    )
     torch.save(((value, locations, weights), expected), tmp_path / "io.pt")
     out = run_python(
         _WITHOUT_CPP

@@ -7,6 +7,7 @@ process by test_export.py (a warm compile cache would hide first-use failures):
 Prints one JSON line: {variant: [{"size", "count", "eager_count", "classes_equal",
 "boxes", "scores"}, ...]}, with the largest absolute box and score differences.
 """
+
 import json
 import sys
 import tempfile

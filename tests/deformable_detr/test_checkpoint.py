@@ -1,6 +1,7 @@
 """deformable_detr.checkpoint: weights files load as data only (.pth, model-zoo
 .pkl, .safetensors), unreadable files give one clear line, checkpoints are
 written whole and finite, and resume skips an unreadable checkpoint."""
+
 import os
 import pickle
 import re
@@ -26,9 +27,12 @@ class _RunsCode:
 
 
 def write_malicious_pickle(path, marker):
-    """A weights file that creates `marker` when unpickled by pickle.load or torch.load(weights_only=False)."""
+    """A weights file that creates `marker` when unpickled by pickle.load or
+    torch.load(weights_only=False)."""
     with open(path, "wb") as f:
-        pickle.dump({"model": {"weight": _RunsCode(marker)}, "__author__": "someone"}, f, protocol=2)
+        pickle.dump(
+            {"model": {"weight": _RunsCode(marker)}, "__author__": "someone"}, f, protocol=2
+        )
 
 
 def _model():
@@ -43,7 +47,11 @@ def test_pth_safetensors_and_model_zoo_pkl_load(tmp_path):
     save_file(weights, str(tmp_path / "model.safetensors"))
     # detectron2's model-zoo ImageNet backbones: a pickled dict of numpy arrays
     with open(tmp_path / "model.pkl", "wb") as f:
-        zoo = {"model": {k: v.numpy() for k, v in weights.items()}, "__author__": "torchvision", "matching_heuristics": True}
+        zoo = {
+            "model": {k: v.numpy() for k, v in weights.items()},
+            "__author__": "torchvision",
+            "matching_heuristics": True,
+        }
         pickle.dump(zoo, f)
     for name in ("model.pth", "model.safetensors", "model.pkl"):
         model = _model()
@@ -66,7 +74,9 @@ def test_caffe2_blobs_pkl_loads(tmp_path):
 def test_malicious_pickle_runs_nothing(tmp_path, suffix, checkpointer):
     marker, path = tmp_path / "marker", tmp_path / f"evil{suffix}"
     write_malicious_pickle(path, marker)
-    with pytest.raises(UnreadableCheckpointError, match=f"evil{suffix}: not loadable as data .*posix.mknod"):
+    with pytest.raises(
+        UnreadableCheckpointError, match=f"evil{suffix}: not loadable as data .*posix.mknod"
+    ):
         checkpointer(_model()).load(str(path))
     assert not marker.exists()
 
@@ -76,7 +86,10 @@ def _corrupt_files(tmp_path):
     content = (tmp_path / "good.pth").read_bytes()
     files = {
         "empty.pth": (b"", "is empty \\(0 bytes\\)"),
-        "random.pth": (np.random.default_rng(0).bytes(1000), "not a readable checkpoint|not loadable as data"),
+        "random.pth": (
+            np.random.default_rng(0).bytes(1000),
+            "not a readable checkpoint|not loadable as data",
+        ),
         "truncated.pth": (content[: len(content) // 2], "not a readable checkpoint"),
         "corrupt.safetensors": (b"\xff" * 64, "not a valid safetensors file"),
     }
@@ -103,7 +116,10 @@ def test_save_is_atomic_and_refuses_non_finite_weights(tmp_path):
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="not saving checkpoint model_0000001: 1 weights are non-finite, first weight"):
+    with pytest.raises(
+        FloatingPointError,
+        match="not saving checkpoint model_0000001: 1 weights are non-finite, first weight",
+    ):
         checkpointer.save("model_0000001", iteration=1)
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000000.pth"]
 
@@ -128,7 +144,9 @@ def test_non_finite_checkpoint_is_refused_at_load(tmp_path):
     state = _model().state_dict()
     state["bias"][1] = float("inf")
     torch.save({"model": state}, tmp_path / "poisoned.pth")
-    with pytest.raises(UnreadableCheckpointError, match="poisoned.pth: 1 weights are NaN or Inf \\(first bias\\)"):
+    with pytest.raises(
+        UnreadableCheckpointError, match="poisoned.pth: 1 weights are NaN or Inf \\(first bias\\)"
+    ):
         DetrCheckpointer(_model()).load(str(tmp_path / "poisoned.pth"))
 
 
@@ -140,7 +158,9 @@ def test_resume_skips_an_unreadable_last_checkpoint(tmp_path, caplog):
     model = torch.nn.Linear(3, 2)
     checkpointer = DetrCheckpointer(model, str(tmp_path))
     extra = checkpointer.resume_or_load("", resume=True)
-    assert extra["iteration"] == 4 and checkpointer.resumed_from == str(tmp_path / "model_0000004.pth")
+    assert extra["iteration"] == 4 and checkpointer.resumed_from == str(
+        tmp_path / "model_0000004.pth"
+    )
     torch.testing.assert_close(model.weight, source.weight)
     assert "cannot resume from" in caplog.text and "model_0000009.pth" in caplog.text
 
@@ -158,5 +178,7 @@ def test_resume_without_a_checkpoint_loads_the_initial_weights(tmp_path):
 def test_resume_without_a_readable_checkpoint_stops(tmp_path):
     (tmp_path / "model_final.pth").write_bytes(b"")
     (tmp_path / "last_checkpoint").write_text("model_final.pth")
-    with pytest.raises(UnreadableCheckpointError, match="--resume: none of the 1 checkpoints in .* can be read"):
+    with pytest.raises(
+        UnreadableCheckpointError, match="--resume: none of the 1 checkpoints in .* can be read"
+    ):
         DetrCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)

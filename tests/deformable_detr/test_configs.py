@@ -1,5 +1,6 @@
 """Every config instantiates; the yacs route (DefaultPredictor) builds the same
 model as the LazyConfig route."""
+
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ def _lazy(variant):
 
 
 def _yacs(variant):
-    return load_yacs_config(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.yaml"), ["MODEL.DEVICE", "cpu"])
+    return load_yacs_config(
+        str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.yaml"), ["MODEL.DEVICE", "cpu"]
+    )
 
 
 @pytest.mark.parametrize("variant", COCO_VARIANTS)
@@ -29,14 +32,19 @@ def test_coco_config_instantiates(variant):
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.lr_multiplier)
-    # the recipe: lr 2e-4, backbone and sampling offsets 0.1x, weight decay 1e-4, step at epoch 40 of 50
+    # the recipe: lr 2e-4, backbone and sampling offsets 0.1x, weight decay 1e-4,
+    # step at epoch 40 of 50
     lrs = {round(group["lr"], 10) for group in optimizer.param_groups}
     assert lrs == {2e-4, 2e-5}
     assert {group["weight_decay"] for group in optimizer.param_groups} == {1e-4}
     assert cfg.train.max_iter == 184_824 and cfg.dataloader.train.total_batch_size == 32
-    assert scheduler(0.0) == 1.0 and scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
+    assert (
+        scheduler(0.0) == 1.0 and scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
+    )
     assert cfg.train.clip_max_norm == 0.1
-    assert cfg.model.num_classes == 80, "detectron2's contiguous COCO ids, from the dataset metadata"
+    assert cfg.model.num_classes == 80, (
+        "detectron2's contiguous COCO ids, from the dataset metadata"
+    )
     for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
         instantiate(mapper)
 
@@ -50,9 +58,13 @@ def test_coco_backbone_trains_as_the_recipe(route):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
     for name in ("stem", "res2"):
-        assert not any(p.requires_grad for p in getattr(backbone, name).parameters()), f"{name} trains"
+        assert not any(p.requires_grad for p in getattr(backbone, name).parameters()), (
+            f"{name} trains"
+        )
     for name in ("res3", "res4", "res5"):
-        assert all(p.requires_grad for p in getattr(backbone, name).parameters()), f"{name} is frozen"
+        assert all(p.requires_grad for p in getattr(backbone, name).parameters()), (
+            f"{name} is frozen"
+        )
 
 
 @pytest.mark.parametrize("variant", COCO_VARIANTS)

@@ -1,5 +1,6 @@
 """SetCriterion: hand-computed losses, weights and key suffixes of the auxiliary and
 encoder sets, class-agnostic encoder targets, normalization, empty targets, gradients."""
+
 import pytest
 import torch
 from detectron2.utils import comm
@@ -75,12 +76,17 @@ def test_losses_are_weighted():
 
 def test_aux_and_enc_losses_have_suffixes_and_base_weights():
     outputs = _outputs(
-        aux_outputs=[_copy_of_prediction_set(), _copy_of_prediction_set()], enc_outputs=_copy_of_prediction_set()
+        aux_outputs=[_copy_of_prediction_set(), _copy_of_prediction_set()],
+        enc_outputs=_copy_of_prediction_set(),
     )
 
     losses = _criterion(PAPER_WEIGHTS)(outputs, _targets(label=0))
 
-    expected = {"loss_ce": 2.0 * FOCAL_CLASS_0, "loss_bbox": 5.0 * L1, "loss_giou": 2.0 * ONE_MINUS_GIOU}
+    expected = {
+        "loss_ce": 2.0 * FOCAL_CLASS_0,
+        "loss_bbox": 5.0 * L1,
+        "loss_giou": 2.0 * ONE_MINUS_GIOU,
+    }
     suffixes = ["", "_0", "_1", "_enc"]
     assert set(losses) == {name + suffix for name in expected for suffix in suffixes}
     for name, value in expected.items():
@@ -101,10 +107,16 @@ def test_enc_losses_use_class_agnostic_targets():
 
 def test_losses_are_divided_by_the_number_of_boxes():
     gen = torch.Generator().manual_seed(0)
-    outputs = {"pred_logits": torch.randn(2, 5, 3, generator=gen), "pred_boxes": torch.rand(2, 5, 4, generator=gen)}
+    outputs = {
+        "pred_logits": torch.randn(2, 5, 3, generator=gen),
+        "pred_boxes": torch.rand(2, 5, 4, generator=gen),
+    }
     outputs["pred_boxes"] = outputs["pred_boxes"] * 0.3 + torch.tensor([0.35, 0.35, 0.05, 0.05])
     targets = [
-        {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.4, 0.5, 0.2, 0.3], [0.6, 0.4, 0.1, 0.2]])},
+        {
+            "labels": torch.tensor([0, 2]),
+            "boxes": torch.tensor([[0.4, 0.5, 0.2, 0.3], [0.6, 0.4, 0.1, 0.2]]),
+        },
         {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.3]])},
     ]
     criterion = SetCriterion(num_classes=3, matcher=HungarianMatcher(), weight_dict=UNIT_WEIGHTS)
@@ -115,7 +127,10 @@ def test_losses_are_divided_by_the_number_of_boxes():
     # every loss, the focal one over unmatched queries included, is a sum divided by num_boxes.
     for name, loss in batch_losses.items():
         per_image_sums = [
-            criterion({key: value[i : i + 1] for key, value in outputs.items()}, [target])[name].item() * num_boxes
+            criterion({key: value[i : i + 1] for key, value in outputs.items()}, [target])[
+                name
+            ].item()
+            * num_boxes
             for i, (target, num_boxes) in enumerate(zip(targets, (2, 1)))
         ]
         assert loss.item() * 3 == pytest.approx(sum(per_image_sums), rel=1e-5), name
@@ -137,7 +152,9 @@ def test_num_boxes_is_averaged_over_workers(monkeypatch):
 
 
 def test_batch_without_targets():
-    outputs = _outputs(aux_outputs=[_copy_of_prediction_set()], enc_outputs=_copy_of_prediction_set())
+    outputs = _outputs(
+        aux_outputs=[_copy_of_prediction_set()], enc_outputs=_copy_of_prediction_set()
+    )
     targets = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
 
     losses = _criterion()(outputs, targets)

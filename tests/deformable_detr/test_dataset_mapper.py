@@ -1,5 +1,6 @@
 """DetrDatasetMapper: output format, boxes moving with the image, the crop
 branch and bad images."""
+
 import re
 
 import cv2
@@ -9,13 +10,14 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
-from ..scripts import ROOT
 from deformable_detr.data.dataset_mapper import (
     DetrDatasetMapper,
     detr_crop_augmentation,
     detr_test_augmentation,
     detr_train_augmentation,
 )
+
+from ..scripts import ROOT
 
 HEIGHT, WIDTH = 60, 80
 BOX = [10, 20, 30, 15]  # XYWH: a red rectangle at x 10..40, y 20..35
@@ -29,18 +31,30 @@ def record(tmp_path):
     path = tmp_path / "image.png"
     cv2.imwrite(str(path), image)
     annotation = {"bbox": BOX, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 2, "iscrowd": 0}
-    return {"file_name": str(path), "height": HEIGHT, "width": WIDTH, "image_id": 1, "annotations": [annotation]}
+    return {
+        "file_name": str(path),
+        "height": HEIGHT,
+        "width": WIDTH,
+        "image_id": 1,
+        "annotations": [annotation],
+    }
 
 
 def _mapper(augmentation, augmentation_with_crop=None, is_train=True):
     return DetrDatasetMapper(
-        is_train, augmentation=augmentation, augmentation_with_crop=augmentation_with_crop, image_format="RGB"
+        is_train,
+        augmentation=augmentation,
+        augmentation_with_crop=augmentation_with_crop,
+        image_format="RGB",
     )
 
 
 def test_train_output(record):
     mapper = _mapper(
-        *(detr_train_augmentation((96, 128), 200), detr_crop_augmentation((96, 128), 200, (40,), "absolute_range", (30, 50)))
+        *(
+            detr_train_augmentation((96, 128), 200),
+            detr_crop_augmentation((96, 128), 200, (40,), "absolute_range", (30, 50)),
+        )
     )
     for _ in range(10):
         out = mapper(record)
@@ -51,14 +65,18 @@ def test_train_output(record):
         boxes = instances.gt_boxes.tensor
         assert boxes.dtype == torch.float32 and boxes.shape[1] == 4
         assert (
-            (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= image.shape[2]).all() and (boxes[:, 3] <= image.shape[1]).all()
+            (boxes[:, 0] >= 0).all()
+            and (boxes[:, 2] <= image.shape[2]).all()
+            and (boxes[:, 3] <= image.shape[1]).all()
         )
         assert instances.gt_classes.tolist() in ([], [2])
     assert "annotations" not in out
 
 
 def test_box_follows_the_image(record):
-    out = _mapper([T.RandomFlip(prob=1.0), T.ResizeTransform(HEIGHT, WIDTH, 2 * HEIGHT, 2 * WIDTH, interp=0)])(record)
+    out = _mapper(
+        [T.RandomFlip(prob=1.0), T.ResizeTransform(HEIGHT, WIDTH, 2 * HEIGHT, 2 * WIDTH, interp=0)]
+    )(record)
     x, y, w, h = BOX
     expected = [2 * (WIDTH - x - w), 2 * y, 2 * (WIDTH - x), 2 * (y + h)]
     assert out["instances"].gt_boxes.tensor.tolist() == [expected]
@@ -124,16 +142,24 @@ def test_augmentation_helpers():
     assert [type(a) for a in train] == [T.RandomFlip, T.ResizeShortestEdge]
     assert train[1].short_edge_length == (480, 800) and train[1].max_size == 1333
     crop = detr_crop_augmentation((480, 800), 1333, (400, 500), "absolute_range", (384, 600))
-    assert [type(a) for a in crop] == [T.RandomFlip, T.ResizeShortestEdge, T.RandomCrop, T.ResizeShortestEdge]
+    assert [type(a) for a in crop] == [
+        T.RandomFlip,
+        T.ResizeShortestEdge,
+        T.RandomCrop,
+        T.ResizeShortestEdge,
+    ]
     assert crop[1].short_edge_length == (400, 500) and crop[2].crop_size == (384, 600)
     assert crop[2].crop_type == "absolute_range"
-    assert [type(a) for a in detr_train_augmentation((480,), 1333, random_flip="none")] == [T.ResizeShortestEdge]
+    assert [type(a) for a in detr_train_augmentation((480,), 1333, random_flip="none")] == [
+        T.ResizeShortestEdge
+    ]
     (test,) = detr_test_augmentation(800, 1333)
     assert test.short_edge_length == (800, 800) and test.max_size == 1333
 
 
 def _augmentation_params(augmentations):
     """[(type, {attribute: value})] of detectron2 augmentations, lists as tuples."""
+
     def plain(value):
         return tuple(value) if isinstance(value, (list, tuple)) else value
 
@@ -151,11 +177,18 @@ def test_yacs_and_lazy_configs_build_the_same_mapper(is_train):
 
     lazy_config = LazyConfig.load(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.py"))
     lazy = instantiate(lazy_config.dataloader["train" if is_train else "test"].mapper)
-    yacs = DetrDatasetMapper(load_yacs_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.yaml")), is_train=is_train)
+    yacs = DetrDatasetMapper(
+        load_yacs_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.yaml")),
+        is_train=is_train,
+    )
     assert yacs.image_format == lazy.image_format == "RGB"
-    assert _augmentation_params(yacs.augmentation.augs) == _augmentation_params(lazy.augmentation.augs)
+    assert _augmentation_params(yacs.augmentation.augs) == _augmentation_params(
+        lazy.augmentation.augs
+    )
     if is_train:
-        assert _augmentation_params(yacs.augmentation_with_crop.augs) == _augmentation_params(lazy.augmentation_with_crop.augs)
+        assert _augmentation_params(yacs.augmentation_with_crop.augs) == _augmentation_params(
+            lazy.augmentation_with_crop.augs
+        )
         resize = yacs.augmentation.augs[-1]
         assert resize.short_edge_length == tuple(range(480, 801, 32)) and resize.max_size == 1333
         assert [type(a) for a in yacs.augmentation_with_crop.augs] == [
@@ -172,5 +205,7 @@ def test_yacs_and_lazy_configs_build_the_same_mapper(is_train):
 def test_crop_branch_off_in_the_config():
     from deformable_detr import load_yacs_config
 
-    cfg = load_yacs_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.yaml"), ["INPUT.CROP.ENABLED", "False"])
+    cfg = load_yacs_config(
+        str(ROOT / "configs/COCO/deformable_detr_r50_50ep.yaml"), ["INPUT.CROP.ENABLED", "False"]
+    )
     assert DetrDatasetMapper(cfg, is_train=True).augmentation_with_crop is None

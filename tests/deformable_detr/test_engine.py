@@ -1,5 +1,6 @@
 """DetrTrainer: a non-finite loss stops training before the weights change,
 gradient clipping, and autocast training steps."""
+
 import pytest
 import torch
 from detectron2.utils.events import EventStorage
@@ -28,15 +29,21 @@ def _step(trainer):
 
 def test_non_finite_loss_stops_before_the_optimizer_step():
     model = _LossModel(float("nan"))
-    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.1)
-    with pytest.raises(FloatingPointError, match="non-finite loss at iteration 0, first in loss_a.*last checkpoint"):
+    trainer = DetrTrainer(
+        model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.1
+    )
+    with pytest.raises(
+        FloatingPointError, match="non-finite loss at iteration 0, first in loss_a.*last checkpoint"
+    ):
         _step(trainer)
     assert torch.equal(model.weight, torch.ones(3)), "the weights were not touched"
 
 
 def test_gradients_are_clipped():
     model = _LossModel(100.0)
-    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.1)
+    trainer = DetrTrainer(
+        model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.1
+    )
     _step(trainer)
     step = torch.ones(3) - model.weight.detach()
     torch.testing.assert_close(step.norm(), torch.tensor(0.1))
@@ -52,7 +59,13 @@ def test_bfloat16_autocast_step_on_cpu():
     torch.manual_seed(0)
     model = build_model("multi_scale")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    trainer = DetrTrainer(model, [detection_batch([(64, 64), (64, 96)])] * 2, optimizer, clip_max_norm=0.1, amp_dtype="bfloat16")
+    trainer = DetrTrainer(
+        model,
+        [detection_batch([(64, 64), (64, 96)])] * 2,
+        optimizer,
+        clip_max_norm=0.1,
+        amp_dtype="bfloat16",
+    )
     before = model.query_embed.weight.detach().clone()
     _step(trainer)
     assert not torch.equal(before, model.query_embed.weight)
@@ -85,9 +98,14 @@ class _NaNGradientModel(torch.nn.Module):
 @pytest.mark.parametrize("clip_max_norm", [0.1, 0.0])
 def test_non_finite_gradient_stops_before_the_optimizer_step(clip_max_norm):
     model = _NaNGradientModel()
-    optimizer = torch.optim.SGD([{"params": [model.first]}, {"params": [model.second], "lr": 0.5}], lr=1.0)
+    optimizer = torch.optim.SGD(
+        [{"params": [model.first]}, {"params": [model.second], "lr": 0.5}], lr=1.0
+    )
     trainer = DetrTrainer(model, [[{}]] * 2, optimizer, clip_max_norm=clip_max_norm)
-    with pytest.raises(FloatingPointError, match=r"non-finite gradient at iteration 0, first in second \(parameter group 1"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite gradient at iteration 0, first in second \(parameter group 1",
+    ):
         _step(trainer)
     assert torch.equal(model.first, torch.ones(2)) and torch.equal(model.second, torch.zeros(2))
 
@@ -105,20 +123,26 @@ def test_matcher_error_names_the_iteration():
         def forward(self, data):
             raise FloatingPointError("HungarianMatcher: the matching cost is NaN or Inf")
 
-    trainer = DetrTrainer(_DivergedModel(1.0), [[{}]] * 2, torch.optim.SGD(_LossModel(1.0).parameters(), lr=1.0))
+    trainer = DetrTrainer(
+        _DivergedModel(1.0), [[{}]] * 2, torch.optim.SGD(_LossModel(1.0).parameters(), lr=1.0)
+    )
     with pytest.raises(FloatingPointError, match="at iteration 0: HungarianMatcher"):
         _step(trainer)
 
 
 def test_float16_grad_scaler_state_is_saved_and_restored():
     model = _LossModel(1.0)
-    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16")
+    trainer = DetrTrainer(
+        model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16"
+    )
     _step(trainer)
     trainer.grad_scaler.update(new_scale=1024.0)
     state = trainer.state_dict()
     assert state["grad_scaler"]["scale"] == 1024.0
 
-    resumed = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16")
+    resumed = DetrTrainer(
+        model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16"
+    )
     assert resumed.grad_scaler.get_scale() != 1024.0
     resumed.load_state_dict(state)
     assert resumed.grad_scaler.get_scale() == 1024.0
@@ -126,7 +150,9 @@ def test_float16_grad_scaler_state_is_saved_and_restored():
 
 def test_float16_overflow_is_a_skipped_step_not_an_error():
     model = _NaNGradientModel()
-    trainer = DetrTrainer(model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16")
+    trainer = DetrTrainer(
+        model, [[{}]] * 2, torch.optim.SGD(model.parameters(), lr=1.0), amp_dtype="float16"
+    )
     _step(trainer)
     assert torch.equal(model.first, torch.ones(2)), "the scaler skipped the step"
     assert trainer.grad_scaler.get_scale() < 2.0**16, "and lowered its scale"

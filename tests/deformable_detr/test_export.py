@@ -1,8 +1,8 @@
 """deformable_detr.export and tools/deploy/export_model.py: every format, every
 variant, parity with the eager model at image sizes other than the export size
 (each format exported in a fresh process), and the tool's errors."""
+
 import json
-import os
 import subprocess
 import sys
 
@@ -11,9 +11,8 @@ import torch
 
 from deformable_detr.export import ImageToDetections, load_artefact, load_model
 
-from .tiny_model import VARIANTS, build_model
-
 from ..scripts import ROOT, load_script
+from .tiny_model import VARIANTS, build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
 ALL_VARIANTS = list(VARIANTS)
@@ -29,13 +28,17 @@ export_model = load_script("tools/deploy/export_model.py")
 
 
 def _run(command, **kwargs):
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs)
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 
-# ----------------------------------------------------------------------------- parity, fresh process per format
-@pytest.mark.parametrize("fmt, variants", FORMAT_RUNS, ids=[f"{fmt}-{'-'.join(v)}" for fmt, v in FORMAT_RUNS])
+# ---------------------------------------------------------------- parity, fresh process per format
+@pytest.mark.parametrize(
+    "fmt, variants", FORMAT_RUNS, ids=[f"{fmt}-{'-'.join(v)}" for fmt, v in FORMAT_RUNS]
+)
 def test_artefacts_match_eager_at_other_sizes(fmt, variants):
     stdout = _run([sys.executable, "-m", "tests.deformable_detr.export_parity", fmt, *variants])
     results = json.loads(stdout.strip().splitlines()[-1])
@@ -57,7 +60,9 @@ def test_image_to_detections_is_the_eager_inference(variant):
     with torch.no_grad():
         eager = model([{"image": image}])[0]["instances"]
         boxes, scores, classes = ImageToDetections(model)(image)
-    assert boxes.shape == (model.test_topk, 4) and scores.shape == classes.shape == (model.test_topk,)
+    assert boxes.shape == (model.test_topk, 4) and scores.shape == classes.shape == (
+        model.test_topk,
+    )
     kept = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     torch.testing.assert_close(boxes[kept], eager.pred_boxes.tensor, rtol=0, atol=0)
     torch.testing.assert_close(scores[kept], eager.scores, rtol=0, atol=0)
@@ -78,8 +83,12 @@ def synthetic_checkpoint(tmp_path_factory):
 
 def test_load_model_takes_the_checkpoint_from_either_config(synthetic_checkpoint):
     expected = torch.load(synthetic_checkpoint)["model"]
-    lazy, lazy_format = load_model(str(SYNTHETIC.with_suffix(".py")), [f"train.init_checkpoint={synthetic_checkpoint}"])
-    yacs, yacs_format = load_model(str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"])
+    lazy, lazy_format = load_model(
+        str(SYNTHETIC.with_suffix(".py")), [f"train.init_checkpoint={synthetic_checkpoint}"]
+    )
+    yacs, yacs_format = load_model(
+        str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"]
+    )
     assert lazy_format == yacs_format == "RGB"
     for model in (lazy, yacs):
         assert not model.training
@@ -89,13 +98,24 @@ def test_load_model_takes_the_checkpoint_from_either_config(synthetic_checkpoint
 
 
 def test_tool_exports_and_prints_how_to_load(synthetic_checkpoint, tmp_path):
-    stdout = _run([
-        sys.executable, "tools/deploy/export_model.py", "--config-file", str(SYNTHETIC.with_suffix(".py")),
-        "--format", "torchscript", "--output", str(tmp_path / "out"), f"train.init_checkpoint={synthetic_checkpoint}",
-    ])
+    stdout = _run(
+        [
+            sys.executable,
+            "tools/deploy/export_model.py",
+            "--config-file",
+            str(SYNTHETIC.with_suffix(".py")),
+            "--format",
+            "torchscript",
+            "--output",
+            str(tmp_path / "out"),
+            f"train.init_checkpoint={synthetic_checkpoint}",
+        ]
+    )
     artefact = tmp_path / "out" / "model.ts"
     assert f"wrote {artefact}" in stdout and f"torch.jit.load('{artefact}')" in stdout
-    model, _ = load_model(str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"])
+    model, _ = load_model(
+        str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"]
+    )
     exported = load_artefact(str(artefact), "torchscript")
     for size in [(200, 150), (333, 260)]:  # the generated sample image is 480x640
         image = torch.rand(3, *size) * 255
@@ -107,7 +127,11 @@ def test_tool_exports_and_prints_how_to_load(synthetic_checkpoint, tmp_path):
 def _tool_error(capsys, *args):
     with pytest.raises(SystemExit) as exit_info:
         export_model.main(["--config-file", str(SYNTHETIC.with_suffix(".py")), *args])
-    message = str(exit_info.value.code) if exit_info.value.code not in (None, 2) else capsys.readouterr().err
+    message = (
+        str(exit_info.value.code)
+        if exit_info.value.code not in (None, 2)
+        else capsys.readouterr().err
+    )
     lines = message.strip().splitlines()
     return lines[-1]
 
@@ -121,11 +145,15 @@ def test_tool_errors_name_the_problem(capsys, tmp_path, synthetic_checkpoint):
     error = _tool_error(capsys, "--format", "onnx", "--output", str(blocked / "out"))
     assert error.startswith(f"export_model: output directory '{blocked / 'out'}' cannot be created")
 
-    error = _tool_error(capsys, "--format", "onnx", *out, f"train.init_checkpoint={tmp_path / 'missing.pth'}")
+    error = _tool_error(
+        capsys, "--format", "onnx", *out, f"train.init_checkpoint={tmp_path / 'missing.pth'}"
+    )
     assert error.startswith(f"export_model: checkpoint '{tmp_path / 'missing.pth'}' does not load")
 
     single_scale = tmp_path / "single_scale.pth"
     torch.save({"model": build_model("single_scale").state_dict()}, single_scale)
     error = _tool_error(capsys, "--format", "onnx", *out, f"train.init_checkpoint={single_scale}")
-    assert error.startswith(f"export_model: checkpoint '{single_scale}' does not fit the config's model")
+    assert error.startswith(
+        f"export_model: checkpoint '{single_scale}' does not fit the config's model"
+    )
     assert not (tmp_path / "out" / "model.onnx").exists()

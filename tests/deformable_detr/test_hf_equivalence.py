@@ -17,13 +17,18 @@ detections. Where the two legitimately differ, the test maps before comparing:
   only difference: the two embeddings agree to float32 precision, and with ours
   substituted for HF's the two models agree to float64 precision.
 """
+
 import pytest
 import torch
 from detectron2.structures import Boxes
 from transformers import DeformableDetrImageProcessor  # a test requirement (requirements.txt)
 
-from deformable_detr.interop.state_dicts import coco_raw_class_ids, convert_hf_state_dict, load_conversion
 from deformable_detr.interop.hf_peer import build_hf_peer
+from deformable_detr.interop.state_dicts import (
+    coco_raw_class_ids,
+    convert_hf_state_dict,
+    load_conversion,
+)
 
 from .tiny_model import VARIANTS, build_model, build_model_and_hf_peer
 
@@ -63,14 +68,21 @@ def _hf_inputs(ours, images):
     pixel_values = torch.zeros(len(images), 3, H, W, dtype=torch.float64)
     pixel_mask = torch.zeros(len(images), H, W, dtype=torch.long)
     for i, image in enumerate(images):
-        pixel_values[i, :, : image.shape[1], : image.shape[2]] = (image - ours.pixel_mean) / ours.pixel_std
+        pixel_values[i, :, : image.shape[1], : image.shape[2]] = (
+            image - ours.pixel_mean
+        ) / ours.pixel_std
         pixel_mask[i, : image.shape[1], : image.shape[2]] = 1
     return pixel_values, pixel_mask
 
 
 def _run_hf(hf, pixel_values, pixel_mask):
     # labels only make HF return every decoder layer's predictions (auxiliary_outputs)
-    labels = [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]], dtype=torch.float64)}] * len(pixel_values)
+    labels = [
+        {
+            "class_labels": torch.tensor([0]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]], dtype=torch.float64),
+        }
+    ] * len(pixel_values)
     with torch.no_grad():
         return hf(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
 
@@ -93,12 +105,20 @@ def _assert_outputs_match(ours, hf, images, atol=ATOL):
     ours_layers, hf_layers = _per_layer(ours_outputs, hf_outputs)
     assert len(ours_layers) == len(hf_layers) == ours.transformer.decoder.num_layers
     for layer, ((logits, boxes), (hf_logits, hf_boxes)) in enumerate(zip(ours_layers, hf_layers)):
-        torch.testing.assert_close(logits, hf_logits, rtol=0, atol=atol, msg=lambda m: f"layer {layer} logits: {m}")
-        torch.testing.assert_close(boxes, hf_boxes, rtol=0, atol=atol, msg=lambda m: f"layer {layer} boxes: {m}")
+        torch.testing.assert_close(
+            logits, hf_logits, rtol=0, atol=atol, msg=lambda m: f"layer {layer} logits: {m}"
+        )
+        torch.testing.assert_close(
+            boxes, hf_boxes, rtol=0, atol=atol, msg=lambda m: f"layer {layer} boxes: {m}"
+        )
     if ours.two_stage:
         enc = ours_outputs["enc_outputs"]
-        torch.testing.assert_close(enc["pred_logits"], hf_outputs.enc_outputs_class, rtol=0, atol=atol)
-        torch.testing.assert_close(enc["pred_boxes"], hf_outputs.enc_outputs_coord_logits.sigmoid(), rtol=0, atol=atol)
+        torch.testing.assert_close(
+            enc["pred_logits"], hf_outputs.enc_outputs_class, rtol=0, atol=atol
+        )
+        torch.testing.assert_close(
+            enc["pred_boxes"], hf_outputs.enc_outputs_coord_logits.sigmoid(), rtol=0, atol=atol
+        )
     return hf_outputs
 
 
@@ -118,7 +138,9 @@ def _assert_detections_match(ours, hf_outputs, images):
         assert len(instances) == int(keep.sum()) > 0
         torch.testing.assert_close(instances.scores, hf_result["scores"][keep], rtol=0, atol=ATOL)
         assert torch.equal(instances.pred_classes, hf_result["labels"][keep])
-        torch.testing.assert_close(instances.pred_boxes.tensor, boxes.tensor[keep], rtol=0, atol=1e-8)
+        torch.testing.assert_close(
+            instances.pred_boxes.tensor, boxes.tensor[keep], rtol=0, atol=1e-8
+        )
 
 
 def _use_our_proposal_embedding(ours, hf):
@@ -171,10 +193,15 @@ def test_coco_class_map_selects_hf_logits():
     hf_outputs = _run_hf(hf, pixel_values, pixel_mask)
     with torch.no_grad():
         outputs = ours_80.predict(ours_80.preprocess_image([{"image": image} for image in images]))
-    torch.testing.assert_close(outputs["pred_logits"], hf_outputs.logits[..., ids], rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        outputs["pred_logits"], hf_outputs.logits[..., ids], rtol=0, atol=ATOL
+    )
     torch.testing.assert_close(outputs["pred_boxes"], hf_outputs.pred_boxes, rtol=0, atol=ATOL)
     torch.testing.assert_close(
-        outputs["enc_outputs"]["pred_logits"][..., 0], hf_outputs.enc_outputs_class[..., 0], rtol=0, atol=ATOL
+        outputs["enc_outputs"]["pred_logits"][..., 0],
+        hf_outputs.enc_outputs_class[..., 0],
+        rtol=0,
+        atol=ATOL,
     )
 
 

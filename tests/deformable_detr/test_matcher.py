@@ -1,5 +1,6 @@
 """HungarianMatcher: optimal against brute force over all assignments, exact on
 an obvious case, empty images, half-precision inputs, non-finite predictions."""
+
 import itertools
 import math
 import random
@@ -86,10 +87,15 @@ def test_total_cost_equals_brute_force_minimum(seed):
         labels = target["labels"].tolist()
         target_boxes = target["boxes"].double().tolist()
         cost = [
-            [_pair_cost(logits[q], boxes[q], labels[t], target_boxes[t]) for t in range(len(labels))]
+            [
+                _pair_cost(logits[q], boxes[q], labels[t], target_boxes[t])
+                for t in range(len(labels))
+            ]
             for q in range(num_queries)
         ]
-        matched_cost = sum(cost[q][t] for q, t in zip(query_indices.tolist(), target_indices.tolist()))
+        matched_cost = sum(
+            cost[q][t] for q, t in zip(query_indices.tolist(), target_indices.tolist())
+        )
         assert matched_cost == pytest.approx(_brute_force_min_cost(cost), abs=1e-4)
 
 
@@ -104,7 +110,9 @@ def test_queries_equal_to_targets_are_matched_to_them():
     pred_logits[3, 4] = 5.0
     outputs = {"pred_logits": pred_logits[None], "pred_boxes": pred_boxes[None]}
 
-    [(query_indices, target_indices)] = HungarianMatcher()(outputs, [{"labels": labels, "boxes": target_boxes}])
+    [(query_indices, target_indices)] = HungarianMatcher()(
+        outputs, [{"labels": labels, "boxes": target_boxes}]
+    )
 
     assert query_indices.tolist() == [1, 3]
     assert target_indices.tolist() == [1, 0]
@@ -134,14 +142,19 @@ def test_half_precision_inputs_match_as_in_float32():
         "pred_boxes": torch.stack([_random_boxes(6, gen) for _ in range(2)]).half(),
     }
     targets = [
-        {"labels": torch.randint(NUM_CLASSES, (n,), generator=gen), "boxes": _random_boxes(n, gen).half()}
+        {
+            "labels": torch.randint(NUM_CLASSES, (n,), generator=gen),
+            "boxes": _random_boxes(n, gen).half(),
+        }
         for n in (3, 4)
     ]
     as_float = {k: v.float() for k, v in outputs.items()}
     float_targets = [{"labels": t["labels"], "boxes": t["boxes"].float()} for t in targets]
     matcher = HungarianMatcher()
 
-    for (q_half, t_half), (q_float, t_float) in zip(matcher(outputs, targets), matcher(as_float, float_targets)):
+    for (q_half, t_half), (q_float, t_float) in zip(
+        matcher(outputs, targets), matcher(as_float, float_targets)
+    ):
         assert torch.equal(q_half, q_float) and torch.equal(t_half, t_float)
 
 
@@ -154,8 +167,13 @@ def test_all_zero_costs_are_rejected():
 def test_non_finite_predictions_raise_a_floating_point_error(key):
     """Not scipy's `ValueError: matrix contains invalid numeric entries`."""
     gen = torch.Generator().manual_seed(2)
-    outputs = {"pred_logits": torch.randn(1, 4, NUM_CLASSES, generator=gen), "pred_boxes": _random_boxes(4, gen)[None]}
+    outputs = {
+        "pred_logits": torch.randn(1, 4, NUM_CLASSES, generator=gen),
+        "pred_boxes": _random_boxes(4, gen)[None],
+    }
     outputs[key][0, 2, 1] = float("nan")
     targets = [{"labels": torch.tensor([0, 1]), "boxes": _random_boxes(2, gen)}]
-    with pytest.raises(FloatingPointError, match=f"HungarianMatcher: .*1 non-finite values in {key}"):
+    with pytest.raises(
+        FloatingPointError, match=f"HungarianMatcher: .*1 non-finite values in {key}"
+    ):
         HungarianMatcher()(outputs, targets)

@@ -1,10 +1,10 @@
 """DeformableDETR: every variant trains and infers on CPU, padding does not
 change results, parameter counts match the official release, the paper's initialisation."""
+
 import math
 
 import pytest
 import torch
-from detectron2.structures import Boxes, Instances
 
 from .tiny_model import VARIANTS, build_model, detection_batch
 
@@ -20,7 +20,14 @@ OFFICIAL_PARAMETERS = {
     "single_scale": 33_844_193,
     "multi_scale": 39_847_265,
     "box_refine": 39_847_265 + 5 * (23_387 + 132_612),
-    "two_stage": 39_847_265 + 6 * (23_387 + 132_612) + 65_792 + 512 + 262_656 + 1_024 - 153_600 - 514,
+    "two_stage": 39_847_265
+    + 6 * (23_387 + 132_612)
+    + 65_792
+    + 512
+    + 262_656
+    + 1_024
+    - 153_600
+    - 514,
 }
 
 
@@ -83,11 +90,29 @@ def test_padded_batch_matches_single_images(variant):
         src_b[0, :, :h, :w] = src_s[0]
     query = None if model.two_stage else model.query_embed.weight
     with torch.no_grad():
-        out_b = model.transformer(srcs_b, masks_b, pos_b, query, model.class_embed, model.bbox_embed, model.with_box_refine)
-        out_s = model.transformer(srcs_s, masks_s, pos_s, query, model.class_embed, model.bbox_embed, model.with_box_refine)
+        out_b = model.transformer(
+            srcs_b,
+            masks_b,
+            pos_b,
+            query,
+            model.class_embed,
+            model.bbox_embed,
+            model.with_box_refine,
+        )
+        out_s = model.transformer(
+            srcs_s,
+            masks_s,
+            pos_s,
+            query,
+            model.class_embed,
+            model.bbox_embed,
+            model.with_box_refine,
+        )
     for level, (p_b, p_s) in enumerate(zip(pos_b, pos_s)):
         h, w = p_s.shape[-2:]
-        torch.testing.assert_close(p_b[:1, :, :h, :w], p_s, msg=f"position embedding of level {level}")
+        torch.testing.assert_close(
+            p_b[:1, :, :h, :w], p_s, msg=f"position embedding of level {level}"
+        )
     torch.testing.assert_close(out_b[0][:, :1], out_s[0], rtol=1e-4, atol=1e-4)
     for ref_b, ref_s in zip(out_b[1], out_s[1]):
         torch.testing.assert_close(ref_b[:1], ref_s, rtol=1e-4, atol=1e-4)
@@ -95,7 +120,16 @@ def test_padded_batch_matches_single_images(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_parameter_counts_match_the_official_release(variant):
-    model = build_model(variant, num_classes=91, depth=50, hidden_dim=256, num_queries=300, layers=6, ffn=1024, heads=8)
+    model = build_model(
+        variant,
+        num_classes=91,
+        depth=50,
+        hidden_dim=256,
+        num_queries=300,
+        layers=6,
+        ffn=1024,
+        heads=8,
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == OFFICIAL_PARAMETERS[variant]
 
@@ -111,19 +145,25 @@ def test_initialisation_follows_the_paper():
     two_stage = build_model("two_stage")
     assert all(torch.all(h.layers[-1].bias == 0) for h in two_stage.bbox_embed)
     shared = build_model("multi_scale")
-    assert shared.class_embed[0] is shared.class_embed[-1], "without refinement the heads are shared"
+    assert shared.class_embed[0] is shared.class_embed[-1], (
+        "without refinement the heads are shared"
+    )
 
 
 def test_transformer_names_the_missing_heads():
     """The heads the transformer cannot run without are asked for by name, not
     met as a None deep inside."""
     two_stage = build_model("two_stage")
-    srcs, masks, positions = two_stage.masked_feature_levels(torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool))
+    srcs, masks, positions = two_stage.masked_feature_levels(
+        torch.zeros(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    )
     with pytest.raises(ValueError, match="two-stage transformer needs class_embed and bbox_embed"):
         two_stage.transformer(srcs, masks, positions, None)
     multi_scale = build_model("multi_scale")
     with pytest.raises(ValueError, match="with_box_refine needs bbox_embed"):
-        multi_scale.transformer(srcs, masks, positions, multi_scale.query_embed.weight, with_box_refine=True)
+        multi_scale.transformer(
+            srcs, masks, positions, multi_scale.query_embed.weight, with_box_refine=True
+        )
     with pytest.raises(ValueError, match="query_embed"):
         multi_scale.transformer(srcs, masks, positions, None)
 

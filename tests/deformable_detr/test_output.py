@@ -1,11 +1,17 @@
 """deformable_detr.output: atomic file replacement, metrics.json appended
 atomically, and the one-training-per-directory lock."""
+
 import json
 
 import pytest
 from detectron2.utils.events import EventStorage
 
-from deformable_detr.output import AtomicJSONWriter, OutputDirInUseError, atomic_write, lock_output_dir
+from deformable_detr.output import (
+    AtomicJSONWriter,
+    OutputDirInUseError,
+    atomic_write,
+    lock_output_dir,
+)
 
 
 def test_atomic_write_keeps_the_old_content_when_interrupted(tmp_path):
@@ -41,7 +47,9 @@ def test_an_output_dir_takes_one_training_at_a_time(tmp_path):
     (tmp_path / ".model_final.pth.tmp-x1y2").write_bytes(b"left by a killed run")
     lock = lock_output_dir(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.lock"]
-    with pytest.raises(OutputDirInUseError, match=f"{tmp_path} is in use by another training \\(pid .*--resume"):
+    with pytest.raises(
+        OutputDirInUseError, match=f"{tmp_path} is in use by another training \\(pid .*--resume"
+    ):
         lock_output_dir(str(tmp_path))
     lock.close()  # what the OS does when the process ends, killed or not
     lock_output_dir(str(tmp_path)).close()

@@ -1,5 +1,6 @@
 """The synthetic shapes dataset: valid COCO json, tight boxes, deterministic,
 cached, atomic, and registered for COCO evaluation."""
+
 import json
 import os
 import subprocess
@@ -27,7 +28,9 @@ def small_root(tmp_path_factory):
 
 
 def _files(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("split, count", [("train", 20), ("val", 5)])
@@ -52,7 +55,9 @@ def test_coco_json_and_images(small_root, split, count):
 
 
 def test_boxes_are_tight(tmp_path):
-    generate_shapes_dataset(str(tmp_path / "d"), num_train=10, num_val=0, objects_per_image=(1, 1), max_noise=0)
+    generate_shapes_dataset(
+        str(tmp_path / "d"), num_train=10, num_val=0, objects_per_image=(1, 1), max_noise=0
+    )
     data = json.loads((tmp_path / "d" / "annotations" / "train.json").read_text())
     for info, annotation in zip(data["images"], data["annotations"]):
         image = cv2.imread(str(tmp_path / "d" / "train" / info["file_name"])).astype(int)
@@ -60,7 +65,9 @@ def test_boxes_are_tight(tmp_path):
         ys, xs = np.nonzero(np.abs(image - background).sum(axis=2) > 60)
         x, y, w, h = annotation["bbox"]
         # JPEG blurs edges by about a pixel
-        np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], [x, y, x + w, y + h], atol=1)
+        np.testing.assert_allclose(
+            [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], [x, y, x + w, y + h], atol=1
+        )
 
 
 def test_deterministic(small_root, tmp_path):
@@ -105,7 +112,9 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def clean_catalog():
     """Runs the test without the synthetic datasets registered, and puts back
     what was registered before."""
-    saved = [(DatasetCatalog.pop(n, None), MetadataCatalog.pop(n, None)) for n in synthetic.DATASET_NAMES]
+    saved = [
+        (DatasetCatalog.pop(n, None), MetadataCatalog.pop(n, None)) for n in synthetic.DATASET_NAMES
+    ]
     yield
     for name, (dataset, metadata) in zip(synthetic.DATASET_NAMES, saved):
         DatasetCatalog.pop(name, None)
@@ -143,7 +152,9 @@ def test_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("D2EXT_DATASETS", str(tmp_path))
     assert synthetic.default_root() == str(tmp_path / "synthetic_shapes")
     monkeypatch.delenv("D2EXT_DATASETS")
-    assert synthetic.default_root() == os.path.expanduser("~/.cache/d2ext/datasets/synthetic_shapes")
+    assert synthetic.default_root() == os.path.expanduser(
+        "~/.cache/d2ext/datasets/synthetic_shapes"
+    )
 
 
 def test_loading_the_config_writes_nothing(tmp_path):
@@ -156,7 +167,9 @@ def test_loading_the_config_writes_nothing(tmp_path):
         "print(cfg.model.num_classes)"
     )
     env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"))
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == "3"
     assert not (tmp_path / "datasets").exists()

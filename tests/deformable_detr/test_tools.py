@@ -1,6 +1,7 @@
 """tools/plot_metrics.py, the FLOP handles of deformable_detr.flops, and
 demo/demo.py on a randomly initialized synthetic-config checkpoint (yacs path in
 process, LazyConfig path in a subprocess with its own dataset root)."""
+
 import json
 import os
 import subprocess
@@ -16,8 +17,6 @@ from deformable_detr.flops import MSDA_OP, flop_count_handles, msda_flops
 
 from ..scripts import ROOT, load_script
 
-
-
 plot_metrics = load_script("tools/plot_metrics.py")
 demo = load_script("demo/demo.py")
 
@@ -25,11 +24,21 @@ demo = load_script("demo/demo.py")
 # ----------------------------------------------------------------------------- plot_metrics
 def test_plot_metrics_writes_png(tmp_path):
     lines = [
-        json.dumps({"iteration": i, "total_loss": 10.0 / (i + 1), "loss_ce": 1.0 / (i + 1), "loss_bbox": 0.5,
-                    "loss_giou": 0.7, "lr": 1e-4 if i < 15 else 1e-5})
+        json.dumps(
+            {
+                "iteration": i,
+                "total_loss": 10.0 / (i + 1),
+                "loss_ce": 1.0 / (i + 1),
+                "loss_bbox": 0.5,
+                "loss_giou": 0.7,
+                "lr": 1e-4 if i < 15 else 1e-5,
+            }
+        )
         for i in range(0, 20, 2)
     ]
-    lines.append(json.dumps({"iteration": 20, "bbox/AP": 12.5, "bbox/AP50": 30.0, "bbox/AP75": float("nan")}))
+    lines.append(
+        json.dumps({"iteration": 20, "bbox/AP": 12.5, "bbox/AP50": 30.0, "bbox/AP75": float("nan")})
+    )
     lines.append('{"iteration": 21, "total_lo')  # cut by an interrupted run
     metrics = tmp_path / "metrics.json"
     metrics.write_text("\n".join(lines) + "\n")
@@ -53,7 +62,9 @@ def test_plot_metrics_helpers(tmp_path):
 # ----------------------------------------------------------------------------- FLOPs
 class _MSDA(torch.nn.Module):
     def forward(self, value, spatial_shapes, level_start_index, locations, weights):
-        return d2ext.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, backend="cpp")
+        return d2ext.ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend="cpp"
+        )
 
 
 def test_msda_flop_handle_counts_traced_op():
@@ -98,7 +109,9 @@ def tiny_checkpoint(tmp_path_factory):
 
     from deformable_detr import load_yacs_config
 
-    cfg = load_yacs_config(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg = load_yacs_config(
+        str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"), ["MODEL.DEVICE", "cpu"]
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     path = tmp_path_factory.mktemp("checkpoint") / "model.pth"
@@ -119,11 +132,23 @@ def images(tmp_path):
 
 def test_demo_yaml(tiny_checkpoint, images, tmp_path):
     output = tmp_path / "out"
-    demo.main([
-        "--config-file", str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"),
-        "--input", str(images), "--output", str(output), "--device", "cpu", "--confidence-threshold", "0",
-        "--opts", "MODEL.WEIGHTS", str(tiny_checkpoint),
-    ])
+    demo.main(
+        [
+            "--config-file",
+            str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"),
+            "--input",
+            str(images),
+            "--output",
+            str(output),
+            "--device",
+            "cpu",
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(tiny_checkpoint),
+        ]
+    )
     assert sorted(os.listdir(output)) == ["a.jpg", "b.png"]
     assert cv2.imread(str(output / "a.jpg")).shape == (96, 128, 3)
     original = cv2.imread(str(images / "b.png"))
@@ -135,10 +160,20 @@ def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
     output = tmp_path / "out"
     env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"))
     command = [
-        sys.executable, str(ROOT / "demo" / "demo.py"),
-        "--config-file", str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"),
-        "--input", str(images / "*.jpg"), "--output", str(output), "--device", "cpu", "--scale", "2",
-        "--opts", f"train.init_checkpoint={tiny_checkpoint}",
+        sys.executable,
+        str(ROOT / "demo" / "demo.py"),
+        "--config-file",
+        str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"),
+        "--input",
+        str(images / "*.jpg"),
+        "--output",
+        str(output),
+        "--device",
+        "cpu",
+        "--scale",
+        "2",
+        "--opts",
+        f"train.init_checkpoint={tiny_checkpoint}",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -148,4 +183,13 @@ def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
 
 def test_demo_no_input(tmp_path):
     with pytest.raises(SystemExit, match="no image matches"):
-        demo.main(["--config-file", "unused.yaml", "--input", str(tmp_path / "*.jpg"), "--output", str(tmp_path)])
+        demo.main(
+            [
+                "--config-file",
+                "unused.yaml",
+                "--input",
+                str(tmp_path / "*.jpg"),
+                "--output",
+                str(tmp_path),
+            ]
+        )

@@ -1,11 +1,13 @@
 """tools/lazyconfig_train_net.py end to end on the synthetic data: a few
 iterations with evaluation, resuming from the saved iteration, evaluation only,
 and DefaultPredictor on the checkpoint it wrote."""
+
 import cv2
 import pytest
 import torch
 
-from ..train_net_runs import ROOT, iterations as _iterations, train_net
+from ..train_net_runs import ROOT, train_net
+from ..train_net_runs import iterations as _iterations
 
 
 def _train_net(datasets, *overrides, flags=()):
@@ -38,7 +40,9 @@ def test_trains_and_evaluates(trained):
 
 def test_resume_continues_from_the_saved_iteration(trained):
     datasets, output_dir, common, _ = trained
-    log = _train_net(datasets, *common, "train.max_iter=5", "train.eval_after_train=False", flags=["--resume"])
+    log = _train_net(
+        datasets, *common, "train.max_iter=5", "train.eval_after_train=False", flags=["--resume"]
+    )
     assert "Resuming from" in log or "Loading from" in log
     assert _iterations(output_dir)[-2:] == [3, 4]
 
@@ -68,7 +72,9 @@ def test_default_predictor_on_the_checkpoint(trained):
     assert instances.image_size == (height, width)
     assert (instances.pred_classes < 3).all()
     # the predictor loaded the trained weights, not a fresh initialisation
-    trained_state = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    trained_state = torch.load(
+        output_dir / "model_final.pth", map_location="cpu", weights_only=False
+    )["model"]
     name = "class_embed.0.bias"
     torch.testing.assert_close(predictor.model.state_dict()[name], trained_state[name])
 

@@ -1,4 +1,5 @@
 """A small Deformable DETR (ResNet-18, narrow transformer) for fast CPU tests."""
+
 import torch
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.structures import Boxes, Instances
@@ -10,24 +11,52 @@ from deformable_detr.position_encoding import PositionEmbeddingSine
 from deformable_detr.transformer import DeformableTransformer
 
 VARIANTS = {
-    "single_scale": dict(in_features=["res5"], num_feature_levels=1, with_box_refine=False, two_stage=False),
-    "multi_scale": dict(in_features=["res3", "res4", "res5"], num_feature_levels=4, with_box_refine=False, two_stage=False),
-    "box_refine": dict(in_features=["res3", "res4", "res5"], num_feature_levels=4, with_box_refine=True, two_stage=False),
-    "two_stage": dict(in_features=["res3", "res4", "res5"], num_feature_levels=4, with_box_refine=True, two_stage=True),
+    "single_scale": dict(
+        in_features=["res5"], num_feature_levels=1, with_box_refine=False, two_stage=False
+    ),
+    "multi_scale": dict(
+        in_features=["res3", "res4", "res5"],
+        num_feature_levels=4,
+        with_box_refine=False,
+        two_stage=False,
+    ),
+    "box_refine": dict(
+        in_features=["res3", "res4", "res5"],
+        num_feature_levels=4,
+        with_box_refine=True,
+        two_stage=False,
+    ),
+    "two_stage": dict(
+        in_features=["res3", "res4", "res5"],
+        num_feature_levels=4,
+        with_box_refine=True,
+        two_stage=True,
+    ),
 }
 
 
 def resnet(depth, out_features, norm="FrozenBN"):
     return ResNet(
         BasicStem(in_channels=3, out_channels=64, norm=norm),
-        ResNet.make_default_stages(depth=depth, norm=norm, **({"stride_in_1x1": False} if depth >= 50 else {})),
+        ResNet.make_default_stages(
+            depth=depth, norm=norm, **({"stride_in_1x1": False} if depth >= 50 else {})
+        ),
         out_features=out_features,
         freeze_at=2,
     )
 
 
 def build_model(
-    variant, num_classes=5, depth=18, hidden_dim=32, num_queries=10, layers=2, ffn=64, heads=4, dropout=0.0, norm_groups=None
+    variant,
+    num_classes=5,
+    depth=18,
+    hidden_dim=32,
+    num_queries=10,
+    layers=2,
+    ffn=64,
+    heads=4,
+    dropout=0.0,
+    norm_groups=None,
 ):
     v = VARIANTS[variant]
     transformer = DeformableTransformer(
@@ -70,7 +99,14 @@ def build_model_and_hf_peer(variant, num_classes=5, num_queries=12):
     from deformable_detr.interop.hf_peer import build_hf_peer
 
     torch.manual_seed(0)
-    ours = build_model(variant, num_classes=num_classes, depth=50, hidden_dim=64, num_queries=num_queries, norm_groups=32)
+    ours = build_model(
+        variant,
+        num_classes=num_classes,
+        depth=50,
+        hidden_dim=64,
+        num_queries=num_queries,
+        norm_groups=32,
+    )
     return ours, build_hf_peer(ours)
 
 
@@ -80,10 +116,18 @@ def detection_batch(sizes, num_classes=5, with_targets=True, seed=0):
     generator = torch.Generator().manual_seed(seed)
     batch = []
     for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8).float(), "height": h, "width": w}
+        x = {
+            "image": torch.randint(
+                0, 256, (3, h, w), generator=generator, dtype=torch.uint8
+            ).float(),
+            "height": h,
+            "width": w,
+        }
         if with_targets:
             instances = Instances((h, w))
-            instances.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, w / 2, h / 2], [w / 3, h / 4, w - 2.0, h - 3.0]]))
+            instances.gt_boxes = Boxes(
+                torch.tensor([[4.0, 6.0, w / 2, h / 2], [w / 3, h / 4, w - 2.0, h - 3.0]])
+            )
             instances.gt_classes = torch.tensor([1, num_classes - 1])
             x["instances"] = instances
         batch.append(x)

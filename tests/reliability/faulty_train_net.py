@@ -5,6 +5,7 @@ named by the environment variable FAULT:
 - ``stall-in-final-save``: writing model_final.pth stops halfway; the process
   creates the file $STALLED and waits to be killed.
 """
+
 import os
 import runpy
 import sys

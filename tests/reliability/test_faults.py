@@ -1,6 +1,7 @@
 """Faults injected into real trainings (tools/lazyconfig_train_net.py on the
 synthetic config, a few iterations, in a subprocess): each is survived without
 losing data, see docs/reliability.md."""
+
 import json
 import os
 import signal
@@ -36,9 +37,13 @@ def _finite_checkpoints(output_dir):
 def test_learning_rate_blow_up_stops_before_a_poisoned_checkpoint(tmp_path, synthetic_datasets):
     output_dir = tmp_path / "output"
     common = [*SMALL, f"train.output_dir={output_dir}", "train.checkpointer.period=1"]
-    log = train_net(synthetic_datasets, *common, "optimizer.lr=1e3", "train.max_iter=4", succeeds=False)
+    log = train_net(
+        synthetic_datasets, *common, "optimizer.lr=1e3", "train.max_iter=4", succeeds=False
+    )
     assert "FloatingPointError: non-finite" in log and "before the optimizer step" in log
-    stopped_at = int(log.split("FloatingPointError: non-finite ")[1].split(" at iteration ")[1].split(",")[0])
+    stopped_at = int(
+        log.split("FloatingPointError: non-finite ")[1].split(" at iteration ")[1].split(",")[0]
+    )
     names = _finite_checkpoints(output_dir)
     assert names == [f"model_{i:07d}.pth" for i in range(stopped_at)]
     assert (output_dir / "last_checkpoint").read_text() == names[-1]
@@ -46,7 +51,9 @@ def test_learning_rate_blow_up_stops_before_a_poisoned_checkpoint(tmp_path, synt
 
 def test_nan_image_stops_before_the_forward_pass(tmp_path, synthetic_datasets):
     output_dir = tmp_path / "output"
-    args = command(*SMALL, f"train.output_dir={output_dir}", "train.max_iter=2", script=FAULTY_TRAIN_NET)
+    args = command(
+        *SMALL, f"train.output_dir={output_dir}", "train.max_iter=2", script=FAULTY_TRAIN_NET
+    )
     log = run(args, synthetic_datasets, succeeds=False, FAULT="nan-image")
     assert "FloatingPointError: non-finite values (NaN or Inf) in the input image" in log
     assert "at iteration 0" in log
@@ -66,7 +73,9 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
     stalled = tmp_path / "stalled"
     args = command("--resume", *common, "train.max_iter=3", script=FAULTY_TRAIN_NET)
     env = environment(synthetic_datasets, FAULT="stall-in-final-save", STALLED=str(stalled))
-    extension = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    extension = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 300
         while not stalled.exists():
@@ -83,7 +92,9 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
         extension.wait()
 
     assert (output_dir / "model_final.pth").read_bytes() == final
-    assert len(list(output_dir.glob(".model_final.pth.tmp-*"))) == 1  # the half-written file, under another name
+    assert (
+        len(list(output_dir.glob(".model_final.pth.tmp-*"))) == 1
+    )  # the half-written file, under another name
     assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
     for line in (output_dir / "metrics.json").read_text().splitlines():
         json.loads(line)
@@ -93,7 +104,9 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
     (output_dir / "last_checkpoint").write_text("model_0000002.pth")
 
     log = train_net(synthetic_datasets, *common, "train.max_iter=3", "--resume")
-    assert f"cannot resume from {output_dir / 'model_0000002.pth'}: not a readable checkpoint" in log
+    assert (
+        f"cannot resume from {output_dir / 'model_0000002.pth'}: not a readable checkpoint" in log
+    )
     assert f"trying {output_dir / 'model_final.pth'}" in log
     assert "Starting training from iteration 2" in log
     assert iterations(output_dir)[-1] == 2
@@ -112,9 +125,18 @@ def malicious(tmp_path):
 def _demo(config, *opts):
     image = next((ROOT / "docs" / "images").glob("*.jpg"))
     return [
-        *command("--input", str(image), "--output", "unused", "--device", "cpu", script=ROOT / "demo" / "demo.py",
-                 config=config),
-        "--opts", *opts,
+        *command(
+            "--input",
+            str(image),
+            "--output",
+            "unused",
+            "--device",
+            "cpu",
+            script=ROOT / "demo" / "demo.py",
+            config=config,
+        ),
+        "--opts",
+        *opts,
     ]
 
 
@@ -131,9 +153,15 @@ def test_malicious_pickle_is_refused(entry, malicious, tmp_path, synthetic_datas
         "train": command(*common, f"train.init_checkpoint={malicious}"),
         "eval-only": command("--eval-only", *common, f"train.init_checkpoint={malicious}"),
         "resume": command("--resume", *common),
-        "demo-yaml": _demo(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml", "MODEL.WEIGHTS", str(malicious)),
-        "demo-lazyconfig": _demo(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py",
-                                 f"train.init_checkpoint={malicious}"),
+        "demo-yaml": _demo(
+            ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml",
+            "MODEL.WEIGHTS",
+            str(malicious),
+        ),
+        "demo-lazyconfig": _demo(
+            ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py",
+            f"train.init_checkpoint={malicious}",
+        ),
     }[entry]
     log = run(args, synthetic_datasets, succeeds=False)
     assert f"error: {malicious}: not loadable as data (it refers to posix.mknod" in log or (
@@ -156,8 +184,14 @@ def test_malicious_pickle_is_refused_by_default_predictor(malicious):
 def test_empty_weights_file_is_one_clear_line(tmp_path, synthetic_datasets):
     empty = tmp_path / "model.pth"
     empty.touch()
-    log = train_net(synthetic_datasets, *SMALL, f"train.output_dir={tmp_path / 'output'}",
-                    f"train.init_checkpoint={empty}", succeeds=False)
+    log = train_net(
+        synthetic_datasets,
+        *SMALL,
+        f"train.output_dir={tmp_path / 'output'}",
+        f"train.init_checkpoint={empty}",
+        succeeds=False,
+    )
     assert log.rstrip().splitlines()[-1] == (
-        f"error: {empty}: the file is empty (0 bytes), it was never written completely; use another checkpoint"
+        f"error: {empty}: the file is empty (0 bytes), it was never written completely; "
+        "use another checkpoint"
     )

@@ -2,10 +2,10 @@
 """Exports a trained Deformable DETR to TorchScript, ONNX, torch.export's
 ExportedProgram or an AOTInductor package, for any image size.
 
-    PYTHONPATH=projects/DeformableDETR:. python tools/deploy/export_model.py \\
+    python tools/deploy/export_model.py \\
         --config-file configs/synthetic/deformable_detr_tiny.py --format onnx --output exported/ \\
         train.init_checkpoint=output/synthetic_tiny/model_final.pth
-    PYTHONPATH=projects/DeformableDETR:. python tools/deploy/export_model.py \\
+    python tools/deploy/export_model.py \\
         --config-file configs/COCO/deformable_detr_r50_50ep.yaml --format aoti --output exported/ \\
         --sample-image image.jpg MODEL.WEIGHTS=model_final.pth
 
@@ -14,6 +14,7 @@ resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
 its pixels), scores (K,) and classes (K,) (see deformable_detr.export). The
 sample image (--sample-image, else a generated one) only drives the tracing.
 """
+
 import argparse
 import os
 import sys
@@ -25,11 +26,15 @@ from deformable_detr.export import FORMATS, MIN_SIZE, export, load_model
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True, help="LazyConfig .py or yacs .yaml")
     parser.add_argument("--format", required=True, choices=list(FORMATS))
     parser.add_argument("--output", required=True, help="directory to write the artefact to")
-    parser.add_argument("--sample-image", help="image to trace with; default: a generated 480x640 one")
+    parser.add_argument(
+        "--sample-image", help="image to trace with; default: a generated 480x640 one"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser.parse_args(argv)
 
@@ -37,12 +42,19 @@ def parse_args(argv=None):
 def sample_image(path, input_format: str) -> torch.Tensor:
     """(3, H, W) float32 of the image at `path` in input_format, or a generated one."""
     if path is None:
-        return torch.randint(0, 256, (3, 480, 640), generator=torch.Generator().manual_seed(0)).float()
+        return torch.randint(
+            0, 256, (3, 480, 640), generator=torch.Generator().manual_seed(0)
+        ).float()
     from detectron2.data.detection_utils import read_image
 
-    image = torch.from_numpy(np.ascontiguousarray(read_image(path, format=input_format).transpose(2, 0, 1)))
+    image = torch.from_numpy(
+        np.ascontiguousarray(read_image(path, format=input_format).transpose(2, 0, 1))
+    )
     if min(image.shape[1:]) < MIN_SIZE:
-        raise ValueError(f"sample image {path} is {tuple(image.shape[1:])}; it needs {MIN_SIZE} pixels a side or more")
+        raise ValueError(
+            f"sample image {path} is {tuple(image.shape[1:])}; "
+            f"it needs {MIN_SIZE} pixels a side or more"
+        )
     return image.float()
 
 
@@ -66,8 +78,10 @@ def main(argv=None):
         sys.exit(f"export_model: {e}")
     path, usage = export(model, image, args.format, output)
     print(f"wrote {path}")
-    print(f"input: image (3, H, W) float32 0-255, {input_format}, H and W >= {MIN_SIZE}; "
-          "outputs: boxes (K, 4) x1y1x2y2 pixels, scores (K,), classes (K,)")
+    print(
+        f"input: image (3, H, W) float32 0-255, {input_format}, H and W >= {MIN_SIZE}; "
+        "outputs: boxes (K, 4) x1y1x2y2 pixels, scores (K,), classes (K,)"
+    )
     print(f"load and run: {usage}")
 
 

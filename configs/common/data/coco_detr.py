@@ -6,8 +6,17 @@ from detectron2.config import LazyCall as L
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from omegaconf import OmegaConf
 
-from deformable_detr.data import DetrCOCOEvaluator, DetrDatasetMapper, clean_boxes, detection_dataset_dicts
-from deformable_detr.data.dataset_mapper import detr_crop_augmentation, detr_test_augmentation, detr_train_augmentation
+from deformable_detr.data import (
+    DetrCOCOEvaluator,
+    DetrDatasetMapper,
+    clean_boxes,
+    detection_dataset_dicts,
+)
+from deformable_detr.data.dataset_mapper import (
+    detr_crop_augmentation,
+    detr_test_augmentation,
+    detr_train_augmentation,
+)
 
 TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
@@ -19,7 +28,9 @@ dataloader.train = L(build_detection_train_loader)(
     ),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
-        augmentation=L(detr_train_augmentation)(min_sizes=TRAIN_SCALES, max_size=1333, random_flip="horizontal"),
+        augmentation=L(detr_train_augmentation)(
+            min_sizes=TRAIN_SCALES, max_size=1333, random_flip="horizontal"
+        ),
         augmentation_with_crop=L(detr_crop_augmentation)(
             min_sizes=TRAIN_SCALES,
             max_size=1333,

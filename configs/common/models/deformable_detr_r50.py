@@ -17,7 +17,9 @@ model = L(DeformableDETR)(
         freeze_at=2,
     ),
     in_features=["res3", "res4", "res5"],
-    position_embedding=L(PositionEmbeddingSine)(num_pos_feats=128, temperature=10000.0, normalize=True, offset=-0.5),
+    position_embedding=L(PositionEmbeddingSine)(
+        num_pos_feats=128, temperature=10000.0, normalize=True, offset=-0.5
+    ),
     transformer=L(DeformableTransformer)(
         hidden_dim=256,
         num_heads=8,
@@ -36,7 +38,9 @@ model = L(DeformableDETR)(
     ),
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",
-        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0),
+        matcher=L(HungarianMatcher)(
+            cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal_alpha=0.25, focal_gamma=2.0
+        ),
         weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
         focal_alpha=0.25,
         focal_gamma=2.0,

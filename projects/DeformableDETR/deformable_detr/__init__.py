@@ -2,6 +2,7 @@
 DeformableDETR meta-architecture and the synthetic shapes datasets (generated on
 first use), and makes detectron2's checkpointers load weights files as data only
 (see deformable_detr.checkpoint)."""
+
 from . import data  # noqa: F401  (registers the synthetic datasets)
 from .checkpoint import load_weights_as_data
 from .config import add_deformable_detr_config, load_yacs_config

@@ -13,6 +13,7 @@ DetectionCheckpointer, is covered too):
 A file that is empty, truncated, not a checkpoint or holds other objects raises
 :class:`UnreadableCheckpointError`, one line naming the file and what to do.
 """
+
 import logging
 import os
 import pickle
@@ -24,7 +25,12 @@ from detectron2.utils.file_io import PathManager
 
 from .output import atomic_write
 
-__all__ = ["DetrCheckpointer", "UnreadableCheckpointError", "load_pickle_as_data", "load_weights_as_data"]
+__all__ = [
+    "DetrCheckpointer",
+    "UnreadableCheckpointError",
+    "load_pickle_as_data",
+    "load_weights_as_data",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +89,8 @@ def load_weights_file(filename: str) -> Any:
         raise UnreadableCheckpointError(f"{filename}: no such file; check the path")
     if os.path.getsize(filename) == 0:
         raise UnreadableCheckpointError(
-            f"{filename}: the file is empty (0 bytes), it was never written completely; use another checkpoint"
+            f"{filename}: the file is empty (0 bytes), it was never written completely; use "
+            "another checkpoint"
         )
     try:
         return _load(filename)
@@ -97,27 +104,43 @@ def _reason(error: Exception) -> str:
     if isinstance(error, pickle.UnpicklingError):
         detail = _unpickler_detail(str(error))
         return (
-            f"not loadable as data ({detail}): weights files may hold only tensors, arrays, numbers and plain "
-            "containers; re-save the state_dict alone where you trust the file, or use another checkpoint"
+            f"not loadable as data ({detail}): weights files may hold only tensors, arrays, "
+            "numbers and plain containers; re-save the state_dict alone where you trust the file, "
+            "or use another checkpoint"
         )
     if type(error).__name__ == "SafetensorError":
-        return f"not a valid safetensors file ({error}); the file is corrupt or truncated, use another checkpoint"
+        return (
+            f"not a valid safetensors file ({error}); the file is corrupt or truncated, "
+            "use another checkpoint"
+        )
     detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return f"not a readable checkpoint ({detail}); the file is truncated or corrupt, use another checkpoint"
+    return (
+        f"not a readable checkpoint ({detail}); the file is truncated or corrupt, "
+        "use another checkpoint"
+    )
 
 
 def _unpickler_detail(message: str) -> str:
     """The line of torch's weights_only error that says what was refused."""
     lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in message.splitlines()]
-    advice = ("weights_only", "Weights only load failed", "Please file an issue", "Check the documentation")
-    return next((line for line in lines if line and not any(a in line for a in advice)), "a refused object")
+    advice = (
+        "weights_only",
+        "Weights only load failed",
+        "Please file an issue",
+        "Check the documentation",
+    )
+    return next(
+        (line for line in lines if line and not any(a in line for a in advice)), "a refused object"
+    )
 
 
 def _model_zoo_checkpoint(data: Any, filename: str) -> Dict[str, Any]:
     """What DetectionCheckpointer makes of a .pkl: detectron2 model-zoo files as
     they are, Caffe2/Detectron1 blobs renamed by name-matching heuristics."""
     if not isinstance(data, dict):
-        raise UnreadableCheckpointError(f"{filename}: expected a pickled dict of arrays, found {type(data).__name__}")
+        raise UnreadableCheckpointError(
+            f"{filename}: expected a pickled dict of arrays, found {type(data).__name__}"
+        )
     if "model" in data and "__author__" in data:
         return data
     data = data.get("blobs", data)
@@ -152,7 +175,9 @@ def _non_finite_tensors(state_dict: Dict[str, Any]) -> List[str]:
     return [
         name
         for name, value in state_dict.items()
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and not torch.isfinite(value).all()
     ]
 
 
@@ -179,7 +204,8 @@ class DetrCheckpointer(DetectionCheckpointer):
         non_finite = _non_finite_tensors(data["model"])
         if non_finite:
             raise FloatingPointError(
-                f"not saving checkpoint {name}: {len(non_finite)} weights are non-finite, first {non_finite[0]}"
+                f"not saving checkpoint {name}: {len(non_finite)} weights are non-finite, first "
+                f"{non_finite[0]}"
             )
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
@@ -188,7 +214,10 @@ class DetrCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename.encode()),
+        )
 
     _torch_load = _torch_load
 
@@ -197,7 +226,8 @@ class DetrCheckpointer(DetectionCheckpointer):
         non_finite = _non_finite_tensors(checkpoint.get("model", {}))
         if non_finite:
             raise UnreadableCheckpointError(
-                f"{filename}: {len(non_finite)} weights are NaN or Inf (first {non_finite[0]}); use another checkpoint"
+                f"{filename}: {len(non_finite)} weights are NaN or Inf (first {non_finite[0]}); "
+                "use another checkpoint"
             )
         return checkpoint
 
@@ -205,7 +235,9 @@ class DetrCheckpointer(DetectionCheckpointer):
         try:
             return super().load(path, *args, **kwargs)
         finally:
-            self._parsed_url_during_load = None  # DetectionCheckpointer leaves it set when loading fails
+            self._parsed_url_during_load = (
+                None  # DetectionCheckpointer leaves it set when loading fails
+            )
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         candidates = self._resume_candidates() if resume else []
@@ -219,11 +251,16 @@ class DetrCheckpointer(DetectionCheckpointer):
                 self.resumed_from = candidate
                 return checkpoint
             except UnreadableCheckpointError as e:
-                following = f"trying {candidates[index + 1]}" if index + 1 < len(candidates) else "none left"
+                following = (
+                    f"trying {candidates[index + 1]}"
+                    if index + 1 < len(candidates)
+                    else "none left"
+                )
                 logger.warning(f"cannot resume from {e}; {following}")
         raise UnreadableCheckpointError(
-            f"--resume: none of the {len(candidates)} checkpoints in {self.save_dir} can be read (see the warnings "
-            "above); to start over, remove them and last_checkpoint or choose another train.output_dir"
+            f"--resume: none of the {len(candidates)} checkpoints in {self.save_dir} can be read "
+            "(see the warnings above); to start over, remove them and last_checkpoint or choose "
+            "another train.output_dir"
         )
 
     def _resume_candidates(self) -> List[str]:
@@ -232,5 +269,7 @@ class DetrCheckpointer(DetectionCheckpointer):
         if not os.path.isdir(self.save_dir):
             return []
         named = [self.get_checkpoint_file()] if self.has_checkpoint() else []
-        others = sorted(set(self.get_all_checkpoint_files()) - set(named), key=os.path.getmtime, reverse=True)
+        others = sorted(
+            set(self.get_all_checkpoint_files()) - set(named), key=os.path.getmtime, reverse=True
+        )
         return named + others

@@ -2,6 +2,7 @@
 The defaults of the new keys are the paper's multi-scale R-50 model; the recipe's
 values of detectron2's own keys (backbone, input) are in
 configs/COCO/Base-DeformableDETR.yaml."""
+
 from detectron2.config import CfgNode as CN
 
 

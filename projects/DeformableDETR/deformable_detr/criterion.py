@@ -1,6 +1,7 @@
 """Set-prediction losses of Deformable DETR: sigmoid focal classification, L1 and
 GIoU box losses on Hungarian-matched pairs, for the final decoder layer, every
 earlier layer and the two-stage encoder proposals."""
+
 import torch
 import torch.distributed as dist
 from detectron2.utils import comm
@@ -40,8 +41,9 @@ class SetCriterion(nn.Module):
         unknown = [name for name in weight_dict if name not in LOSS_NAMES]
         if missing or unknown:
             raise ValueError(
-                f"SetCriterion: weight_dict must have exactly the keys {LOSS_NAMES} (the '_{{i}}' and '_enc' "
-                f"losses take the weight of their unsuffixed name); missing {missing}, unknown {unknown}"
+                f"SetCriterion: weight_dict must have exactly the keys {LOSS_NAMES} (the '_{{i}}' "
+                f"and '_enc' losses take the weight of their unsuffixed name); missing {missing}, "
+                f"unknown {unknown}"
             )
         self.num_classes = num_classes
         self.matcher = matcher
@@ -65,48 +67,78 @@ class SetCriterion(nn.Module):
         num_boxes = self._num_boxes_per_worker(targets, outputs["pred_logits"].device)
         losses = self._weighted_set_losses(outputs, targets, num_boxes, suffix="")
         for layer_index, layer_outputs in enumerate(outputs.get("aux_outputs", [])):
-            losses.update(self._weighted_set_losses(layer_outputs, targets, num_boxes, suffix=f"_{layer_index}"))
+            losses.update(
+                self._weighted_set_losses(
+                    layer_outputs, targets, num_boxes, suffix=f"_{layer_index}"
+                )
+            )
         if "enc_outputs" in outputs:
             # The two-stage proposals only learn objectness: every target counts as class 0.
-            class_agnostic_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
+            class_agnostic_targets = [
+                {**t, "labels": torch.zeros_like(t["labels"])} for t in targets
+            ]
             losses.update(
-                self._weighted_set_losses(outputs["enc_outputs"], class_agnostic_targets, num_boxes, suffix="_enc")
+                self._weighted_set_losses(
+                    outputs["enc_outputs"], class_agnostic_targets, num_boxes, suffix="_enc"
+                )
             )
         return losses
 
     def _weighted_set_losses(
-        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], num_boxes: Tensor, suffix: str
+        self,
+        outputs: dict[str, Tensor],
+        targets: list[dict[str, Tensor]],
+        num_boxes: Tensor,
+        suffix: str,
     ) -> dict[str, Tensor]:
         """The three losses of one prediction set, weighted, with suffix appended to their names."""
         matches = self.matcher(outputs, targets)
         pred_logits = outputs["pred_logits"].float()
         pred_boxes = outputs["pred_boxes"].float()
         if pred_logits.shape[-1] != self.num_classes:
-            raise ValueError(f"SetCriterion: expected {self.num_classes} class logits, got {pred_logits.shape[-1]}")
+            raise ValueError(
+                f"SetCriterion: expected {self.num_classes} class logits, got "
+                f"{pred_logits.shape[-1]}"
+            )
         device = pred_logits.device
-        batch_indices = torch.cat([torch.full_like(queries, i) for i, (queries, _) in enumerate(matches)]).to(device)
+        batch_indices = torch.cat(
+            [torch.full_like(queries, i) for i, (queries, _) in enumerate(matches)]
+        ).to(device)
         query_indices = torch.cat([queries for queries, _ in matches]).to(device)
-        matched_labels = torch.cat([t["labels"].to(device)[tgt] for t, (_, tgt) in zip(targets, matches)])
-        matched_boxes = torch.cat([t["boxes"].to(pred_boxes)[tgt] for t, (_, tgt) in zip(targets, matches)])
+        matched_labels = torch.cat(
+            [t["labels"].to(device)[tgt] for t, (_, tgt) in zip(targets, matches)]
+        )
+        matched_boxes = torch.cat(
+            [t["boxes"].to(pred_boxes)[tgt] for t, (_, tgt) in zip(targets, matches)]
+        )
 
         unweighted = {
-            "loss_ce": self._focal_loss(pred_logits, batch_indices, query_indices, matched_labels) / num_boxes,
+            "loss_ce": self._focal_loss(pred_logits, batch_indices, query_indices, matched_labels)
+            / num_boxes,
             **self._box_losses(pred_boxes[batch_indices, query_indices], matched_boxes, num_boxes),
         }
         return {name + suffix: self.weight_dict[name] * loss for name, loss in unweighted.items()}
 
     def _focal_loss(
-        self, pred_logits: Tensor, batch_indices: Tensor, query_indices: Tensor, matched_labels: Tensor
+        self,
+        pred_logits: Tensor,
+        batch_indices: Tensor,
+        query_indices: Tensor,
+        matched_labels: Tensor,
     ) -> Tensor:
         """pred_logits: (B, Q, K); the three indices: (M,). Returns the focal loss
         summed over all queries and classes against one-hot targets, which are all
         zero for unmatched queries."""
         one_hot = torch.zeros_like(pred_logits)
         one_hot[batch_indices, query_indices, matched_labels] = 1
-        return sigmoid_focal_loss(pred_logits, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum")
+        return sigmoid_focal_loss(
+            pred_logits, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
 
     @staticmethod
-    def _box_losses(pred_boxes: Tensor, target_boxes: Tensor, num_boxes: Tensor) -> dict[str, Tensor]:
+    def _box_losses(
+        pred_boxes: Tensor, target_boxes: Tensor, num_boxes: Tensor
+    ) -> dict[str, Tensor]:
         """pred_boxes, target_boxes: (M, 4) matched cxcywh pairs. Returns the summed L1
         and (1 - GIoU) losses divided by num_boxes."""
         pred_xyxy = box_convert(pred_boxes, in_fmt="cxcywh", out_fmt="xyxy")
@@ -125,4 +157,3 @@ class SetCriterion(nn.Module):
         if world_size > 1:
             dist.all_reduce(num_boxes)
         return (num_boxes / world_size).clamp(min=1)
-

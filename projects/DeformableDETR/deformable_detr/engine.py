@@ -1,6 +1,7 @@
 """The training loop step of the recipe: optional autocast (float16 with a
 gradient scaler, or bfloat16), gradient clipping, and a clear stop on a
 non-finite input, loss or gradient before the weights are touched."""
+
 import math
 import time
 from typing import Optional
@@ -18,14 +19,23 @@ class DetrTrainer(SimpleTrainer):
         amp_dtype: None, "float16" or "bfloat16": autocast the forward pass.
     """
 
-    def __init__(self, model, data_loader, optimizer, clip_max_norm: Optional[float] = None, amp_dtype: Optional[str] = None):
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        clip_max_norm: Optional[float] = None,
+        amp_dtype: Optional[str] = None,
+    ):
         super().__init__(model, data_loader, optimizer)
         if amp_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"amp_dtype must be None, 'float16' or 'bfloat16', got {amp_dtype!r}")
         self.clip_max_norm = clip_max_norm
         self.amp_dtype = getattr(torch, amp_dtype) if amp_dtype else None
         self.device_type = next(model.parameters()).device.type
-        self.grad_scaler = torch.amp.GradScaler(self.device_type) if self.amp_dtype == torch.float16 else None
+        self.grad_scaler = (
+            torch.amp.GradScaler(self.device_type) if self.amp_dtype == torch.float16 else None
+        )
 
     def run_step(self):
         assert self.model.training, "DetrTrainer: the model was changed to eval mode"
@@ -35,7 +45,11 @@ class DetrTrainer(SimpleTrainer):
         self._check_images(data)
 
         try:
-            with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with torch.autocast(
+                self.device_type,
+                dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):
                 loss_dict = self.model(data)
         except FloatingPointError as e:  # from the matcher: non-finite predictions
             raise FloatingPointError(f"at iteration {self.iter}: {e}") from e
@@ -55,7 +69,10 @@ class DetrTrainer(SimpleTrainer):
         total_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         # float16: the scaler skips the step of a non-finite gradient and lowers its scale
         if self.grad_scaler is None and not torch.isfinite(total_norm):
-            self._stop(f"non-finite gradient at iteration {self.iter}, first in {self._first_non_finite_gradient()}")
+            self._stop(
+                f"non-finite gradient at iteration {self.iter}, first in "
+                f"{self._first_non_finite_gradient()}"
+            )
         if self.clip_max_norm:
             torch.nn.utils.clip_grads_with_norm_(parameters, self.clip_max_norm, total_norm)
             self.storage.put_scalar("grad_norm", float(total_norm), smoothing_hint=True)
@@ -71,10 +88,15 @@ class DetrTrainer(SimpleTrainer):
         forward pass updates batch-norm statistics with it."""
         for item in data:
             image = item.get("image") if isinstance(item, dict) else None
-            if isinstance(image, torch.Tensor) and image.is_floating_point() and not torch.isfinite(image).all():
+            if (
+                isinstance(image, torch.Tensor)
+                and image.is_floating_point()
+                and not torch.isfinite(image).all()
+            ):
                 raise FloatingPointError(
-                    f"non-finite values (NaN or Inf) in the input image {item.get('file_name', '')} at iteration "
-                    f"{self.iter}; the data loader or mapper produced it, training stopped before the forward pass"
+                    "non-finite values (NaN or Inf) in the input image "
+                    f"{item.get('file_name', '')} at iteration {self.iter}; the data loader or "
+                    "mapper produced it, training stopped before the forward pass"
                 )
 
     def _first_non_finite_gradient(self) -> str:
@@ -88,8 +110,9 @@ class DetrTrainer(SimpleTrainer):
     @staticmethod
     def _stop(message: str):
         raise FloatingPointError(
-            f"{message}. Training stopped before the optimizer step; the last checkpoint in the output directory "
-            "is the last good one (try a lower learning rate, gradient clipping, or float32)."
+            f"{message}. Training stopped before the optimizer step; the last checkpoint in the "
+            "output directory is the last good one (try a lower learning rate, gradient clipping, "
+            "or float32)."
         )
 
     def state_dict(self):

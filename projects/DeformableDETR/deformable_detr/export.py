@@ -11,14 +11,14 @@ K = min(test_topk, num_queries * num_classes): the Instances the eager model
 returns for that image, except that the empty boxes detector_postprocess drops
 are kept (a fixed K keeps the graph free of data-dependent shapes).
 """
+
 import logging
 import os
 from typing import Callable, Dict, Sequence, Tuple
 
 import torch
-from torch import nn
-
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
 
 from .meta_arch import DeformableDETR
 from .transformer import sizes_as_tensor
@@ -35,7 +35,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MIN_SIZE = 65  # a stride-64 level then has 2 pixels a side or more (a side of 1 specializes its strides)
+MIN_SIZE = (
+    65  # a stride-64 level then has 2 pixels a side or more (a side of 1 specializes its strides)
+)
 
 
 class ImageToDetections(nn.Module):
@@ -50,7 +52,9 @@ class ImageToDetections(nn.Module):
         images = self.model.normalize(image)[None]
         unpadded = torch.zeros_like(images[:, 0], dtype=torch.bool)
         outputs = self.model.predict_masked(images, unpadded)
-        scores, classes, boxes = self.model.select_topk(outputs["pred_logits"], outputs["pred_boxes"])
+        scores, classes, boxes = self.model.select_topk(
+            outputs["pred_logits"], outputs["pred_boxes"]
+        )
         height, width = image.shape[-2:]
         size = sizes_as_tensor([width, height, width, height], boxes.dtype, boxes.device)
         boxes = torch.minimum((boxes[0] * size).clamp(min=0), size)  # as detector_postprocess clips
@@ -105,29 +109,33 @@ FORMATS: Dict[str, Tuple[str, Callable, str]] = {
     "torchscript": (
         "model.ts",
         save_torchscript,
-        "import d2ext, torch; model = torch.jit.load('{path}'); boxes, scores, classes = model(image)",
+        "import d2ext, torch; model = torch.jit.load('{path}'); boxes, scores, classes = "
+        "model(image)",
     ),
     "onnx": (
         "model.onnx",
         save_onnx,
-        "import onnxruntime; session = onnxruntime.InferenceSession('{path}'); "
-        "boxes, scores, classes = session.run(None, {{'image': image.numpy()}})",
+        "import onnxruntime; session = onnxruntime.InferenceSession('{path}'); boxes, scores, "
+        "classes = session.run(None, {{'image': image.numpy()}})",
     ),
     "exported-program": (
         "model.pt2",
         save_program,
-        "import d2ext, torch; model = torch.export.load('{path}').module(); boxes, scores, classes = model(image)",
+        "import d2ext, torch; model = torch.export.load('{path}').module(); boxes, scores, "
+        "classes = model(image)",
     ),
     "aoti": (
         "model_aoti.pt2",
         save_aoti,
-        "import d2ext, torch; model = torch._inductor.aoti_load_package('{path}'); "
-        "boxes, scores, classes = model(image)",
+        "import d2ext, torch; model = torch._inductor.aoti_load_package('{path}'); boxes, "
+        "scores, classes = model(image)",
     ),
 }
 
 
-def export(model: DeformableDETR, image: torch.Tensor, fmt: str, output_dir: str) -> Tuple[str, str]:
+def export(
+    model: DeformableDETR, image: torch.Tensor, fmt: str, output_dir: str
+) -> Tuple[str, str]:
     """Exports `model` in format `fmt` (a key of FORMATS), traced on `image` (3, H, W),
     into output_dir. Returns the artefact's path and a line of Python that loads and runs it
     on an `image` tensor."""
@@ -180,7 +188,10 @@ def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDE
     if weights:
         load_weights_strictly(model, weights)
     else:
-        logger.warning("no checkpoint in %s (train.init_checkpoint / MODEL.WEIGHTS): random weights", config_file)
+        logger.warning(
+            "no checkpoint in %s (train.init_checkpoint / MODEL.WEIGHTS): random weights",
+            config_file,
+        )
     return model.to("cpu").eval(), input_format
 
 
@@ -199,11 +210,13 @@ def load_weights_strictly(model: nn.Module, path: str):
     try:
         checkpointer.load(path)
     except Exception as e:
-        raise ValueError(f"checkpoint {path!r} does not load: {str(e).strip().splitlines()[0]}") from e
+        raise ValueError(
+            f"checkpoint {path!r} does not load: {str(e).strip().splitlines()[0]}"
+        ) from e
     incompatible = checkpointer.incompatible
     missing = incompatible.missing_keys + [name for name, _, _ in incompatible.incorrect_shapes]
     if missing:
         raise ValueError(
-            f"checkpoint {path!r} does not fit the config's model: {len(missing)} parameters missing or "
-            f"of another shape, e.g. {missing[0]}"
+            f"checkpoint {path!r} does not fit the config's model: {len(missing)} parameters "
+            f"missing or of another shape, e.g. {missing[0]}"
         )

@@ -19,11 +19,19 @@ fvcore has no handle for aten::scaled_dot_product_attention (the decoder's
 self-attention, nn.MultiheadAttention); flop_count_handles() adds one:
 N * heads * Lq * S * (E + Ev) multiply-adds (Q K^T and the weighted sum of V).
 """
+
 from typing import Any, Dict, List
 
 from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["MSDA_OP", "MSDA_MACS_PER_SAMPLE", "msda_flops", "msda_flop_jit", "sdpa_flop_jit", "flop_count_handles"]
+__all__ = [
+    "MSDA_OP",
+    "MSDA_MACS_PER_SAMPLE",
+    "msda_flops",
+    "msda_flop_jit",
+    "sdpa_flop_jit",
+    "flop_count_handles",
+]
 
 MSDA_OP = "d2ext::ms_deform_attn"
 MSDA_MACS_PER_SAMPLE = 5  # 4 for the bilinear interpolation + 1 for the attention weight
@@ -34,7 +42,9 @@ def msda_flops(value_shape, attention_weights_shape) -> int:
     weights (N, Lq, M, L, P) shapes."""
     N, _, M, D = value_shape
     n, Lq, m, L, P = attention_weights_shape
-    assert (n, m) == (N, M), f"value {value_shape} and attention weights {attention_weights_shape} disagree"
+    assert (n, m) == (N, M), (
+        f"value {value_shape} and attention weights {attention_weights_shape} disagree"
+    )
     return N * Lq * M * L * P * D * MSDA_MACS_PER_SAMPLE
 
 

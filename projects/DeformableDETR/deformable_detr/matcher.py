@@ -1,5 +1,6 @@
 """Hungarian matching of Deformable DETR: a one-to-one assignment of queries to
 ground-truth boxes that minimizes a focal class + L1 box + GIoU cost."""
+
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
@@ -35,7 +36,9 @@ class HungarianMatcher(nn.Module):
     ):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("HungarianMatcher: cost_class, cost_bbox and cost_giou cannot all be 0")
+            raise ValueError(
+                "HungarianMatcher: cost_class, cost_bbox and cost_giou cannot all be 0"
+            )
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
@@ -44,7 +47,9 @@ class HungarianMatcher(nn.Module):
         self.eps = eps
 
     @torch.no_grad()
-    def forward(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    def forward(
+        self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]
+    ) -> list[tuple[Tensor, Tensor]]:
         """
         Args:
             outputs: "pred_logits" (B, Q, K) class logits and "pred_boxes" (B, Q, 4)
@@ -78,7 +83,10 @@ class HungarianMatcher(nn.Module):
         for image_index, image_cost in enumerate(cost.split(sizes, dim=-1)):
             query_indices, target_indices = linear_sum_assignment(image_cost[image_index].numpy())
             matches.append(
-                (torch.as_tensor(query_indices, dtype=torch.int64), torch.as_tensor(target_indices, dtype=torch.int64))
+                (
+                    torch.as_tensor(query_indices, dtype=torch.int64),
+                    torch.as_tensor(target_indices, dtype=torch.int64),
+                )
             )
         return matches
 
@@ -94,12 +102,19 @@ class HungarianMatcher(nn.Module):
 def _non_finite_message(pred_logits: Tensor, pred_boxes: Tensor, target_boxes: Tensor) -> str:
     counts = {
         name: int((~torch.isfinite(value)).sum())
-        for name, value in (("pred_logits", pred_logits), ("pred_boxes", pred_boxes), ("target boxes", target_boxes))
+        for name, value in (
+            ("pred_logits", pred_logits),
+            ("pred_boxes", pred_boxes),
+            ("target boxes", target_boxes),
+        )
     }
-    found = ", ".join(f"{n} non-finite values in {name}" for name, n in counts.items() if n) or "degenerate boxes"
+    found = (
+        ", ".join(f"{n} non-finite values in {name}" for name, n in counts.items() if n)
+        or "degenerate boxes"
+    )
     return (
-        f"HungarianMatcher: the matching cost is NaN or Inf ({found}); the model diverged or its input "
-        "holds NaN (try a lower learning rate or gradient clipping)"
+        f"HungarianMatcher: the matching cost is NaN or Inf ({found}); the model diverged or its "
+        "input holds NaN (try a lower learning rate or gradient clipping)"
     )
 
 

@@ -1,17 +1,17 @@
 """Deformable DETR as a detectron2 meta-architecture."""
+
 import copy
 import math
 from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torchvision.ops import box_convert
-
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
+from torchvision.ops import box_convert
 
 from .criterion import SetCriterion
 from .matcher import HungarianMatcher
@@ -35,7 +35,9 @@ class MLP(nn.Module):
         return x
 
 
-def _input_projection(in_channels: int, hidden_dim: int, kernel_size: int, stride: int, norm_groups: int):
+def _input_projection(
+    in_channels: int, hidden_dim: int, kernel_size: int, stride: int, norm_groups: int
+):
     conv = nn.Conv2d(in_channels, hidden_dim, kernel_size, stride=stride, padding=kernel_size // 2)
     nn.init.xavier_uniform_(conv.weight, gain=1)
     nn.init.zeros_(conv.bias)
@@ -91,13 +93,18 @@ class DeformableDETR(nn.Module):
         """
         super().__init__()
         if two_stage != transformer.two_stage:
-            raise ValueError(f"two_stage={two_stage} but the transformer has two_stage={transformer.two_stage}")
+            raise ValueError(
+                f"two_stage={two_stage} but the transformer has two_stage={transformer.two_stage}"
+            )
         if num_feature_levels != transformer.level_embed.shape[0]:
             raise ValueError(
-                f"num_feature_levels={num_feature_levels} but the transformer has {transformer.level_embed.shape[0]}"
+                f"num_feature_levels={num_feature_levels} but the transformer has "
+                f"{transformer.level_embed.shape[0]}"
             )
         if len(in_features) > num_feature_levels:
-            raise ValueError(f"{len(in_features)} in_features for {num_feature_levels} feature levels")
+            raise ValueError(
+                f"{len(in_features)} in_features for {num_feature_levels} feature levels"
+            )
         self.backbone = backbone
         self.in_features = list(in_features)
         self.position_embedding = position_embedding
@@ -116,10 +123,14 @@ class DeformableDETR(nn.Module):
         hidden_dim = transformer.hidden_dim
         shapes = backbone.output_shape()
         channels = [shapes[f].channels for f in self.in_features]
-        projections = [_input_projection(c, hidden_dim, 1, 1, input_proj_norm_groups) for c in channels]
+        projections = [
+            _input_projection(c, hidden_dim, 1, 1, input_proj_norm_groups) for c in channels
+        ]
         in_channels = channels[-1]
         for _ in range(num_feature_levels - len(channels)):
-            projections.append(_input_projection(in_channels, hidden_dim, 3, 2, input_proj_norm_groups))
+            projections.append(
+                _input_projection(in_channels, hidden_dim, 3, 2, input_proj_norm_groups)
+            )
             in_channels = hidden_dim
         self.input_proj = nn.ModuleList(projections)
         if not two_stage:
@@ -174,7 +185,11 @@ class DeformableDETR(nn.Module):
         criterion = SetCriterion(
             num_classes=dd.NUM_CLASSES,
             matcher=matcher,
-            weight_dict={"loss_ce": dd.CLASS_WEIGHT, "loss_bbox": dd.BBOX_WEIGHT, "loss_giou": dd.GIOU_WEIGHT},
+            weight_dict={
+                "loss_ce": dd.CLASS_WEIGHT,
+                "loss_bbox": dd.BBOX_WEIGHT,
+                "loss_giou": dd.GIOU_WEIGHT,
+            },
             focal_alpha=dd.FOCAL_ALPHA,
             focal_gamma=dd.FOCAL_GAMMA,
         )
@@ -273,17 +288,32 @@ class DeformableDETR(nn.Module):
         srcs, masks, positions = self.masked_feature_levels(images, image_mask)
         query_embed = None if self.two_stage else self.query_embed.weight
         hidden_states, references, enc_logits, enc_boxes_unact = self.transformer(
-            srcs, masks, positions, query_embed, self.class_embed, self.bbox_embed, self.with_box_refine
+            srcs,
+            masks,
+            positions,
+            query_embed,
+            self.class_embed,
+            self.bbox_embed,
+            self.with_box_refine,
         )
         logits, boxes = [], []
         for layer in range(hidden_states.shape[0]):
             logits.append(self.class_embed[layer](hidden_states[layer]))
-            boxes.append(refine_box(self.bbox_embed[layer](hidden_states[layer]), references[layer]).sigmoid())
+            boxes.append(
+                refine_box(
+                    self.bbox_embed[layer](hidden_states[layer]), references[layer]
+                ).sigmoid()
+            )
         outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
-            outputs["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+            outputs["aux_outputs"] = [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ]
         if self.two_stage:
-            outputs["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes_unact.sigmoid()}
+            outputs["enc_outputs"] = {
+                "pred_logits": enc_logits,
+                "pred_boxes": enc_boxes_unact.sigmoid(),
+            }
         return outputs
 
     def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
@@ -312,7 +342,9 @@ class DeformableDETR(nn.Module):
         scores, indices = logits.sigmoid().view(N, -1).topk(min(self.test_topk, Q * K), dim=1)
         queries = torch.div(indices, K, rounding_mode="floor")
         labels = indices % K
-        boxes_xyxy = box_convert(boxes, "cxcywh", "xyxy").gather(1, queries[..., None].expand(-1, -1, 4))
+        boxes_xyxy = box_convert(boxes, "cxcywh", "xyxy").gather(
+            1, queries[..., None].expand(-1, -1, 4)
+        )
         return scores, labels, boxes_xyxy
 
     def inference(self, logits: torch.Tensor, boxes: torch.Tensor, image_sizes) -> List[Instances]:

@@ -1,4 +1,5 @@
 """Per-parameter learning-rate factors of the Deformable DETR recipe."""
+
 from typing import Sequence
 
 

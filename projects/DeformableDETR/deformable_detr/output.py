@@ -1,6 +1,7 @@
 """Writing into a training's output directory safely: files replaced atomically
 (a reader or a killed writer never leaves a half-written file), metrics.json
 appended that way, and one training per directory."""
+
 import fcntl
 import glob
 import os
@@ -101,8 +102,9 @@ def lock_output_dir(output_dir: str) -> IO[str]:
         owner = lock.read().strip() or "another process"
         lock.close()
         raise OutputDirInUseError(
-            f"{output_dir} is in use by another training ({owner}): wait for it to finish or stop it, then "
-            "rerun with --resume to continue it, or give this run another train.output_dir=..."
+            f"{output_dir} is in use by another training ({owner}): wait for it to finish or stop "
+            "it, then rerun with --resume to continue it, or give this run another "
+            "train.output_dir=..."
         ) from None
     lock.truncate(0)
     lock.write(f"pid {os.getpid()}\n")

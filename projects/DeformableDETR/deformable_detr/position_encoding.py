@@ -1,4 +1,5 @@
 """Sine position encoding of DETR, as Deformable DETR uses it."""
+
 import math
 
 import torch

@@ -1,5 +1,6 @@
 """The deformable transformer: encoder, decoder with optional iterative box
 refinement, and the two-stage encoder proposals."""
+
 import copy
 import math
 from typing import List, Optional
@@ -73,16 +74,29 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     """Deformable self-attention over all levels, then the FFN; post-norm."""
 
-    def __init__(self, hidden_dim, dim_feedforward, dropout, num_levels, num_heads, num_points, msda_backend="auto"):
+    def __init__(
+        self,
+        hidden_dim,
+        dim_feedforward,
+        dropout,
+        num_levels,
+        num_heads,
+        num_points,
+        msda_backend="auto",
+    ):
         super().__init__()
-        self.self_attn = MSDeformAttn(hidden_dim, num_levels, num_heads, num_points, backend=msda_backend)
+        self.self_attn = MSDeformAttn(
+            hidden_dim, num_levels, num_heads, num_points, backend=msda_backend
+        )
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.ffn = FeedForward(hidden_dim, dim_feedforward, dropout)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
         """src, pos: (N, S, C); reference_points: (N, S, L, 2). Returns (N, S, C)."""
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        attended = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask
+        )
         return self.ffn(self.norm(src + self.dropout(attended)))
 
 
@@ -107,12 +121,15 @@ class DeformableEncoder(nn.Module):
         points = []
         for level, (H, W) in enumerate(spatial_shapes):
             centres = pixel_centres(H, W, valid_ratios.dtype, valid_ratios.device)
-            valid_size = torch.stack([valid_ratios[:, level, 0] * W, valid_ratios[:, level, 1] * H], -1)
+            valid_size = torch.stack(
+                [valid_ratios[:, level, 0] * W, valid_ratios[:, level, 1] * H], -1
+            )
             points.append(centres[None] / valid_size[:, None])
         return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
-        """src, pos: (N, S, C); reference_points: (N, S, L, 2); padding_mask: (N, S). Returns (N, S, C)."""
+        """src, pos: (N, S, C); reference_points: (N, S, L, 2); padding_mask: (N, S). Returns (N, S,
+        C)."""
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
@@ -122,22 +139,49 @@ class DecoderLayer(nn.Module):
     """Self-attention among queries, deformable cross-attention into the encoder
     memory, then the FFN; post-norm."""
 
-    def __init__(self, hidden_dim, dim_feedforward, dropout, num_levels, num_heads, num_points, msda_backend="auto"):
+    def __init__(
+        self,
+        hidden_dim,
+        dim_feedforward,
+        dropout,
+        num_levels,
+        num_heads,
+        num_points,
+        msda_backend="auto",
+    ):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(
+            hidden_dim, num_heads, dropout=dropout, batch_first=True
+        )
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(hidden_dim)
-        self.cross_attn = MSDeformAttn(hidden_dim, num_levels, num_heads, num_points, backend=msda_backend)
+        self.cross_attn = MSDeformAttn(
+            hidden_dim, num_levels, num_heads, num_points, backend=msda_backend
+        )
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.ffn = FeedForward(hidden_dim, dim_feedforward, dropout)
 
-    def forward(self, tgt, query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask):
+    def forward(
+        self,
+        tgt,
+        query_pos,
+        reference_points,
+        memory,
+        spatial_shapes,
+        level_start_index,
+        padding_mask,
+    ):
         """tgt, query_pos: (N, Q, C); reference_points: (N, Q, L, 2 or 4); memory: (N, S, C)."""
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
         attended = self.cross_attn(
-            tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index, padding_mask
+            tgt + query_pos,
+            reference_points,
+            memory,
+            spatial_shapes,
+            level_start_index,
+            padding_mask,
         )
         return self.ffn(self.norm2(tgt + self.dropout2(attended)))
 
@@ -176,12 +220,26 @@ class DeformableDecoder(nn.Module):
         hidden_states, references = [], []
         output = tgt
         for index, layer in enumerate(self.layers):
-            scale = torch.cat([valid_ratios, valid_ratios], -1) if reference_points.shape[-1] == 4 else valid_ratios
+            scale = (
+                torch.cat([valid_ratios, valid_ratios], -1)
+                if reference_points.shape[-1] == 4
+                else valid_ratios
+            )
             reference_input = reference_points[:, :, None] * scale[:, None]
-            output = layer(output, query_pos, reference_input, memory, spatial_shapes, level_start_index, padding_mask)
+            output = layer(
+                output,
+                query_pos,
+                reference_input,
+                memory,
+                spatial_shapes,
+                level_start_index,
+                padding_mask,
+            )
             references.append(reference_points)
             if bbox_embed is not None:
-                reference_points = refine_box(bbox_embed[index](output), reference_points).sigmoid().detach()
+                reference_points = (
+                    refine_box(bbox_embed[index](output), reference_points).sigmoid().detach()
+                )
             hidden_states.append(output)
         return torch.stack(hidden_states), references
 
@@ -226,11 +284,27 @@ class DeformableTransformer(nn.Module):
         self.proposal_base_size = proposal_base_size
         self.proposal_temperature = proposal_temperature
         self.encoder = DeformableEncoder(
-            EncoderLayer(hidden_dim, dim_feedforward, dropout, num_feature_levels, num_heads, enc_num_points, msda_backend),
+            EncoderLayer(
+                hidden_dim,
+                dim_feedforward,
+                dropout,
+                num_feature_levels,
+                num_heads,
+                enc_num_points,
+                msda_backend,
+            ),
             num_encoder_layers,
         )
         self.decoder = DeformableDecoder(
-            DecoderLayer(hidden_dim, dim_feedforward, dropout, num_feature_levels, num_heads, dec_num_points, msda_backend),
+            DecoderLayer(
+                hidden_dim,
+                dim_feedforward,
+                dropout,
+                num_feature_levels,
+                num_heads,
+                dec_num_points,
+                msda_backend,
+            ),
             num_decoder_layers,
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, hidden_dim))
@@ -308,7 +382,8 @@ class DeformableTransformer(nn.Module):
     ):
         """
         Args:
-            srcs, pos_embeds: L tensors (N, C, H_l, W_l); masks: L tensors (N, H_l, W_l), True at padding.
+            srcs, pos_embeds: L tensors (N, C, H_l, W_l); masks: L tensors (N, H_l, W_l), True at
+            padding.
             query_embed: (Q, 2C) learned query position and content, or None in two-stage.
             class_embed, bbox_embed: the detection heads, one per decoder layer plus, in
                 two-stage, one for the encoder proposals (the last).
@@ -324,20 +399,33 @@ class DeformableTransformer(nn.Module):
             (None otherwise).
         """
         if self.two_stage and (class_embed is None or bbox_embed is None):
-            raise ValueError("a two-stage transformer needs class_embed and bbox_embed, to score and move its proposals")
+            raise ValueError(
+                "a two-stage transformer needs class_embed and bbox_embed, to score and move its "
+                "proposals"
+            )
         if with_box_refine and bbox_embed is None:
             raise ValueError("with_box_refine needs bbox_embed, one box head per decoder layer")
         if not self.two_stage and query_embed is None:
             raise ValueError("query_embed (Q, 2 * hidden_dim) is required without two-stage")
-        spatial_shapes_list = [tuple(src.shape[-2:]) for src in srcs]  # ints, or symbolic when exported
+        spatial_shapes_list = [
+            tuple(src.shape[-2:]) for src in srcs
+        ]  # ints, or symbolic when exported
         src_flatten = torch.cat([src.flatten(2).transpose(1, 2) for src in srcs], 1)
         mask_flatten = torch.cat([mask.flatten(1) for mask in masks], 1)
         pos_flatten = torch.cat(
-            [pos.flatten(2).transpose(1, 2) + self.level_embed[level] for level, pos in enumerate(pos_embeds)], 1
+            [
+                pos.flatten(2).transpose(1, 2) + self.level_embed[level]
+                for level, pos in enumerate(pos_embeds)
+            ],
+            1,
         )
         device = src_flatten.device
-        spatial_shapes = torch.stack([sizes_as_tensor(hw, torch.long, device) for hw in spatial_shapes_list])
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        spatial_shapes = torch.stack(
+            [sizes_as_tensor(hw, torch.long, device) for hw in spatial_shapes_list]
+        )
+        level_start_index = torch.cat(
+            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
+        )
         valid_ratios = torch.stack([self.valid_ratios(m, src_flatten.dtype) for m in masks], 1)
 
         memory = self.encoder(
@@ -359,9 +447,13 @@ class DeformableTransformer(nn.Module):
             # small images can have fewer encoder positions than proposals
             num_proposals = min(self.two_stage_num_proposals, enc_logits.shape[1])
             topk = torch.topk(enc_logits[..., 0], num_proposals, dim=1)[1]
-            topk_boxes_unact = torch.gather(enc_boxes_unact, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
+            topk_boxes_unact = torch.gather(
+                enc_boxes_unact, 1, topk.unsqueeze(-1).expand(-1, -1, 4)
+            ).detach()
             reference_points = topk_boxes_unact.sigmoid()
-            pos_trans = self.pos_trans_norm(self.pos_trans(self.proposal_position_embedding(topk_boxes_unact)))
+            pos_trans = self.pos_trans_norm(
+                self.pos_trans(self.proposal_position_embedding(topk_boxes_unact))
+            )
             query_pos, tgt = torch.split(pos_trans, C, dim=2)
         else:
             query_pos, tgt = torch.split(query_embed, C, dim=1)

@@ -1,6 +1,7 @@
 """DETR's data mapper: reads an image, applies DETR's augmentation (flip, then
 either a multi-scale resize or a resize, random crop and multi-scale resize)
 and builds the Instances the model trains on."""
+
 import copy
 import logging
 
@@ -17,10 +18,13 @@ __all__ = [
     "detr_test_augmentation",
 ]
 
+
 def _flip(random_flip: str) -> list:
     if random_flip == "none":
         return []
-    return [T.RandomFlip(horizontal=random_flip == "horizontal", vertical=random_flip == "vertical")]
+    return [
+        T.RandomFlip(horizontal=random_flip == "horizontal", vertical=random_flip == "vertical")
+    ]
 
 
 def detr_train_augmentation(min_sizes, max_size: int, random_flip: str = "horizontal") -> list:
@@ -61,16 +65,26 @@ class DetrDatasetMapper:
     """
 
     @configurable
-    def __init__(self, is_train: bool, *, augmentation: list, augmentation_with_crop: list | None, image_format: str):
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentation: list,
+        augmentation_with_crop: list | None,
+        image_format: str,
+    ):
         self.is_train = is_train
         self.augmentation = T.AugmentationList(augmentation)
         self.augmentation_with_crop = (
-            T.AugmentationList(augmentation_with_crop) if augmentation_with_crop is not None else None
+            T.AugmentationList(augmentation_with_crop)
+            if augmentation_with_crop is not None
+            else None
         )
         self.image_format = image_format
         mode = "training" if is_train else "inference"
         logging.getLogger(__name__).info(
-            f"[DetrDatasetMapper] augmentation in {mode}: {augmentation}, with crop: {augmentation_with_crop}"
+            f"[DetrDatasetMapper] augmentation in {mode}: {augmentation}, with crop: "
+            f"{augmentation_with_crop}"
         )
 
     @classmethod

@@ -4,6 +4,7 @@ training set (:func:`clean_boxes`) and for COCO evaluation
 (:class:`DetrCOCOEvaluator`), each counted and reported once per dataset. A
 dataset without annotations and an annotation file that is not valid JSON are
 errors naming the dataset or the file."""
+
 import json
 import logging
 from typing import List, Optional, Sequence, Union
@@ -41,13 +42,15 @@ class _Counts:
     def report(self, dataset_name: str, num_images: int) -> None:
         if self.kept == 0:
             raise ValueError(
-                f"{dataset_name}: none of its {num_images} images has a valid box annotation; check its "
-                "annotation file (training would learn nothing and COCO evaluation would give NaN)"
+                f"{dataset_name}: none of its {num_images} images has a valid box annotation; "
+                "check its annotation file (training would learn nothing and COCO evaluation "
+                "would give NaN)"
             )
         if self.clipped or self.dropped:
             logger.warning(
-                f"{dataset_name}: {self.clipped} boxes clipped to their image and {self.dropped} dropped for "
-                "zero width or height; training and evaluation both use the cleaned boxes"
+                f"{dataset_name}: {self.clipped} boxes clipped to their image and {self.dropped} "
+                "dropped for zero width or height; training and evaluation both use the cleaned "
+                "boxes"
             )
 
 
@@ -78,9 +81,17 @@ def detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool
         return get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except json.JSONDecodeError as e:
         names = [names] if isinstance(names, str) else list(names)
-        files = [MetadataCatalog.get(n).get("json_file") for n in names if MetadataCatalog.get(n).get("json_file")]
-        broken = next((f for f in files if not _is_json(f)), " or ".join(files) or "the annotation file")
-        raise ValueError(f"{broken}: not valid JSON ({e}); the annotation file is truncated or corrupt") from None
+        files = [
+            MetadataCatalog.get(n).get("json_file")
+            for n in names
+            if MetadataCatalog.get(n).get("json_file")
+        ]
+        broken = next(
+            (f for f in files if not _is_json(f)), " or ".join(files) or "the annotation file"
+        )
+        raise ValueError(
+            f"{broken}: not valid JSON ({e}); the annotation file is truncated or corrupt"
+        ) from None
 
 
 def _is_json(path: str) -> bool:
@@ -106,7 +117,12 @@ class DetrCOCOEvaluator(COCOEvaluator):
             box = BoxMode.convert(annotation["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
             clipped = counts.clip(box, image["width"], image["height"])
             if clipped is not None:
-                annotations.append({**annotation, "bbox": BoxMode.convert(clipped, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)})
+                annotations.append(
+                    {
+                        **annotation,
+                        "bbox": BoxMode.convert(clipped, BoxMode.XYXY_ABS, BoxMode.XYWH_ABS),
+                    }
+                )
         counts.report(dataset_name, len(images))
         coco.dataset["annotations"] = annotations
         coco.createIndex()

@@ -1,5 +1,6 @@
 """A synthetic COCO-format dataset of coloured shapes on plain, lightly noisy
 backgrounds: small and easy enough to train Deformable DETR on a CPU in minutes."""
+
 import json
 import os
 import shutil
@@ -18,7 +19,9 @@ MARKER = "complete.json"
 VERSION = 1
 
 
-def _shape_mask(kind: int, center: np.ndarray, size: int, angle: float, height: int, width: int) -> np.ndarray:
+def _shape_mask(
+    kind: int, center: np.ndarray, size: int, angle: float, height: int, width: int
+) -> np.ndarray:
     """Boolean mask of one filled shape whose circumscribing square has side `size`."""
     mask = np.zeros((height, width), np.uint8)
     cx, cy = (int(v) for v in center)
@@ -51,14 +54,18 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return w * h / smaller
 
 
-def _colour_far_from(rng: np.random.Generator, background: np.ndarray, min_distance: float) -> np.ndarray:
+def _colour_far_from(
+    rng: np.random.Generator, background: np.ndarray, min_distance: float
+) -> np.ndarray:
     while True:
         colour = rng.integers(0, 256, 3)
         if np.abs(colour - background).mean() >= min_distance:
             return colour
 
 
-def _draw_image(rng, image_size, object_size, objects_per_image, max_overlap, max_noise, min_contrast, attempts):
+def _draw_image(
+    rng, image_size, object_size, objects_per_image, max_overlap, max_noise, min_contrast, attempts
+):
     """One image and its objects as (class index, XYXY box, pixel area)."""
     height, width = (int(v) for v in rng.integers(image_size[0], image_size[1] + 1, 2))
     background = rng.integers(0, 256, 3)
@@ -69,7 +76,9 @@ def _draw_image(rng, image_size, object_size, objects_per_image, max_overlap, ma
         for _ in range(attempts):
             kind = int(rng.integers(len(CLASSES)))
             size = int(rng.integers(object_size[0], min(object_size[1], height - 1, width - 1) + 1))
-            center = rng.integers(size // 2, [width - size // 2, height - size // 2], endpoint=False)
+            center = rng.integers(
+                size // 2, [width - size // 2, height - size // 2], endpoint=False
+            )
             mask = _shape_mask(kind, center, size, rng.uniform(0, 2 * np.pi), height, width)
             box = _tight_box(mask)
             if all(_overlap(box, other) <= max_overlap for _, other, _ in objects):
@@ -80,15 +89,26 @@ def _draw_image(rng, image_size, object_size, objects_per_image, max_overlap, ma
     return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
 
 
-def _write_split(image_dir: str, json_file: str, num_images: int, rng: np.random.Generator, draw_args: dict) -> None:
+def _write_split(
+    image_dir: str, json_file: str, num_images: int, rng: np.random.Generator, draw_args: dict
+) -> None:
     os.makedirs(image_dir)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         image, objects = _draw_image(rng, **draw_args)
         file_name = f"{image_id:06d}.jpg"
-        if not cv2.imwrite(os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        if not cv2.imwrite(
+            os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 95]
+        ):
             raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
-        images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": image.shape[0],
+                "width": image.shape[1],
+            }
+        )
         for kind, (x0, y0, x1, y1), area in objects:
             # ids start at 1: pycocotools' COCOeval treats a matched gt id of 0 as unmatched
             annotations.append(
@@ -101,7 +121,9 @@ def _write_split(image_dir: str, json_file: str, num_images: int, rng: np.random
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)
+    ]
     with open(json_file, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
 
@@ -160,7 +182,11 @@ def generate_shapes_dataset(
         for index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
             rng = np.random.default_rng([seed, index])
             _write_split(
-                os.path.join(tmp, split), os.path.join(tmp, "annotations", split + ".json"), count, rng, draw_args
+                os.path.join(tmp, split),
+                os.path.join(tmp, "annotations", split + ".json"),
+                count,
+                rng,
+                draw_args,
             )
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(params, f)
@@ -172,7 +198,9 @@ def generate_shapes_dataset(
 def _replace_dir(src: str, dst: str, params: dict) -> None:
     """Renames src to dst, moving an outdated dst out of the way first."""
     if os.path.exists(dst):
-        old = tempfile.mkdtemp(dir=os.path.dirname(src), prefix=".old-" + os.path.basename(dst) + "-")
+        old = tempfile.mkdtemp(
+            dir=os.path.dirname(src), prefix=".old-" + os.path.basename(dst) + "-"
+        )
         os.replace(dst, os.path.join(old, "data"))
         shutil.rmtree(old, ignore_errors=True)
     try:
@@ -185,7 +213,9 @@ def _replace_dir(src: str, dst: str, params: dict) -> None:
 
 def default_root() -> str:
     """$D2EXT_DATASETS/synthetic_shapes, by default under ~/.cache/d2ext/datasets."""
-    base = os.environ.get("D2EXT_DATASETS", os.path.join(os.path.expanduser("~"), ".cache", "d2ext", "datasets"))
+    base = os.environ.get(
+        "D2EXT_DATASETS", os.path.join(os.path.expanduser("~"), ".cache", "d2ext", "datasets")
+    )
     return os.path.join(base, "synthetic_shapes")
 
 
@@ -219,7 +249,9 @@ def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tup
 
         DatasetCatalog.register(name, load)
         # COCOEvaluator reads json_file when it is built: build it after the dataset loader
-        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+        MetadataCatalog.get(name).set(
+            json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
+        )
     return DATASET_NAMES
 
 

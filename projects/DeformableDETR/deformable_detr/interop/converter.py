@@ -2,6 +2,7 @@
 release or of HF transformers, build the model of a config, map the class rows,
 load strictly, report and save (tools/convert_official_checkpoint.py and
 tools/convert_hf_checkpoint.py are thin command lines over `main`)."""
+
 import argparse
 import json
 import sys
@@ -19,11 +20,21 @@ from .state_dicts import (
     load_conversion,
 )
 
-__all__ = ["build_model", "class_rows", "load_official", "load_hf", "read_official", "read_hf", "main"]
+__all__ = [
+    "build_model",
+    "class_rows",
+    "load_official",
+    "load_hf",
+    "read_official",
+    "read_hf",
+    "main",
+]
 
 COCO_HEAD_ROWS = 91
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-OFFICIAL_HINT = "; convert official Deformable-DETR checkpoints with tools/convert_official_checkpoint.py"
+OFFICIAL_HINT = (
+    "; convert official Deformable-DETR checkpoints with tools/convert_official_checkpoint.py"
+)
 
 
 def build_model(config_file: str, opts: List[str]) -> torch.nn.Module:
@@ -51,12 +62,15 @@ def class_rows(choice: str, checkpoint_classes: int, model_classes: int) -> Opti
     """
     coco = coco_raw_class_ids()
     if choice == "auto":
-        choice = "coco" if (checkpoint_classes, model_classes) == (COCO_HEAD_ROWS, len(coco)) else "none"
+        choice = (
+            "coco" if (checkpoint_classes, model_classes) == (COCO_HEAD_ROWS, len(coco)) else "none"
+        )
     if choice == "none":
         return None
     if checkpoint_classes != COCO_HEAD_ROWS:
         raise ValueError(
-            f"--class-map coco needs the 91-row COCO class heads; the checkpoint has {checkpoint_classes}"
+            "--class-map coco needs the 91-row COCO class heads; the checkpoint has "
+            f"{checkpoint_classes}"
         )
     return coco
 
@@ -69,8 +83,12 @@ def load_official(path: str) -> dict:
     except UnreadableCheckpointError as e:
         raise ValueError(str(e)) from None
     state_dict = checkpoint.get("model", checkpoint)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path}: expected the official checkpoint, a dict whose 'model' is a state_dict")
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise ValueError(
+            f"{path}: expected the official checkpoint, a dict whose 'model' is a state_dict"
+        )
     return state_dict
 
 
@@ -81,8 +99,8 @@ def load_hf(path: str) -> Tuple[dict, Optional[dict]]:
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not found:
             raise ValueError(
-                f"{path}: no {' or '.join(HF_WEIGHT_FILES)} in this directory "
-                "(sharded checkpoints are not supported)"
+                f"{path}: no {' or '.join(HF_WEIGHT_FILES)} in this directory (sharded checkpoints "
+                "are not supported)"
             )
         weights, config_file = found[0], path / "config.json"
     else:
@@ -93,11 +111,14 @@ def load_hf(path: str) -> Tuple[dict, Optional[dict]]:
         raise ValueError(f"{e}{OFFICIAL_HINT if 'argparse.Namespace' in str(e) else ''}") from None
     if "model" in state_dict and "args" in state_dict:
         raise ValueError(
-            f"{weights}: this is a checkpoint of the official Deformable-DETR release, not HF{OFFICIAL_HINT}"
+            f"{weights}: this is a checkpoint of the official Deformable-DETR release, not "
+            f"HF{OFFICIAL_HINT}"
         )
     config = json.loads(config_file.read_text()) if config_file.is_file() else None
     if config is not None and config.get("model_type") != "deformable_detr":
-        raise ValueError(f"{config_file}: model_type is {config.get('model_type')!r}, not 'deformable_detr'")
+        raise ValueError(
+            f"{config_file}: model_type is {config.get('model_type')!r}, not 'deformable_detr'"
+        )
     return state_dict, config
 
 
@@ -120,18 +141,24 @@ def read_hf(path: str) -> Conversion:
 
 
 def _argument_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="the model's LazyConfig (.py) or yacs (.yaml) config")
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", required=True, help="the model's LazyConfig (.py) or yacs (.yaml) config"
+    )
     parser.add_argument("input")
     parser.add_argument("output", help="detectron2 checkpoint to write (.pth)")
     parser.add_argument(
         "--class-map",
         choices=["auto", "coco", "none"],
         default="auto",
-        help="coco: 91 raw COCO ids -> detectron2's 80 contiguous ids; auto: coco when the checkpoint has 91 "
-        "classes and the model 80 (default)",
+        help="coco: 91 raw COCO ids -> detectron2's 80 contiguous ids; "
+        "auto: coco when the checkpoint has 91 classes and the model 80 (default)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (key=value, or KEY VALUE for yacs)")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides (key=value, or KEY VALUE for yacs)"
+    )
     return parser
 
 
@@ -148,12 +175,14 @@ def convert(read: Callable[[str], Conversion], args: argparse.Namespace) -> None
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": conversion.state_dict, "__source__": args.input}, args.output)
     print(
-        f"wrote {args.output}; use it as train.init_checkpoint (LazyConfig) or MODEL.WEIGHTS (yacs) "
-        f"with {args.config_file}"
+        f"wrote {args.output}; use it as train.init_checkpoint (LazyConfig) or MODEL.WEIGHTS "
+        f"(yacs) with {args.config_file}"
     )
 
 
-def main(read: Callable[[str], Conversion], description: str, argv: Optional[List[str]] = None) -> None:
+def main(
+    read: Callable[[str], Conversion], description: str, argv: Optional[List[str]] = None
+) -> None:
     """The command line of a conversion tool that reads its input with `read`;
     a ValueError (bad input, a checkpoint of another variant) exits with its message."""
     args = _argument_parser(description).parse_args(argv)

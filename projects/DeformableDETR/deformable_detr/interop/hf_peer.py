@@ -1,10 +1,10 @@
 """HF transformers' DeformableDetrForObjectDetection with the architecture of one
 of our models (a transformers ResNet for detectron2's ResNet), for comparisons
 and benchmarks. Needs `transformers`; nothing is downloaded."""
-from torch import nn
 
 from detectron2.modeling.backbone import ResNet
 from detectron2.modeling.backbone.resnet import BottleneckBlock
+from torch import nn
 
 from ..meta_arch import DeformableDETR
 
@@ -19,7 +19,10 @@ def _check(condition: bool, what: str):
 def _resnet_config(backbone: ResNet, in_features):
     from transformers import ResNetConfig
 
-    _check(isinstance(backbone, ResNet), f"backbone {type(backbone).__name__} is not detectron2's ResNet")
+    _check(
+        isinstance(backbone, ResNet),
+        f"backbone {type(backbone).__name__} is not detectron2's ResNet",
+    )
     blocks = [stage[0] for stage in backbone.stages]
     bottleneck = isinstance(blocks[0], BottleneckBlock)
     return ResNetConfig(
@@ -29,7 +32,7 @@ def _resnet_config(backbone: ResNet, in_features):
         layer_type="bottleneck" if bottleneck else "basic",
         # stride in the first 1x1 convolution (MSRA) or in the 3x3 one (torchvision)
         downsample_in_bottleneck=bottleneck and blocks[1].conv1.stride == (2, 2),
-        out_features=[f"stage{int(name[len('res'):]) - 1}" for name in in_features],
+        out_features=[f"stage{int(name[len('res') :]) - 1}" for name in in_features],
     )
 
 
@@ -52,13 +55,17 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
     position = model.position_embedding
     _check(
         (position.temperature, position.normalize, position.offset) == (10000, True, -0.5),
-        "its sine position embedding is not the paper's (temperature 10000, normalized, offset -0.5)",
+        "its sine position embedding is not the paper's (temperature 10000, normalized, offset "
+        "-0.5)",
     )
     _check(
         not model.two_stage or transformer.proposal_temperature == 10000,
         "its two-stage proposal embedding's temperature is not 10000",
     )
-    _check(model.input_proj[0][1].num_groups == 32, "its input projections' GroupNorm has not 32 groups")
+    _check(
+        model.input_proj[0][1].num_groups == 32,
+        "its input projections' GroupNorm has not 32 groups",
+    )
     _check(not model.two_stage or model.with_box_refine, "two-stage without box refinement")
     config = DeformableDetrConfig(
         use_timm_backbone=False,
@@ -88,7 +95,11 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
         **config_overrides,
     )
     peer = DeformableDetrForObjectDetection(config)
-    trained_stages = {f"encoder.stages.{i}." for i, stage in enumerate(model.backbone.stages) if stage[0].conv1.weight.requires_grad}
+    trained_stages = {
+        f"encoder.stages.{i}."
+        for i, stage in enumerate(model.backbone.stages)
+        if stage[0].conv1.weight.requires_grad
+    }
     for name, p in peer.model.backbone.model.named_parameters():
         p.requires_grad_(name.startswith(tuple(trained_stages)))
     return peer

@@ -6,6 +6,7 @@ detectron2's ResNet. Every source key is either converted, recognised as a
 repeat of another key (the decoder's references to the shared heads), or
 reported as unused; nothing is dropped silently.
 """
+
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -36,8 +37,11 @@ class Variant:
     two_stage: bool
 
     def __str__(self):
-        kind = "single-scale" if self.num_feature_levels == 1 else f"{self.num_feature_levels}-level"
-        return f"{kind}, box refinement {'on' if self.with_box_refine else 'off'}, two-stage {'on' if self.two_stage else 'off'}"
+        kind = (
+            "single-scale" if self.num_feature_levels == 1 else f"{self.num_feature_levels}-level"
+        )
+        refine = "on" if self.with_box_refine else "off"
+        return f"{kind}, box refinement {refine}, two-stage {'on' if self.two_stage else 'off'}"
 
 
 @dataclass
@@ -72,8 +76,13 @@ class Conversion:
             f"{len(self.repeats)} repeated keys of shared heads (checked equal, converted once)",
         ]
         if self.filled:
-            lines.append(f"{len(self.filled)} keys filled from tied head 0: {', '.join(self.filled)}")
-        lines.append(f"{len(self.unused)} unused source keys" + (": " + ", ".join(self.unused) if self.unused else ""))
+            lines.append(
+                f"{len(self.filled)} keys filled from tied head 0: {', '.join(self.filled)}"
+            )
+        lines.append(
+            f"{len(self.unused)} unused source keys"
+            + (": " + ", ".join(self.unused) if self.unused else "")
+        )
         return "\n".join(lines)
 
 
@@ -100,8 +109,14 @@ TORCHVISION_RESNET: List[Rule] = [
 TRANSFORMERS_RESNET: List[Rule] = [
     (r"embedder\.embedder\.convolution\.weight", "stem.conv1.weight"),
     (rf"embedder\.embedder\.normalization\.{_BN}", r"stem.conv1.norm.\1"),
-    (r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.weight", _stage(2, "res{}.{}.shortcut.weight")),
-    (rf"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.{_BN}", _stage(2, "res{}.{}.shortcut.norm.{}")),
+    (
+        r"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.weight",
+        _stage(2, "res{}.{}.shortcut.weight"),
+    ),
+    (
+        rf"encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.{_BN}",
+        _stage(2, "res{}.{}.shortcut.norm.{}"),
+    ),
     (
         r"encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.weight",
         lambda m: f"res{int(m[1]) + 2}.{m[2]}.conv{int(m[3]) + 1}.weight",
@@ -112,54 +127,92 @@ TRANSFORMERS_RESNET: List[Rule] = [
     ),
 ]
 
-_TRANSFORMER_GLOBALS = r"(level_embed|(?:reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\..+)"
+_TRANSFORMER_GLOBALS = (
+    r"(level_embed|(?:reference_points|enc_output|enc_output_norm|pos_trans|pos_trans_norm)\..+)"
+)
 
 # (source prefix, our prefix, rules for the rest of the key); the first match wins
 RuleSet = List[Tuple[str, str, List[Rule]]]
 
 OFFICIAL_RULES: RuleSet = [
     (r"backbone\.0\.body\.", "backbone.", TORCHVISION_RESNET),
-    (r"transformer\.", "transformer.", [
-        (_TRANSFORMER_GLOBALS, r"\1"),
-        (r"encoder\.layers\.(\d+)\.self_attn\.(.+)", r"encoder.layers.\1.self_attn.\2"),
-        (r"encoder\.layers\.(\d+)\.norm1\.(.+)", r"encoder.layers.\1.norm.\2"),
-        (r"encoder\.layers\.(\d+)\.linear([12])\.(.+)", r"encoder.layers.\1.ffn.linear\2.\3"),
-        (r"encoder\.layers\.(\d+)\.norm2\.(.+)", r"encoder.layers.\1.ffn.norm.\2"),
-        (r"decoder\.layers\.(\d+)\.(self_attn|cross_attn)\.(.+)", r"decoder.layers.\1.\2.\3"),
-        # official: norm1 follows the cross-attention, norm2 the self-attention; ours go in order
-        (r"decoder\.layers\.(\d+)\.norm1\.(.+)", r"decoder.layers.\1.norm2.\2"),
-        (r"decoder\.layers\.(\d+)\.norm2\.(.+)", r"decoder.layers.\1.norm1.\2"),
-        (r"decoder\.layers\.(\d+)\.linear([12])\.(.+)", r"decoder.layers.\1.ffn.linear\2.\3"),
-        (r"decoder\.layers\.(\d+)\.norm3\.(.+)", r"decoder.layers.\1.ffn.norm.\2"),
-    ]),
+    (
+        r"transformer\.",
+        "transformer.",
+        [
+            (_TRANSFORMER_GLOBALS, r"\1"),
+            (r"encoder\.layers\.(\d+)\.self_attn\.(.+)", r"encoder.layers.\1.self_attn.\2"),
+            (r"encoder\.layers\.(\d+)\.norm1\.(.+)", r"encoder.layers.\1.norm.\2"),
+            (r"encoder\.layers\.(\d+)\.linear([12])\.(.+)", r"encoder.layers.\1.ffn.linear\2.\3"),
+            (r"encoder\.layers\.(\d+)\.norm2\.(.+)", r"encoder.layers.\1.ffn.norm.\2"),
+            (r"decoder\.layers\.(\d+)\.(self_attn|cross_attn)\.(.+)", r"decoder.layers.\1.\2.\3"),
+            # official: norm1 follows the cross-attention, norm2 the self-attention; ours go in
+            # order
+            (r"decoder\.layers\.(\d+)\.norm1\.(.+)", r"decoder.layers.\1.norm2.\2"),
+            (r"decoder\.layers\.(\d+)\.norm2\.(.+)", r"decoder.layers.\1.norm1.\2"),
+            (r"decoder\.layers\.(\d+)\.linear([12])\.(.+)", r"decoder.layers.\1.ffn.linear\2.\3"),
+            (r"decoder\.layers\.(\d+)\.norm3\.(.+)", r"decoder.layers.\1.ffn.norm.\2"),
+        ],
+    ),
     ("", "", [(r"(query_embed\.weight|input_proj\..+|class_embed\..+|bbox_embed\..+)", r"\1")]),
 ]
 # box refinement and two-stage hand the heads to the decoder: the same tensors again
-OFFICIAL_REPEATS: RuleSet = [(r"transformer\.decoder\.", "", [(r"((?:class|bbox)_embed\..+)", r"\1")])]
+OFFICIAL_REPEATS: RuleSet = [
+    (r"transformer\.decoder\.", "", [(r"((?:class|bbox)_embed\..+)", r"\1")])
+]
 
 HF_RULES: RuleSet = [
-    # transformers 5 names the backbone model.backbone.model, transformers 4 model.backbone.conv_encoder.model;
+    # transformers 5 names the backbone model.backbone.model, transformers 4
+    # model.backbone.conv_encoder.model;
     # the backbone is transformers' ResNet, or timm's (torchvision's names)
-    (r"model\.backbone\.(?:conv_encoder\.)?model\.", "backbone.", TRANSFORMERS_RESNET + TORCHVISION_RESNET),
-    (r"model\.", "transformer.", [
-        (_TRANSFORMER_GLOBALS, r"\1"),
-        (r"encoder\.layers\.(\d+)\.self_attn\.(.+)", r"encoder.layers.\1.self_attn.\2"),
-        (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(.+)", r"encoder.layers.\1.norm.\2"),
-        (r"encoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.(.+)", r"encoder.layers.\1.ffn.linear\2.\3"),
-        (r"encoder\.layers\.(\d+)\.final_layer_norm\.(.+)", r"encoder.layers.\1.ffn.norm.\2"),
-        # separate q, k, v projections: packed into nn.MultiheadAttention's in_proj by _pack_in_proj
-        (r"decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"decoder.layers.\1.self_attn.in_proj_\3#\2"),
-        (r"decoder\.layers\.(\d+)\.self_attn\.(?:o_proj|out_proj)\.(.+)", r"decoder.layers.\1.self_attn.out_proj.\2"),
-        (r"decoder\.layers\.(\d+)\.self_attn_layer_norm\.(.+)", r"decoder.layers.\1.norm1.\2"),
-        (r"decoder\.layers\.(\d+)\.encoder_attn\.(.+)", r"decoder.layers.\1.cross_attn.\2"),
-        (r"decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.(.+)", r"decoder.layers.\1.norm2.\2"),
-        (r"decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.(.+)", r"decoder.layers.\1.ffn.linear\2.\3"),
-        (r"decoder\.layers\.(\d+)\.final_layer_norm\.(.+)", r"decoder.layers.\1.ffn.norm.\2"),
-    ]),
-    (r"model\.", "", [
-        (r"query_position_embeddings\.weight", "query_embed.weight"),
-        (r"(input_proj\..+)", r"\1"),
-    ]),
+    (
+        r"model\.backbone\.(?:conv_encoder\.)?model\.",
+        "backbone.",
+        TRANSFORMERS_RESNET + TORCHVISION_RESNET,
+    ),
+    (
+        r"model\.",
+        "transformer.",
+        [
+            (_TRANSFORMER_GLOBALS, r"\1"),
+            (r"encoder\.layers\.(\d+)\.self_attn\.(.+)", r"encoder.layers.\1.self_attn.\2"),
+            (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(.+)", r"encoder.layers.\1.norm.\2"),
+            (
+                r"encoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.(.+)",
+                r"encoder.layers.\1.ffn.linear\2.\3",
+            ),
+            (r"encoder\.layers\.(\d+)\.final_layer_norm\.(.+)", r"encoder.layers.\1.ffn.norm.\2"),
+            # separate q, k, v projections: packed into nn.MultiheadAttention's in_proj by
+            # _pack_in_proj
+            (
+                r"decoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)",
+                r"decoder.layers.\1.self_attn.in_proj_\3#\2",
+            ),
+            (
+                r"decoder\.layers\.(\d+)\.self_attn\.(?:o_proj|out_proj)\.(.+)",
+                r"decoder.layers.\1.self_attn.out_proj.\2",
+            ),
+            (r"decoder\.layers\.(\d+)\.self_attn_layer_norm\.(.+)", r"decoder.layers.\1.norm1.\2"),
+            (r"decoder\.layers\.(\d+)\.encoder_attn\.(.+)", r"decoder.layers.\1.cross_attn.\2"),
+            (
+                r"decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.(.+)",
+                r"decoder.layers.\1.norm2.\2",
+            ),
+            (
+                r"decoder\.layers\.(\d+)\.(?:mlp\.)?fc([12])\.(.+)",
+                r"decoder.layers.\1.ffn.linear\2.\3",
+            ),
+            (r"decoder\.layers\.(\d+)\.final_layer_norm\.(.+)", r"decoder.layers.\1.ffn.norm.\2"),
+        ],
+    ),
+    (
+        r"model\.",
+        "",
+        [
+            (r"query_position_embeddings\.weight", "query_embed.weight"),
+            (r"(input_proj\..+)", r"\1"),
+        ],
+    ),
     ("", "", [(r"((?:class|bbox)_embed\..+)", r"\1")]),
 ]
 HF_REPEATS: RuleSet = [(r"model\.decoder\.", "", [(r"((?:class|bbox)_embed\..+)", r"\1")])]
@@ -176,7 +229,9 @@ def _rename(key: str, rules: RuleSet) -> Optional[str]:
         for pattern, replacement in patterns:
             m = re.fullmatch(pattern, rest)
             if m is not None:
-                return target + (m.expand(replacement) if isinstance(replacement, str) else replacement(m))
+                return target + (
+                    m.expand(replacement) if isinstance(replacement, str) else replacement(m)
+                )
     return None
 
 
@@ -212,12 +267,16 @@ def _convert(
         if ours not in converted:  # the primary copy was not saved: this one is it
             converted[ours] = source[key]
         elif not torch.equal(converted[ours], source[key]):
-            raise ValueError(f"{key!r} should repeat the tensor converted to {ours!r} but differs from it")
+            raise ValueError(
+                f"{key!r} should repeat the tensor converted to {ours!r} but differs from it"
+            )
     return _pack_in_proj(converted), unused, list(repeat_targets)
 
 
 def _num_heads(state_dict: Dict[str, torch.Tensor], kind: str) -> int:
-    indices = {int(m[2]) for m in map(_HEAD_KEY.fullmatch, state_dict) if m is not None and m[1] == kind}
+    indices = {
+        int(m[2]) for m in map(_HEAD_KEY.fullmatch, state_dict) if m is not None and m[1] == kind
+    }
     return max(indices) + 1 if indices else 0
 
 
@@ -237,12 +296,16 @@ def _num_classes(state_dict: Dict[str, torch.Tensor]) -> int:
     return state_dict["class_embed.0.weight"].shape[0]
 
 
-def _select_classes(state_dict: Dict[str, torch.Tensor], rows: Sequence[int], two_stage: bool) -> None:
+def _select_classes(
+    state_dict: Dict[str, torch.Tensor], rows: Sequence[int], two_stage: bool
+) -> None:
     """Conversion.select_classes, in place on the state_dict."""
     num_heads = _num_heads(state_dict, "class")
     available = state_dict["class_embed.0.weight"].shape[0]
     if max(rows) >= available:
-        raise ValueError(f"the class map reads row {max(rows)} of the class heads, which have {available} rows")
+        raise ValueError(
+            f"the class map reads row {max(rows)} of the class heads, which have {available} rows"
+        )
     for key in list(state_dict):
         m = _HEAD_KEY.fullmatch(key)
         if m is None or m[1] != "class":
@@ -258,7 +321,9 @@ def convert_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Conversi
     """The official release's `checkpoint["model"]` in our names."""
     converted, unused, repeats = _convert(state_dict, OFFICIAL_RULES, OFFICIAL_REPEATS)
     with_box_refine = any(k.startswith("transformer.decoder.bbox_embed.") for k in state_dict)
-    return Conversion(converted, _variant(converted, with_box_refine), _num_classes(converted), unused, repeats)
+    return Conversion(
+        converted, _variant(converted, with_box_refine), _num_classes(converted), unused, repeats
+    )
 
 
 def convert_hf_state_dict(
@@ -280,13 +345,21 @@ def convert_hf_state_dict(
     """
     converted, unused, repeats = _convert(state_dict, HF_RULES, HF_REPEATS)
     if num_decoder_layers is None:
-        layers = {int(m[1]) for m in (re.match(r"transformer\.decoder\.layers\.(\d+)\.", k) for k in converted) if m}
+        layers = {
+            int(m[1])
+            for m in (re.match(r"transformer\.decoder\.layers\.(\d+)\.", k) for k in converted)
+            if m
+        }
         num_decoder_layers = max(layers) + 1 if layers else 0
     if with_box_refine is None:
-        with_box_refine = any(k.startswith("model.decoder.bbox_embed.") for k in state_dict) or _box_heads_differ(converted)
+        with_box_refine = any(
+            k.startswith("model.decoder.bbox_embed.") for k in state_dict
+        ) or _box_heads_differ(converted)
     variant = _variant(converted, with_box_refine)
     num_heads = num_decoder_layers + (1 if variant.two_stage else 0)
-    tied_kinds = ("class",) if with_box_refine else ("class", "bbox")  # HF's box heads are untied with refinement
+    tied_kinds = (
+        ("class",) if with_box_refine else ("class", "bbox")
+    )  # HF's box heads are untied with refinement
     filled = []
     for key in list(converted):
         m = _HEAD_KEY.fullmatch(key)
@@ -302,7 +375,11 @@ def convert_hf_state_dict(
 
 def _box_heads_differ(state_dict: Dict[str, torch.Tensor]) -> bool:
     """Whether box head 1 has a tensor unlike box head 0's (untied heads: refinement)."""
-    pairs = [(v, state_dict.get("bbox_embed.0." + k[len("bbox_embed.1."):])) for k, v in state_dict.items() if k.startswith("bbox_embed.1.")]
+    pairs = [
+        (v, state_dict.get("bbox_embed.0." + k[len("bbox_embed.1.") :]))
+        for k, v in state_dict.items()
+        if k.startswith("bbox_embed.1.")
+    ]
     return any(head0 is not None and not torch.equal(v, head0) for v, head0 in pairs)
 
 
@@ -324,13 +401,14 @@ def load_conversion(model, conversion: Conversion) -> None:
     expected = model_variant(model)
     if conversion.variant != expected:
         raise ValueError(
-            f"the checkpoint is {conversion.variant}, but the config builds {expected}: "
-            "pick the config of the checkpoint's variant"
+            f"the checkpoint is {conversion.variant}, but the config builds {expected}: pick the "
+            "config of the checkpoint's variant"
         )
     if conversion.num_classes != model.num_classes:
         raise ValueError(
-            f"the checkpoint has {conversion.num_classes} classes and the config {model.num_classes}; "
-            "for the official 91-way COCO heads convert with the COCO class map"
+            f"the checkpoint has {conversion.num_classes} classes and the config "
+            f"{model.num_classes}; for the official 91-way COCO heads convert with the COCO class "
+            "map"
         )
     ours = model.state_dict()
     missing = sorted(set(ours) - set(conversion.state_dict))
@@ -342,11 +420,17 @@ def load_conversion(model, conversion: Conversion) -> None:
     ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} model keys not in the checkpoint: {', '.join(missing[:20])}")
+        problems.append(
+            f"{len(missing)} model keys not in the checkpoint: {', '.join(missing[:20])}"
+        )
     if extra:
-        problems.append(f"{len(extra)} converted keys the model does not have: {', '.join(extra[:20])}")
+        problems.append(
+            f"{len(extra)} converted keys the model does not have: {', '.join(extra[:20])}"
+        )
     if shapes:
         problems.append(f"{len(shapes)} shapes differ: {'; '.join(shapes[:20])}")
     if problems:
-        raise ValueError("the converted checkpoint does not fit the model:\n  " + "\n  ".join(problems))
+        raise ValueError(
+            "the converted checkpoint does not fit the model:\n  " + "\n  ".join(problems)
+        )
     model.load_state_dict(conversion.state_dict, strict=True)
