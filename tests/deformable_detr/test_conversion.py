@@ -22,7 +22,7 @@ from deformable_detr.interop.state_dicts import (
 )
 
 from ..scripts import ROOT, load_script
-from .tiny_model import VARIANTS, build_model, build_model_and_hf_peer
+from .tiny_model import PAPER_SIZES, VARIANTS, build_model, build_model_and_hf_peer
 
 TINY = dict(hidden_dim=64, ffn=64, heads=4, layers=2, points=4, queries=10)
 COCO = dict(hidden_dim=256, ffn=1024, heads=8, layers=6, points=4, queries=300)
@@ -353,16 +353,7 @@ def test_convert_hf_tool_on_a_saved_model(tmp_path, capsys):
     """The HF tool on a save_pretrained directory (config.json + model.safetensors),
     with the yacs config of the two-stage variant and 91 classes mapped to 80."""
     tool = load_script("tools/convert_hf_checkpoint.py")
-    ours = build_model(
-        "two_stage",
-        num_classes=91,
-        depth=50,
-        hidden_dim=256,
-        num_queries=300,
-        layers=6,
-        ffn=1024,
-        heads=8,
-    )
+    ours = build_model("two_stage", num_classes=91, **PAPER_SIZES)
     hf = build_hf_peer(ours)
     hf.save_pretrained(tmp_path / "hf")
     config = str(ROOT / "configs/COCO/deformable_detr_r50_two_stage_50ep.yaml")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from .tiny_model import VARIANTS, build_model, detection_batch
+from .tiny_model import PAPER_SIZES, VARIANTS, build_model, detection_batch
 
 # Trainable parameters with 91 classes. single_scale and multi_scale are the
 # n_parameters of the official release's training logs (quoted in
@@ -120,16 +120,7 @@ def test_padded_batch_matches_single_images(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_parameter_counts_match_the_official_release(variant):
-    model = build_model(
-        variant,
-        num_classes=91,
-        depth=50,
-        hidden_dim=256,
-        num_queries=300,
-        layers=6,
-        ffn=1024,
-        heads=8,
-    )
+    model = build_model(variant, num_classes=91, **PAPER_SIZES)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == OFFICIAL_PARAMETERS[variant]
 

@@ -46,6 +46,10 @@ def resnet(depth, out_features, norm="FrozenBN"):
     )
 
 
+# The paper's sizes (R-50, 6+6 layers, 256 channels, 8 heads, FFN 1024, 300 queries)
+PAPER_SIZES = dict(depth=50, hidden_dim=256, num_queries=300, layers=6, ffn=1024, heads=8)
+
+
 def build_model(
     variant,
     num_classes=5,
