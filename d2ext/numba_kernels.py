@@ -34,8 +34,8 @@ def _simulated() -> bool:
 
 
 def is_available() -> tuple[bool, str]:
-    """(True, "") if the kernels can run here, on a GPU or on the simulator, else (False,
-    reason)."""
+    """(True, "") if the kernels can run here, on a GPU or on the simulator,
+    else (False, reason)."""
     if cuda is None:
         return False, _IMPORT_ERROR
     if _simulated():
@@ -317,8 +317,8 @@ def forward(
 def backward(
     grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of `forward` for grad_output (N, Lq, M * D); the other arguments are those of
-    `forward`.
+    """Gradients of `forward` for grad_output (N, Lq, M * D); the other
+    arguments are those of `forward`.
 
     Returns:
         grad_value (N, S, M, D), grad_sampling_locations (N, Lq, M, L, P, 2) and

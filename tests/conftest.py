@@ -50,7 +50,7 @@ def _seed_per_test(request):
 
     import numpy as np
 
-    seed = zlib.crc32((request.node.nodeid + os.environ.get("SALT", "")).encode())
+    seed = zlib.crc32(request.node.nodeid.encode())
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

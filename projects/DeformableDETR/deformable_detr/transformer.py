@@ -121,15 +121,15 @@ class DeformableEncoder(nn.Module):
         points = []
         for level, (H, W) in enumerate(spatial_shapes):
             centres = pixel_centres(H, W, valid_ratios.dtype, valid_ratios.device)
-            valid_size = torch.stack(
+            valid_wh = torch.stack(
                 [valid_ratios[:, level, 0] * W, valid_ratios[:, level, 1] * H], -1
             )
-            points.append(centres[None] / valid_size[:, None])
+            points.append(centres[None] / valid_wh[:, None])
         return torch.cat(points, 1)[:, :, None] * valid_ratios[:, None]
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
-        """src, pos: (N, S, C); reference_points: (N, S, L, 2); padding_mask: (N, S). Returns (N, S,
-        C)."""
+        """src, pos: (N, S, C); reference_points: (N, S, L, 2); padding_mask: (N, S).
+        Returns (N, S, C)."""
         for layer in self.layers:
             src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
         return src
@@ -382,8 +382,8 @@ class DeformableTransformer(nn.Module):
     ):
         """
         Args:
-            srcs, pos_embeds: L tensors (N, C, H_l, W_l); masks: L tensors (N, H_l, W_l), True at
-            padding.
+            srcs, pos_embeds: L tensors (N, C, H_l, W_l).
+            masks: L tensors (N, H_l, W_l), True at padding.
             query_embed: (Q, 2C) learned query position and content, or None in two-stage.
             class_embed, bbox_embed: the detection heads, one per decoder layer plus, in
                 two-stage, one for the encoder proposals (the last).
