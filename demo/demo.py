@@ -13,11 +13,11 @@
         --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth
 
 --input takes files, glob patterns and folders (their images). One image per
-input is written to --output under the input's file name. Class names come from
-the metadata of the config's test dataset (dataloader.test.dataset.names, or
-DATASETS.TEST[0]). LazyConfig models see the image through the test mapper's
-augmentation (dataloader.test.mapper.augmentation) and image_format, as in
-evaluation.
+input is written to --output under the input's file name. Class names are those
+the weights record (checkpoints of tools/lazyconfig_train_net.py and the converters
+record them), else those of the config's test dataset (its metadata). LazyConfig
+models see the image through the test mapper's augmentation
+(dataloader.test.mapper.augmentation) and image_format, as in evaluation.
 """
 
 import argparse
@@ -30,13 +30,16 @@ import tqdm
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 from deformable_detr import load_yacs_config
-from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
+from deformable_detr.build import build_model, registered_dataset_name
+from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.data import synthetic
+from deformable_detr.data.coco_json import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -99,8 +102,7 @@ class LazyConfigPredictor:
     the model (eval mode, no grad) out."""
 
     def __init__(self, cfg, device: str):
-        self.model = instantiate(cfg.model).to(device).eval()
-        DetrCheckpointer(self.model).load(cfg.train.init_checkpoint)
+        self.model = build_model(cfg, device=device)  # weights train.init_checkpoint, strictly
         mapper = cfg.dataloader.test.mapper
         augmentation = instantiate(mapper.get("augmentation", None)) or []
         self.aug = T.AugmentationList(
@@ -119,18 +121,22 @@ class LazyConfigPredictor:
 
 
 def setup(args):
-    """(predictor, metadata) for args.config_file."""
+    """(predictor, metadata) for args.config_file; the class names are those the
+    weights record or the data's, else the test dataset's metadata."""
     if args.config_file.endswith(".py"):
         cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-        names = cfg.dataloader.test.dataset.names
-        name = names if isinstance(names, str) else names[0]
-        return LazyConfigPredictor(cfg, args.device), test_metadata(name)
-    cfg = load_yacs_config(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = args.device
-    cfg.freeze()
-    return DefaultPredictor(cfg), test_metadata(
-        cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
-    )
+        predictor = LazyConfigPredictor(cfg, args.device)
+        name = registered_dataset_name(cfg.dataloader.test.dataset)
+    else:
+        cfg = load_yacs_config(args.config_file, args.opts)
+        cfg.MODEL.DEVICE = args.device
+        cfg.freeze()
+        predictor = DefaultPredictor(cfg)
+        name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
+    class_names = getattr(predictor.model, "class_names", None)
+    if class_names:
+        return predictor, Metadata(name="demo", thing_classes=list(class_names))
+    return predictor, test_metadata(name)
 
 
 def visualize(image_bgr, instances, metadata, threshold: float, scale: float = 1.0):
@@ -162,7 +168,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (
-        UnreadableCheckpointError
-    ) as e:  # also from DefaultPredictor (see deformable_detr.checkpoint)
+    except (UnreadableCheckpointError, DatasetError) as e:  # also from DefaultPredictor
         raise SystemExit(f"error: {e}")

@@ -30,10 +30,15 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
+from detectron2.utils.logger import setup_logger
 
+from deformable_detr.build import build_model, build_train_loader, data_class_names
 from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
+from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.engine import DetrTrainer
 from deformable_detr.output import AtomicJSONWriter, OutputDirInUseError, lock_output_dir
+from deformable_detr.schedule import resolve_schedule
+from deformable_detr.weights import ClassNames, LoadingRule
 
 logger = logging.getLogger("deformable_detr")
 
@@ -66,13 +71,16 @@ def writers(output_dir: str, max_iter: int) -> list:
 
 
 def do_train(args, cfg):
-    model = instantiate(cfg.model)
+    class_names = data_class_names(cfg)
+    model = build_model(cfg, weights=None, class_names=class_names).train()
     logger.info("Model:\n%s", model)
-    model.to(cfg.train.device)
 
+    train_loader, num_images = build_train_loader(cfg)
+    logger.info(
+        "schedule for %d training images: %s", num_images, resolve_schedule(cfg, num_images)
+    )
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
     model = ddp(model, cfg, **cfg.train.ddp)
     trainer = DetrTrainer(
         model,
@@ -81,7 +89,13 @@ def do_train(args, cfg):
         clip_max_norm=cfg.train.clip_max_norm,
         amp_dtype=cfg.train.amp.dtype if cfg.train.amp.enabled else None,
     )
-    checkpointer = DetrCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    records = {"class_names": ClassNames(class_names)} if class_names else {}
+    checkpointer = DetrCheckpointer(model, cfg.train.output_dir, trainer=trainer, **records)
+    checkpointer.loading_rule = LoadingRule(
+        strict=False,
+        class_names=class_names,
+        reinit_class_heads=cfg.train.get("reinit_class_heads", False),
+    )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -92,6 +106,10 @@ def do_train(args, cfg):
             hooks.EvalHook(
                 cfg.train.eval_period, lambda: do_test(cfg, model), cfg.train.eval_after_train
             ),
+            # model_best.pth: the checkpoint of the best bbox AP so far, beside the last
+            hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", "max")
+            if comm.is_main_process() and "evaluator" in cfg.dataloader
+            else None,
             hooks.PeriodicWriter(
                 writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
             )
@@ -110,12 +128,10 @@ def main(args):
     # held until the process ends; before default_setup, which writes log.txt and config.yaml there
     lock = lock_output_dir(cfg.train.output_dir) if comm.is_main_process() else None  # noqa: F841
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="deformable_detr")
     if args.eval_only:
-        model = instantiate(cfg.model)
-        model.to(cfg.train.device)
-        model = ddp(model, cfg)
-        DetrCheckpointer(model).load(cfg.train.init_checkpoint)
-        return do_test(cfg, model)
+        model = build_model(cfg, class_names=data_class_names(cfg, "test"))  # strict
+        return do_test(cfg, ddp(model, cfg))
     do_train(args, cfg)
 
 
@@ -137,5 +153,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (OutputDirInUseError, UnreadableCheckpointError) as e:
+    except (OutputDirInUseError, UnreadableCheckpointError, DatasetError) as e:
         sys.exit(f"error: {e}")

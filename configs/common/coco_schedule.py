@@ -1,12 +1,11 @@
 # Epoch-based step schedules, converted to iterations for a dataset size and batch.
-import math
-
 from detectron2.config import LazyCall as L
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from deformable_detr.schedule import iterations
 
-def iterations(epochs: float, num_images: int, batch_size: int) -> int:
-    return int(math.ceil(epochs * num_images / batch_size))
+# steps of epoch_step_multiplier's schedule: it drops the lr within 1e-6 of the run's length
+_RESOLUTION = 1_000_000
 
 
 def step_schedule(
@@ -17,6 +16,16 @@ def step_schedule(
     drop = iterations(drop_epochs, num_images, batch_size)
     return max_iter, L(MultiStepParamScheduler)(
         values=[1.0, factor], milestones=[drop], num_updates=max_iter
+    )
+
+
+def epoch_step_multiplier(total_epochs: float, drop_epochs: float, factor: float = 0.1):
+    """lr multiplier: constant, times `factor` from `drop_epochs` of `total_epochs` on, at
+    any number of iterations (the multiplier sees the fraction of training done)."""
+    return L(MultiStepParamScheduler)(
+        values=[1.0, factor],
+        milestones=[int(drop_epochs / total_epochs * _RESOLUTION)],
+        num_updates=_RESOLUTION,
     )
 
 

@@ -3,6 +3,18 @@ train = dict(
     output_dir="./output",
     init_checkpoint="",
     max_iter=90000,
+    # With epochs set, max_iter, checkpointer.period and eval_period left None follow from
+    # epochs, checkpoint_epochs and eval_epochs at any dataloader.train.total_batch_size, and
+    # optimizer.lr, the lr at lr_reference_batch_size, is scaled by lr_scaling ("sqrt",
+    # "linear" or "none") to the batch (deformable_detr.schedule).
+    epochs=None,
+    checkpoint_epochs=None,
+    eval_epochs=None,
+    lr_reference_batch_size=None,
+    lr_scaling="sqrt",
+    # fine-tuning: also re-initialise class heads of the same class count when the
+    # checkpoint does not record its classes (deformable_detr.weights)
+    reinit_class_heads=False,
     amp=dict(enabled=False, dtype="float16"),  # dtype: "float16" or "bfloat16"
     clip_max_norm=0.1,
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),

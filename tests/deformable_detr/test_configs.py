@@ -10,6 +10,9 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from deformable_detr import load_yacs_config
+from deformable_detr.schedule import resolve_schedule
+
+COCO_TRAIN_IMAGES = 118_287
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 COCO_VARIANTS = ["", "_single_scale", "_box_refine", "_two_stage"]
@@ -29,6 +32,7 @@ def _yacs(variant):
 def test_coco_config_instantiates(variant):
     cfg = _lazy(variant)
     model = instantiate(cfg.model)
+    resolve_schedule(cfg, COCO_TRAIN_IMAGES)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     scheduler = instantiate(cfg.lr_multiplier)
@@ -38,6 +42,7 @@ def test_coco_config_instantiates(variant):
     assert lrs == {2e-4, 2e-5}
     assert {group["weight_decay"] for group in optimizer.param_groups} == {1e-4}
     assert cfg.train.max_iter == 184_824 and cfg.dataloader.train.total_batch_size == 32
+    assert cfg.train.checkpointer.period == 3697 and cfg.train.eval_period == 18_483
     assert (
         scheduler(0.0) == 1.0 and scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
     )
@@ -82,3 +87,30 @@ def test_yacs_and_lazy_configs_build_the_same_model(variant):
     torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
     torch.testing.assert_close(a.scores, b.scores)
     assert torch.equal(a.pred_classes, b.pred_classes)
+
+
+@pytest.mark.parametrize("batch_size", [16, 32, 64])
+def test_epochs_stay_epochs_when_the_batch_changes(batch_size):
+    """dataloader.train.total_batch_size=16 trains the recipe's 50 epochs (not 25), with
+    the lr drop after 40 and the lr scaled by the square-root rule."""
+    cfg = _lazy("")
+    cfg = LazyConfig.apply_overrides(cfg, [f"dataloader.train.total_batch_size={batch_size}"])
+    resolve_schedule(cfg, COCO_TRAIN_IMAGES)
+    iterations_per_epoch = COCO_TRAIN_IMAGES / batch_size
+    assert cfg.train.max_iter == pytest.approx(50 * iterations_per_epoch, abs=1)
+    assert cfg.train.checkpointer.period == pytest.approx(iterations_per_epoch, abs=1)
+    assert cfg.train.eval_period == pytest.approx(5 * iterations_per_epoch, abs=1)
+    scheduler = instantiate(cfg.lr_multiplier)
+    drop = 40 * iterations_per_epoch / cfg.train.max_iter
+    assert scheduler(drop - 1e-4) == 1.0 and scheduler(drop + 1e-4) == pytest.approx(0.1)
+    assert cfg.optimizer.lr == pytest.approx(2e-4 * (batch_size / 32) ** 0.5)
+
+
+def test_an_explicit_max_iter_wins_over_epochs():
+    cfg = LazyConfig.load(str(CONFIGS / "synthetic" / "deformable_detr_tiny.py"))
+    cfg = LazyConfig.apply_overrides(
+        cfg, ["train.max_iter=7", "dataloader.train.total_batch_size=2"]
+    )
+    resolve_schedule(cfg, 2000)
+    assert cfg.train.max_iter == 7 and cfg.train.checkpointer.period == 500
+    assert cfg.optimizer.lr == pytest.approx(4e-4 / 2)

@@ -22,6 +22,7 @@ import sys
 import numpy as np
 import torch
 
+from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.export import FORMATS, MIN_SIZE, export, load_model
 
 
@@ -74,7 +75,7 @@ def main(argv=None):
         output = writable_directory(args.output)
         model, input_format = load_model(args.config_file, args.opts)
         image = sample_image(args.sample_image, input_format)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, UnreadableCheckpointError) as e:
         sys.exit(f"export_model: {e}")
     path, usage = export(model, image, args.format, output)
     print(f"wrote {path}")

@@ -12,14 +12,13 @@ returns for that image, except that the empty boxes detector_postprocess drops
 are kept (a fixed K keeps the graph free of data-dependent shapes).
 """
 
-import logging
 import os
 from typing import Callable, Dict, Sequence, Tuple
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from .build import build_model, input_format, load_config
 from .meta_arch import DeformableDETR
 from .transformer import sizes_as_tensor
 
@@ -30,10 +29,7 @@ __all__ = [
     "export",
     "load_artefact",
     "load_model",
-    "load_weights_strictly",
 ]
-
-logger = logging.getLogger(__name__)
 
 MIN_SIZE = (
     65  # a stride-64 level then has 2 pixels a side or more (a side of 1 specializes its strides)
@@ -165,58 +161,11 @@ def load_artefact(path: str, fmt: str) -> Callable:
 def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDETR, str]:
     """The model of a LazyConfig .py (overrides key=value, weights train.init_checkpoint)
     or yacs .yaml (overrides KEY VALUE or KEY=VALUE, weights MODEL.WEIGHTS) file, on the
-    CPU in eval mode with its weights loaded, and its input format ("RGB" or "BGR").
+    CPU in eval mode with its weights loaded strictly (deformable_detr.build), and its
+    input format ("RGB" or "BGR").
 
     Raises:
-        ValueError naming the checkpoint when it does not load, or not fully.
+        UnreadableCheckpointError naming the checkpoint when it does not load, or not fully.
     """
-    if config_file.endswith(".py"):
-        from detectron2.config import LazyConfig, instantiate
-
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
-        model, weights = instantiate(cfg.model), cfg.train.get("init_checkpoint", "")
-        input_format = cfg.dataloader.test.mapper.get("image_format", "BGR")
-    else:
-        from detectron2.modeling import build_model
-
-        from .config import load_yacs_config
-
-        pairs = [part for opt in opts for part in opt.split("=", 1)]
-        cfg = load_yacs_config(config_file, pairs)
-        cfg.MODEL.DEVICE = "cpu"
-        model, weights, input_format = build_model(cfg), cfg.MODEL.WEIGHTS, cfg.INPUT.FORMAT
-    if weights:
-        load_weights_strictly(model, weights)
-    else:
-        logger.warning(
-            "no checkpoint in %s (train.init_checkpoint / MODEL.WEIGHTS): random weights",
-            config_file,
-        )
-    return model.to("cpu").eval(), input_format
-
-
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that keeps the keys it could not load (it only logs them)."""
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
-def load_weights_strictly(model: nn.Module, path: str):
-    """Loads a detectron2 checkpoint into `model`; a missing or mis-shaped parameter is an
-    error here (detectron2 only warns), since an artefact with random weights in it runs."""
-    checkpointer = _RecordingCheckpointer(model)
-    try:
-        checkpointer.load(path)
-    except Exception as e:
-        raise ValueError(
-            f"checkpoint {path!r} does not load: {str(e).strip().splitlines()[0]}"
-        ) from e
-    incompatible = checkpointer.incompatible
-    missing = incompatible.missing_keys + [name for name, _, _ in incompatible.incorrect_shapes]
-    if missing:
-        raise ValueError(
-            f"checkpoint {path!r} does not fit the config's model: {len(missing)} parameters "
-            f"missing or of another shape, e.g. {missing[0]}"
-        )
+    cfg = load_config(config_file, opts)
+    return build_model(cfg, device="cpu"), input_format(cfg)

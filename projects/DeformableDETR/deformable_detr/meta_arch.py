@@ -44,6 +44,11 @@ def _input_projection(
     return nn.Sequential(conv, nn.GroupNorm(norm_groups, hidden_dim))
 
 
+def focal_prior_bias(prior_prob: float) -> float:
+    """The class-head bias whose sigmoid is `prior_prob` (focal loss's prior)."""
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
 @META_ARCH_REGISTRY.register()
 class DeformableDETR(nn.Module):
     """Deformable DETR (Zhu et al., ICLR 2021): single- or multi-scale, with
@@ -117,6 +122,7 @@ class DeformableDETR(nn.Module):
         self.two_stage = two_stage
         self.aux_loss = aux_loss
         self.test_topk = test_topk
+        self.prior_prob = prior_prob
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -137,7 +143,7 @@ class DeformableDETR(nn.Module):
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
 
         class_embed = nn.Linear(hidden_dim, num_classes)
-        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(class_embed.bias, focal_prior_bias(prior_prob))
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         nn.init.zeros_(bbox_embed.layers[-1].weight)
         nn.init.zeros_(bbox_embed.layers[-1].bias)
@@ -215,6 +221,13 @@ class DeformableDETR(nn.Module):
             "test_topk": dd.TEST_TOPK,
             "prior_prob": dd.PRIOR_PROB,
         }
+
+    def reset_class_heads(self) -> None:
+        """Re-initialises every class head (each decoder layer's and, two-stage, the
+        encoder's) as at construction: torch's default weights, the bias at the focal prior."""
+        for head in dict.fromkeys(self.class_embed):  # a head shared by the layers once
+            head.reset_parameters()
+            nn.init.constant_(head.bias, focal_prior_bias(self.prior_prob))
 
     @property
     def device(self) -> torch.device:

@@ -12,8 +12,10 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..checkpoint import UnreadableCheckpointError, load_weights_file
+from ..weights import CLASS_NAMES_KEY
 from .state_dicts import (
     Conversion,
+    coco_class_names,
     coco_raw_class_ids,
     convert_hf_state_dict,
     convert_official_state_dict,
@@ -38,19 +40,11 @@ OFFICIAL_HINT = (
 
 
 def build_model(config_file: str, opts: List[str]) -> torch.nn.Module:
-    """The model of a LazyConfig (.py) or yacs (.yaml) config, on the CPU."""
-    if config_file.endswith(".py"):
-        from detectron2.config import LazyConfig, instantiate
+    """The model of a LazyConfig (.py) or yacs (.yaml) config, on the CPU, without weights."""
+    from ..build import build_model as build_configured_model
+    from ..build import load_config
 
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
-        return instantiate(cfg.model)
-    from detectron2.modeling import build_model as build_yacs_model
-
-    from ..config import load_yacs_config
-
-    cfg = load_yacs_config(config_file, opts)
-    cfg.MODEL.DEVICE = "cpu"
-    return build_yacs_model(cfg)
+    return build_configured_model(load_config(config_file, opts), weights=None, device="cpu")
 
 
 def class_rows(choice: str, checkpoint_classes: int, model_classes: int) -> Optional[List[int]]:
@@ -173,7 +167,10 @@ def convert(read: Callable[[str], Conversion], args: argparse.Namespace) -> None
     load_conversion(model, conversion)
     print(conversion.summary())
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": conversion.state_dict, "__source__": args.input}, args.output)
+    checkpoint = {"model": conversion.state_dict, "__source__": args.input}
+    if rows is not None:  # the heads now hold detectron2's COCO classes, in its order
+        checkpoint[CLASS_NAMES_KEY] = coco_class_names()
+    torch.save(checkpoint, args.output)
     print(
         f"wrote {args.output}; use it as train.init_checkpoint (LazyConfig) or MODEL.WEIGHTS "
         f"(yacs) with {args.config_file}"

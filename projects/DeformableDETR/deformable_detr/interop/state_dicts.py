@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "Conversion",
     "Variant",
+    "coco_class_names",
     "coco_raw_class_ids",
     "convert_hf_state_dict",
     "convert_official_state_dict",
@@ -389,6 +390,13 @@ def coco_raw_class_ids() -> List[int]:
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
     return [c["id"] for c in COCO_CATEGORIES if c["isthing"]]
+
+
+def coco_class_names() -> List[str]:
+    """detectron2's 80 COCO class names, in contiguous order."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    return [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
 
 
 def model_variant(model) -> Variant:
