@@ -169,16 +169,51 @@ def test_malicious_pickle_is_refused(entry, malicious, tmp_path, synthetic_datas
     ), log[-3000:]
 
 
-def test_malicious_pickle_is_refused_by_default_predictor(malicious):
+def _default_predictor_refuses(weights):
     from detectron2.engine import DefaultPredictor
 
     from deformable_detr import load_yacs_config
     from deformable_detr.checkpoint import UnreadableCheckpointError
 
     cfg = load_yacs_config(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"), [])
-    cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = str(malicious), "cpu"
+    cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = str(weights), "cpu"
     with pytest.raises(UnreadableCheckpointError, match="not loadable as data"):
         DefaultPredictor(cfg)
+
+
+def test_malicious_pickle_is_refused_by_default_predictor(malicious):
+    _default_predictor_refuses(malicious)
+
+
+@pytest.mark.parametrize("entry", ["eval-only", "export", "default-predictor"])
+def test_crafted_pyth_runs_nothing_when_torch_is_told_to_run_code(
+    entry, tmp_path, synthetic_datasets, monkeypatch
+):
+    """pycls's .pyth files, which detectron2 reads with a plain torch.load, load as
+    data too, also with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 set."""
+    path, marker = tmp_path / "model.pyth", tmp_path / "code_ran"
+    write_malicious_pickle(path, marker)
+    force = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    if entry == "default-predictor":
+        monkeypatch.setenv(*force.popitem())
+        _default_predictor_refuses(path)
+    else:
+        weights = f"train.init_checkpoint={path}"
+        args = {
+            "eval-only": command("--eval-only", *SMALL, weights),
+            "export": command(
+                "--format",
+                "torchscript",
+                "--output",
+                str(tmp_path),
+                weights,
+                script=ROOT / "tools" / "deploy" / "export_model.py",
+            ),
+        }[entry]
+        log = run(args, synthetic_datasets, succeeds=False, **force)
+        assert f"{path}: not loadable as data (" in log and "posix.mknod" in log, log[-3000:]
+        assert "weights_only=False" not in log
+    assert not marker.exists(), "the weights file ran code"
 
 
 def test_empty_weights_file_is_one_clear_line(tmp_path, synthetic_datasets):
