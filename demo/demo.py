@@ -37,6 +37,7 @@ from detectron2.utils.visualizer import Visualizer
 from deformable_detr import load_yacs_config
 from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
 from deformable_detr.data import synthetic
+from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -121,7 +122,7 @@ class LazyConfigPredictor:
 def setup(args):
     """(predictor, metadata) for args.config_file."""
     if args.config_file.endswith(".py"):
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+        cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
         names = cfg.dataloader.test.dataset.names
         name = names if isinstance(names, str) else names[0]
         return LazyConfigPredictor(cfg, args.device), test_metadata(name)
@@ -163,6 +164,7 @@ if __name__ == "__main__":
     try:
         main()
     except (
-        UnreadableCheckpointError
-    ) as e:  # also from DefaultPredictor (see deformable_detr.checkpoint)
+        ConfigOverrideError,
+        UnreadableCheckpointError,  # also from DefaultPredictor (see deformable_detr.checkpoint)
+    ) as e:
         raise SystemExit(f"error: {e}")

@@ -216,6 +216,22 @@ def test_crafted_pyth_runs_nothing_when_torch_is_told_to_run_code(
     assert not marker.exists(), "the weights file ran code"
 
 
+def test_a_mistyped_override_stops_before_anything_is_written(tmp_path, synthetic_datasets):
+    output_dir = tmp_path / "output"
+    log = train_net(
+        synthetic_datasets,
+        *SMALL,
+        f"train.output_dir={output_dir}",
+        "train.max_iters=1",
+        succeeds=False,
+    )
+    assert log.rstrip().splitlines()[-1] == (
+        "error: train.max_iters=1: the config has no key train.max_iters (did you mean "
+        "train.max_iter?); write +train.max_iters=1 to add it"
+    )
+    assert not output_dir.exists()
+
+
 def test_empty_weights_file_is_one_clear_line(tmp_path, synthetic_datasets):
     empty = tmp_path / "model.pth"
     empty.touch()

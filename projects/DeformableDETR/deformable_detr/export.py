@@ -173,7 +173,9 @@ def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDE
     if config_file.endswith(".py"):
         from detectron2.config import LazyConfig, instantiate
 
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+        from .overrides import apply_overrides
+
+        cfg = apply_overrides(LazyConfig.load(config_file), list(opts))
         model, weights = instantiate(cfg.model), cfg.train.get("init_checkpoint", "")
         input_format = cfg.dataloader.test.mapper.get("image_format", "BGR")
     else:

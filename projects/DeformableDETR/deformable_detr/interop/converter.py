@@ -42,7 +42,9 @@ def build_model(config_file: str, opts: List[str]) -> torch.nn.Module:
     if config_file.endswith(".py"):
         from detectron2.config import LazyConfig, instantiate
 
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), opts)
+        from ..overrides import apply_overrides
+
+        cfg = apply_overrides(LazyConfig.load(config_file), opts)
         return instantiate(cfg.model)
     from detectron2.modeling import build_model as build_yacs_model
 
