@@ -11,6 +11,8 @@ import time
 import pytest
 import torch
 
+from deformable_detr.output import lock_output_dir
+
 from ..deformable_detr.test_checkpoint import write_malicious_pickle
 from ..train_net_runs import ROOT, command, environment, iterations, run, train_net
 
@@ -112,6 +114,36 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
     assert iterations(output_dir)[-1] == 2
     assert torch.load(output_dir / "model_final.pth", weights_only=True)["iteration"] == 2
     assert not list(output_dir.glob(".*.tmp-*"))
+
+
+def _start_and_kill_after(checkpoint, args, datasets):
+    """Starts a training (`args`, a command), kills it (kill -9) once it wrote `checkpoint`
+    and waits for it to end."""
+    training = subprocess.Popen(
+        args, env=environment(datasets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert training.poll() is None, f"the training ended before writing {checkpoint}"
+            assert time.monotonic() < deadline, f"the training did not write {checkpoint}"
+            time.sleep(0.05)
+    finally:
+        training.kill()
+        training.wait()
+
+
+def test_the_lock_ends_with_a_killed_training_not_with_its_workers(tmp_path, synthetic_datasets):
+    output_dir = tmp_path / "output"
+    args = command(
+        *SMALL,
+        "dataloader.train.num_workers=1",  # forked, they live on a few seconds after a kill
+        f"train.output_dir={output_dir}",
+        "train.max_iter=1000",
+        "train.checkpointer.period=1",
+    )
+    _start_and_kill_after(output_dir / "model_0000001.pth", args, synthetic_datasets)
+    lock_output_dir(str(output_dir)).close()
 
 
 @pytest.fixture
