@@ -40,6 +40,7 @@ from deformable_detr.build import build_model, registered_dataset_name
 from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.data import synthetic
 from deformable_detr.data.coco_json import DatasetError
+from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -124,7 +125,7 @@ def setup(args):
     """(predictor, metadata) for args.config_file; the class names are those the
     weights record or the data's, else the test dataset's metadata."""
     if args.config_file.endswith(".py"):
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+        cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
         predictor = LazyConfigPredictor(cfg, args.device)
         name = registered_dataset_name(cfg.dataloader.test.dataset)
     else:
@@ -168,5 +169,9 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (UnreadableCheckpointError, DatasetError) as e:  # also from DefaultPredictor
+    except (
+        ConfigOverrideError,
+        DatasetError,
+        UnreadableCheckpointError,  # also from DefaultPredictor (see deformable_detr.checkpoint)
+    ) as e:
         raise SystemExit(f"error: {e}")

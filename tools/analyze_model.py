@@ -27,6 +27,7 @@ from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn import flop_count_table
 
 from deformable_detr.flops import flop_count_handles
+from deformable_detr.overrides import apply_overrides
 
 
 def parse_args(argv=None):
@@ -60,7 +61,7 @@ def analyze(model: torch.nn.Module, height: int, width: int, device="cpu") -> Fl
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # fvcore warns once per uncounted op
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
     model = instantiate(cfg.model).to(args.device).eval()
     trainable, total = count_parameters(model)
     with torch.no_grad():

@@ -12,7 +12,8 @@
     python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2 train.device=cpu
 
 key=value pairs override the config (e.g. train.device=cpu train.max_iter=100);
-flags such as --resume may come before or after them. The config's `train` holds
+a key the config does not have is an error naming the closest one, +key=value
+adds one. Flags such as --resume may come before or after them. The config's `train` holds
 the recipe's loop settings: amp (enabled, dtype), clip_max_norm, checkpointer
 period, eval_period, eval_after_train, log_period, device.
 
@@ -37,6 +38,7 @@ from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointErr
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.engine import DetrTrainer
 from deformable_detr.output import AtomicJSONWriter, OutputDirInUseError, lock_output_dir
+from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 from deformable_detr.schedule import resolve_schedule
 from deformable_detr.weights import ClassNames, LoadingRule
 
@@ -124,7 +126,7 @@ def do_train(args, cfg):
 
 def main(args):
     cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = apply_overrides(cfg, args.opts)
     # held until the process ends; before default_setup, which writes log.txt and config.yaml there
     lock = lock_output_dir(cfg.train.output_dir) if comm.is_main_process() else None  # noqa: F841
     default_setup(cfg, args)
@@ -153,5 +155,5 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (OutputDirInUseError, UnreadableCheckpointError, DatasetError) as e:
+    except (ConfigOverrideError, OutputDirInUseError, UnreadableCheckpointError, DatasetError) as e:
         sys.exit(f"error: {e}")

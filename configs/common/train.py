@@ -22,5 +22,6 @@ train = dict(
     eval_period=5000,
     eval_after_train=True,  # False: no evaluation at the end (eval_period 0 then means none at all)
     log_period=20,
+    seed=-1,  # < 0: a new random seed each run; a fixed seed makes --resume continue bit-exactly
     device="cuda",
 )

@@ -69,9 +69,11 @@ def test_caffe2_blobs_pkl_loads(tmp_path):
     torch.testing.assert_close(model.weight, torch.as_tensor(weights["weight"]))
 
 
-@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+@pytest.mark.parametrize("suffix", [".pkl", ".pth", ".pyth", ".bin"])
 @pytest.mark.parametrize("checkpointer", [DetectionCheckpointer, DetrCheckpointer])
-def test_malicious_pickle_runs_nothing(tmp_path, suffix, checkpointer):
+def test_malicious_pickle_runs_nothing(tmp_path, suffix, checkpointer, monkeypatch):
+    # torch's switch to load without weights_only where a call does not ask for it
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     marker, path = tmp_path / "marker", tmp_path / f"evil{suffix}"
     write_malicious_pickle(path, marker)
     with pytest.raises(
@@ -79,6 +81,18 @@ def test_malicious_pickle_runs_nothing(tmp_path, suffix, checkpointer):
     ):
         checkpointer(_model()).load(str(path))
     assert not marker.exists()
+
+
+def test_pycls_pyth_loads_as_data(tmp_path):
+    weights = {k: v.detach().clone() + 1 for k, v in _model().state_dict().items()}
+    state = {**weights, "bn.num_batches_tracked": torch.tensor(3)}
+    torch.save({"model_state": state, "epoch": 5, "cfg": "MODEL: {}"}, tmp_path / "model.pyth")
+    model = _model()
+    DetectionCheckpointer(model).load(str(tmp_path / "model.pyth"))
+    torch.testing.assert_close(model.weight, weights["weight"])
+    torch.save({"state_dict": weights}, tmp_path / "other.pyth")
+    with pytest.raises(UnreadableCheckpointError, match="other.pyth: .* with 'model_state'"):
+        DetectionCheckpointer(_model()).load(str(tmp_path / "other.pyth"))
 
 
 def _corrupt_files(tmp_path):

@@ -2,6 +2,9 @@
 atomically, and the one-training-per-directory lock."""
 
 import json
+import os
+import signal
+import time
 
 import pytest
 from detectron2.utils.events import EventStorage
@@ -53,3 +56,19 @@ def test_an_output_dir_takes_one_training_at_a_time(tmp_path):
         lock_output_dir(str(tmp_path))
     lock.close()  # what the OS does when the process ends, killed or not
     lock_output_dir(str(tmp_path)).close()
+
+
+def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+    """A data-loader worker forked by the training must not keep the directory
+    locked after the training process is gone."""
+    lock = lock_output_dir(str(tmp_path))
+    child = os.fork()
+    if child == 0:  # a worker that outlives its parent for a while
+        time.sleep(30)
+        os._exit(0)
+    try:
+        lock.close()  # the training process ends; its worker lives on
+        lock_output_dir(str(tmp_path)).close()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

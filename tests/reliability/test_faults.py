@@ -11,6 +11,8 @@ import time
 import pytest
 import torch
 
+from deformable_detr.output import lock_output_dir
+
 from ..deformable_detr.test_checkpoint import write_malicious_pickle
 from ..train_net_runs import ROOT, command, environment, iterations, run, train_net
 
@@ -114,6 +116,36 @@ def test_kill_during_checkpoint_write_second_run_and_resume(tmp_path, synthetic_
     assert not list(output_dir.glob(".*.tmp-*"))
 
 
+def _start_and_kill_after(checkpoint, args, datasets):
+    """Starts a training (`args`, a command), kills it (kill -9) once it wrote `checkpoint`
+    and waits for it to end."""
+    training = subprocess.Popen(
+        args, env=environment(datasets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert training.poll() is None, f"the training ended before writing {checkpoint}"
+            assert time.monotonic() < deadline, f"the training did not write {checkpoint}"
+            time.sleep(0.05)
+    finally:
+        training.kill()
+        training.wait()
+
+
+def test_the_lock_ends_with_a_killed_training_not_with_its_workers(tmp_path, synthetic_datasets):
+    output_dir = tmp_path / "output"
+    args = command(
+        *SMALL,
+        "dataloader.train.num_workers=1",  # forked, they live on a few seconds after a kill
+        f"train.output_dir={output_dir}",
+        "train.max_iter=1000",
+        "train.checkpointer.period=1",
+    )
+    _start_and_kill_after(output_dir / "model_0000001.pth", args, synthetic_datasets)
+    lock_output_dir(str(output_dir)).close()
+
+
 @pytest.fixture
 def malicious(tmp_path):
     path, marker = tmp_path / "model.pkl", tmp_path / "code_ran"
@@ -169,16 +201,67 @@ def test_malicious_pickle_is_refused(entry, malicious, tmp_path, synthetic_datas
     ), log[-3000:]
 
 
-def test_malicious_pickle_is_refused_by_default_predictor(malicious):
+def _default_predictor_refuses(weights):
     from detectron2.engine import DefaultPredictor
 
     from deformable_detr import load_yacs_config
     from deformable_detr.checkpoint import UnreadableCheckpointError
 
     cfg = load_yacs_config(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"), [])
-    cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = str(malicious), "cpu"
+    cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = str(weights), "cpu"
     with pytest.raises(UnreadableCheckpointError, match="not loadable as data"):
         DefaultPredictor(cfg)
+
+
+def test_malicious_pickle_is_refused_by_default_predictor(malicious):
+    _default_predictor_refuses(malicious)
+
+
+@pytest.mark.parametrize("entry", ["eval-only", "export", "default-predictor"])
+def test_crafted_pyth_runs_nothing_when_torch_is_told_to_run_code(
+    entry, tmp_path, synthetic_datasets, monkeypatch
+):
+    """pycls's .pyth files, which detectron2 reads with a plain torch.load, load as
+    data too, also with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 set."""
+    path, marker = tmp_path / "model.pyth", tmp_path / "code_ran"
+    write_malicious_pickle(path, marker)
+    force = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    if entry == "default-predictor":
+        monkeypatch.setenv(*force.popitem())
+        _default_predictor_refuses(path)
+    else:
+        weights = f"train.init_checkpoint={path}"
+        args = {
+            "eval-only": command("--eval-only", *SMALL, weights),
+            "export": command(
+                "--format",
+                "torchscript",
+                "--output",
+                str(tmp_path),
+                weights,
+                script=ROOT / "tools" / "deploy" / "export_model.py",
+            ),
+        }[entry]
+        log = run(args, synthetic_datasets, succeeds=False, **force)
+        assert f"{path}: not loadable as data (" in log and "posix.mknod" in log, log[-3000:]
+        assert "weights_only=False" not in log
+    assert not marker.exists(), "the weights file ran code"
+
+
+def test_a_mistyped_override_stops_before_anything_is_written(tmp_path, synthetic_datasets):
+    output_dir = tmp_path / "output"
+    log = train_net(
+        synthetic_datasets,
+        *SMALL,
+        f"train.output_dir={output_dir}",
+        "train.max_iters=1",
+        succeeds=False,
+    )
+    assert log.rstrip().splitlines()[-1] == (
+        "error: train.max_iters=1: the config has no key train.max_iters (did you mean "
+        "train.max_iter?); write +train.max_iters=1 to add it"
+    )
+    assert not output_dir.exists()
 
 
 def test_empty_weights_file_is_one_clear_line(tmp_path, synthetic_datasets):

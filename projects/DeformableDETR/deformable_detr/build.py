@@ -39,7 +39,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
     if config_file.endswith(".py"):
         from detectron2.config import LazyConfig
 
-        return LazyConfig.apply_overrides(LazyConfig.load(config_file), list(opts))
+        from .overrides import apply_overrides
+
+        return apply_overrides(LazyConfig.load(config_file), list(opts))
     from .config import load_yacs_config
 
     pairs = list(opts)

@@ -5,7 +5,8 @@ Loading, for every DetectionCheckpointer once :func:`load_weights_as_data` ran
 (importing `deformable_detr` runs it, so DefaultPredictor, which builds its own
 DetectionCheckpointer, is covered too):
 
-- ``.pth`` and other torch files: ``torch.load(weights_only=True)``;
+- ``.pth``, pycls's ``.pyth`` and other torch files: ``torch.load(weights_only=True)``,
+  also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set;
 - ``.pkl`` (detectron2's model-zoo backbones: pickled dicts of numpy arrays):
   an unpickler that admits numpy arrays, numbers, strings and plain containers only;
 - ``.safetensors``: safetensors.
@@ -151,10 +152,23 @@ def _model_zoo_checkpoint(data: Any, filename: str) -> Dict[str, Any]:
 _detectron2_load_file = DetectionCheckpointer._load_file
 
 
+def _pycls_checkpoint(data: Any, filename: str) -> Dict[str, Any]:
+    """What DetectionCheckpointer makes of a pycls ``.pyth`` file: its model_state,
+    renamed by name-matching heuristics."""
+    if not isinstance(data, dict) or not isinstance(data.get("model_state"), dict):
+        raise UnreadableCheckpointError(
+            f"{filename}: a .pyth file must be a pycls checkpoint, a dict with 'model_state'"
+        )
+    state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+
+
 def _load_file(self, filename: str) -> Dict[str, Any]:
     """DetectionCheckpointer._load_file with every file loaded as data."""
     if filename.endswith(".pkl"):
         return _model_zoo_checkpoint(load_weights_file(filename), filename)
+    if filename.endswith(".pyth"):  # detectron2 reads these with a plain torch.load
+        return _pycls_checkpoint(load_weights_file(filename), filename)
     # detectron2's handling of "model" and URL queries, reading through _torch_load
     return _detectron2_load_file(self, filename)
 

@@ -6,6 +6,7 @@ import fcntl
 import glob
 import os
 import tempfile
+import weakref
 from typing import IO, Callable
 
 from detectron2.utils.events import JSONWriter
@@ -79,6 +80,24 @@ class AtomicJSONWriter(JSONWriter):
         pass
 
 
+def _not_in_forked_children(lock: IO[str]) -> None:
+    """A forked child (a data-loader worker) shares the locked open file, and
+    flock is released only when every descriptor of it is closed: the lock would
+    outlive a killed training by as long as its workers take to notice. Each
+    child's descriptor is pointed to /dev/null instead (not unlocked: that would
+    unlock the parent too)."""
+    held = weakref.ref(lock)
+
+    def release_in_child() -> None:
+        lock = held()
+        if lock is not None and not lock.closed:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, lock.fileno())
+            os.close(null)
+
+    os.register_at_fork(after_in_child=release_in_child)
+
+
 class OutputDirInUseError(RuntimeError):
     """Another process trains into the same output directory."""
 
@@ -109,6 +128,7 @@ def lock_output_dir(output_dir: str) -> IO[str]:
     lock.truncate(0)
     lock.write(f"pid {os.getpid()}\n")
     lock.flush()
+    _not_in_forked_children(lock)
     for stale in glob.glob(os.path.join(glob.escape(output_dir), f".*{TMP_INFIX}*")):
         os.remove(stale)
     return lock

@@ -1,0 +1,53 @@
+import pytest
+from detectron2.config import LazyConfig
+
+from deformable_detr.overrides import ConfigOverrideError, apply_overrides
+
+from ..train_net_runs import CONFIG
+
+
+@pytest.fixture
+def cfg():
+    return LazyConfig.load(str(CONFIG))
+
+
+def test_existing_keys_and_call_arguments_are_set(cfg):
+    apply_overrides(
+        cfg,
+        [
+            "train.max_iter=5",
+            "train.seed=3",
+            "model.transformer.hidden_dim=64",
+            "optimizer.weight_decay=0.5",  # an argument of AdamW the config leaves at its default
+            "dataloader.train.mapper.augmentation.0.prob=0.25",
+        ],
+    )
+    assert (cfg.train.max_iter, cfg.train.seed, cfg.model.transformer.hidden_dim) == (5, 3, 64)
+    assert cfg.optimizer.weight_decay == 0.5
+    assert cfg.dataloader.train.mapper.augmentation[0].prob == 0.25
+
+
+@pytest.mark.parametrize(
+    "override, closest",
+    [
+        ("train.max_iters=5", "train.max_iter"),
+        ("model.transformer.hiden_dim=3", "model.transformer.hidden_dim"),
+        ("train.amp.dtyp=bfloat16", "train.amp.dtype"),
+    ],
+)
+def test_a_mistyped_key_names_the_closest_one(cfg, override, closest):
+    with pytest.raises(ConfigOverrideError) as info:
+        apply_overrides(cfg, [override])
+    key = override.split("=")[0]
+    assert str(info.value) == (
+        f"{override}: the config has no key {key} (did you mean {closest}?); "
+        f"write +{override} to add it"
+    )
+    assert "\n" not in str(info.value)
+
+
+def test_plus_adds_a_key_and_refuses_an_existing_one(cfg):
+    apply_overrides(cfg, ["+train.note=hello", "++train.max_iter=7", "++train.other=1"])
+    assert (cfg.train.note, cfg.train.max_iter, cfg.train.other) == ("hello", 7, 1)
+    with pytest.raises(ConfigOverrideError, match="already has train.max_iter; write train.max"):
+        apply_overrides(cfg, ["+train.max_iter=5"])
