@@ -113,7 +113,7 @@ def do_train(args, cfg):
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if checkpointer.resumed_from else 0
-    if comm.is_main_process():  # the iterations this run (re)writes
+    if comm.is_main_process() and checkpointer.resumed_from:  # the iterations it rewrites
         drop_metrics_from(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter)
     trainer.train(start_iter, cfg.train.max_iter)
 

@@ -84,3 +84,5 @@ def test_bad_arguments_are_named():
         build_resumable_train_loader(tuple(_dataset()), mapper=_draws, total_batch_size=2)
     with pytest.raises(ValueError, match="total_batch_size 0 must be a positive multiple"):
         build_resumable_train_loader(_dataset(), mapper=_draws, total_batch_size=0)
+    with pytest.raises(ValueError, match="dataset is empty"):
+        build_resumable_train_loader([], mapper=_draws, total_batch_size=2)

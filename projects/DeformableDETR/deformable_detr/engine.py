@@ -136,10 +136,14 @@ class DetrTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
         if "rng" in state_dict:
             restore_rng_states(state_dict["rng"])
-        if "data_loader" in state_dict and hasattr(self.data_loader, "load_state_dict"):
+        resumable = hasattr(self.data_loader, "load_state_dict")
+        if resumable and "data_loader" in state_dict:
             self.data_loader.load_state_dict(state_dict["data_loader"])
-        else:
-            logging.getLogger(__name__).warning(
-                f"the training data starts over: {type(self.data_loader).__name__} cannot resume "
-                "where the checkpoint stopped (build_resumable_train_loader can)"
-            )
+            return
+        why = (
+            "the checkpoint does not say where the data was"
+            if resumable
+            else f"{type(self.data_loader).__name__} cannot resume (build_resumable_train_loader "
+            "can)"
+        )
+        logging.getLogger(__name__).warning(f"the training data starts over: {why}")

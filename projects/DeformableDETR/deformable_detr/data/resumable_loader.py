@@ -143,6 +143,8 @@ def build_resumable_train_loader(
     """
     if not isinstance(dataset, list):
         raise TypeError(f"dataset must be a list of dataset dicts, got {type(dataset).__name__}")
+    if not dataset:
+        raise ValueError("dataset is empty: there is nothing to train on")
     world_size = comm.get_world_size()
     if total_batch_size <= 0 or total_batch_size % world_size:
         raise ValueError(
