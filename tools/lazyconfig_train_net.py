@@ -37,8 +37,16 @@ from deformable_detr.build import build_model, build_train_loader, data_class_na
 from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.engine import DetrTrainer
-from deformable_detr.output import AtomicJSONWriter, OutputDirInUseError, lock_output_dir
+from deformable_detr.hooks import PeriodicCheckpointer
+from deformable_detr.output import (
+    AtomicJSONWriter,
+    DiskFullError,
+    OutputDirInUseError,
+    drop_metrics_from,
+    lock_output_dir,
+)
 from deformable_detr.overrides import ConfigOverrideError, apply_overrides
+from deformable_detr.rng import preserved_rng_states
 from deformable_detr.schedule import resolve_schedule
 from deformable_detr.weights import ClassNames, LoadingRule
 
@@ -56,9 +64,10 @@ def ddp(model, cfg, **kwargs):
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-    )
+    with preserved_rng_states():  # a resumed training then continues exactly
+        results = inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
     print_csv_format(results)
     return results
 
@@ -102,7 +111,7 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
             hooks.EvalHook(
@@ -121,6 +130,8 @@ def do_train(args, cfg):
     )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if checkpointer.resumed_from else 0
+    if comm.is_main_process() and checkpointer.resumed_from:  # the iterations it rewrites
+        drop_metrics_from(os.path.join(cfg.train.output_dir, "metrics.json"), start_iter)
     trainer.train(start_iter, cfg.train.max_iter)
 
 
@@ -130,6 +141,7 @@ def main(args):
     # held until the process ends; before default_setup, which writes log.txt and config.yaml there
     lock = lock_output_dir(cfg.train.output_dir) if comm.is_main_process() else None  # noqa: F841
     default_setup(cfg, args)
+    # this package's messages (dropped boxes, resuming, ...) also go to log.txt
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="deformable_detr")
     if args.eval_only:
         model = build_model(cfg, class_names=data_class_names(cfg, "test"))  # strict
@@ -155,5 +167,11 @@ if __name__ == "__main__":
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (ConfigOverrideError, OutputDirInUseError, UnreadableCheckpointError, DatasetError) as e:
+    except (
+        ConfigOverrideError,
+        DatasetError,
+        DiskFullError,
+        OutputDirInUseError,
+        UnreadableCheckpointError,
+    ) as e:
         sys.exit(f"error: {e}")

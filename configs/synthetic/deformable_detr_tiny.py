@@ -2,11 +2,7 @@
 # dataset (registered by importing deformable_detr, generated when first loaded,
 # under $D2EXT_DATASETS): the CPU demo of `make demo`.
 from detectron2.config import LazyCall as L
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.modeling.backbone import BasicStem, ResNet
 from omegaconf import OmegaConf
@@ -14,6 +10,7 @@ from omegaconf import OmegaConf
 from deformable_detr.data import (
     DetrCOCOEvaluator,
     DetrDatasetMapper,
+    build_resumable_train_loader,
     clean_boxes,
     detection_dataset_dicts,
 )
@@ -50,7 +47,7 @@ optimizer.params.lr_factor_func.backbone_multiplier = 1.0  # no pretrained backb
 optimizer.lr = 4e-4
 
 dataloader = OmegaConf.create()
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(clean_boxes)(
         dataset_dicts=L(detection_dataset_dicts)(names=TRAIN, filter_empty=False),
         dataset_name=TRAIN,

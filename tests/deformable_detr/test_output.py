@@ -13,6 +13,7 @@ from deformable_detr.output import (
     AtomicJSONWriter,
     OutputDirInUseError,
     atomic_write,
+    drop_metrics_from,
     lock_output_dir,
 )
 
@@ -62,13 +63,25 @@ def test_a_forked_child_does_not_hold_the_lock(tmp_path):
     """A data-loader worker forked by the training must not keep the directory
     locked after the training process is gone."""
     lock = lock_output_dir(str(tmp_path))
+    started, started_write = os.pipe()
     child = os.fork()
     if child == 0:  # a worker that outlives its parent for a while
+        os.write(started_write, b"1")
         time.sleep(30)
         os._exit(0)
     try:
+        os.read(started, 1)  # the child runs (fork handlers have run)
         lock.close()  # the training process ends; its worker lives on
         lock_output_dir(str(tmp_path)).close()
     finally:
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
+        os.close(started), os.close(started_write)
+
+
+def test_drop_metrics_from_keeps_the_earlier_iterations(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("".join(json.dumps({"iteration": i, "loss": 1.0}) + "\n" for i in range(6)))
+    drop_metrics_from(str(path), 3)
+    assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    drop_metrics_from(str(tmp_path / "absent.json"), 0)  # nothing to do

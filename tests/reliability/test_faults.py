@@ -11,8 +11,6 @@ import time
 import pytest
 import torch
 
-from deformable_detr.output import lock_output_dir
-
 from ..deformable_detr.test_checkpoint import write_malicious_pickle
 from ..train_net_runs import ROOT, command, environment, iterations, run, train_net
 
@@ -133,17 +131,58 @@ def _start_and_kill_after(checkpoint, args, datasets):
         training.wait()
 
 
-def test_the_lock_ends_with_a_killed_training_not_with_its_workers(tmp_path, synthetic_datasets):
-    output_dir = tmp_path / "output"
-    args = command(
-        *SMALL,
-        "dataloader.train.num_workers=1",  # forked, they live on a few seconds after a kill
-        f"train.output_dir={output_dir}",
-        "train.max_iter=1000",
-        "train.checkpointer.period=1",
-    )
-    _start_and_kill_after(output_dir / "model_0000001.pth", args, synthetic_datasets)
-    lock_output_dir(str(output_dir)).close()
+# a fixed seed, dropout, a forked data-loader worker; a smaller transformer, to be quick
+EXACT_RESUME = [
+    *SMALL,
+    "dataloader.train.num_workers=1",
+    "train.seed=5",
+    "model.transformer.dropout=0.1",
+    "model.transformer.num_encoder_layers=1",
+    "model.transformer.num_decoder_layers=2",
+    "model.transformer.hidden_dim=32",
+    "model.position_embedding.num_pos_feats=16",
+    "model.transformer.dim_feedforward=64",
+    "model.num_queries=10",
+    "model.test_topk=10",
+    "train.max_iter=6",
+    "train.checkpointer.period=2",
+    "train.checkpointer.max_to_keep=1",
+]
+
+
+def test_a_killed_training_resumes_bit_identically(tmp_path, synthetic_datasets):
+    """kill -9 in the middle, --resume at once (not refused: the killed run's forked
+    data-loader worker does not hold the directory's lock): the final weights equal, bit for
+    bit, those of the same training run without interruption; metrics.json has
+    every iteration once; max_to_keep counts the killed run's checkpoints; a resume
+    with nothing left to train writes model_final.pth."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_net(synthetic_datasets, *EXACT_RESUME, f"train.output_dir={straight}")
+    args = command(*EXACT_RESUME, f"train.output_dir={resumed}")
+    _start_and_kill_after(resumed / "model_0000001.pth", args, synthetic_datasets)
+    log = train_net(synthetic_datasets, *EXACT_RESUME, f"train.output_dir={resumed}", "--resume")
+    assert "training data continues at batch" in log
+
+    expected = torch.load(straight / "model_final.pth", weights_only=True)
+    final = torch.load(resumed / "model_final.pth", weights_only=True)
+    assert final["iteration"] == expected["iteration"] == 5
+    differing = [k for k, v in expected["model"].items() if not torch.equal(v, final["model"][k])]
+    assert not differing, f"{len(differing)} of {len(expected['model'])} tensors differ"
+    # each iteration once (the killed run's metrics after its checkpoint are dropped)
+    start = int(log.split("Starting training from iteration ")[1].split()[0])
+    logged = iterations(resumed)
+    assert logged == sorted(set(logged)) and logged[-6 + start :] == list(range(start, 6))
+    names = sorted(p.name for p in resumed.glob("*.pth"))
+    assert names == sorted(p.name for p in straight.glob("*.pth"))
+    assert names == ["model_0000005.pth", "model_final.pth"]
+
+    (resumed / "model_final.pth").unlink()
+    (resumed / "last_checkpoint").write_text("model_0000005.pth")
+    train_net(synthetic_datasets, *EXACT_RESUME, f"train.output_dir={resumed}", "--resume")
+    final = torch.load(resumed / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 5
+    assert all(torch.equal(v, final["model"][k]) for k, v in expected["model"].items())
+    assert iterations(resumed) == logged
 
 
 @pytest.fixture

@@ -3,12 +3,13 @@
 # resize to 400/500/600, a random 384..600 crop and the same 480..800 resize.
 # Test: shortest edge 800, longest at most 1333.
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from omegaconf import OmegaConf
 
 from deformable_detr.data import (
     DetrCOCOEvaluator,
     DetrDatasetMapper,
+    build_resumable_train_loader,
     clean_boxes,
     detection_dataset_dicts,
 )
@@ -21,7 +22,7 @@ from deformable_detr.data.dataset_mapper import (
 TRAIN_SCALES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
 dataloader = OmegaConf.create()
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(clean_boxes)(
         dataset_dicts=L(detection_dataset_dicts)(names="coco_2017_train", filter_empty=False),
         dataset_name="coco_2017_train",

@@ -2,12 +2,15 @@
 gradient scaler, or bfloat16), gradient clipping, and a clear stop on a
 non-finite input, loss or gradient before the weights are touched."""
 
+import logging
 import math
 import time
 from typing import Optional
 
 import torch
 from detectron2.engine import SimpleTrainer
+
+from .rng import restore_rng_states, rng_states
 
 
 class DetrTrainer(SimpleTrainer):
@@ -116,12 +119,31 @@ class DetrTrainer(SimpleTrainer):
         )
 
     def state_dict(self):
+        """SimpleTrainer's state, the gradient scaler's, the random generators' of
+        this process (dropout, ...) and where the data loader is, when it can say
+        (ResumableTrainLoader): what a resumed training needs to continue exactly."""
         state = super().state_dict()
         if self.grad_scaler is not None:
             state["grad_scaler"] = self.grad_scaler.state_dict()
+        state["rng"] = rng_states()
+        if hasattr(self.data_loader, "state_dict"):
+            state["data_loader"] = self.data_loader.state_dict()
         return state
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        if "rng" in state_dict:
+            restore_rng_states(state_dict["rng"])
+        resumable = hasattr(self.data_loader, "load_state_dict")
+        if resumable and "data_loader" in state_dict:
+            self.data_loader.load_state_dict(state_dict["data_loader"])
+            return
+        why = (
+            "the checkpoint does not say where the data was"
+            if resumable
+            else f"{type(self.data_loader).__name__} cannot resume (build_resumable_train_loader "
+            "can)"
+        )
+        logging.getLogger(__name__).warning(f"the training data starts over: {why}")

@@ -2,8 +2,10 @@
 (a reader or a killed writer never leaves a half-written file), metrics.json
 appended that way, and one training per directory."""
 
+import errno
 import fcntl
 import glob
+import json
 import os
 import tempfile
 import weakref
@@ -15,23 +17,62 @@ LOCK_FILE = "train.lock"
 TMP_INFIX = ".tmp-"
 
 
+class DiskFullError(OSError):
+    """A file could not be written: no space left on its device (or quota)."""
+
+    def __init__(self, path: str, directory: str, error: OSError):
+        kept = "its previous version is intact; " if os.path.exists(path) else ""
+        super().__init__(
+            f"cannot write {path}: the disk of {directory} is full ({error.strerror}); {kept}"
+            "free some space, then continue with --resume"
+        )
+        self.errno = error.errno
+
+
+class _WriteErrors:
+    """A file whose failed writes are remembered: torch.save reports them only as
+    ``unexpected pos``, without the OSError (e.g. no space left) behind it."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Calls `write` on a temporary file beside `path` (same directory, so the
     rename stays on one file system), flushes it to disk and renames it to `path`.
     Until the rename, `path` keeps its old content; a killed process leaves at
-    most a hidden ``.<name>.tmp-*`` file behind."""
+    most a hidden ``.<name>.tmp-*`` file behind.
+
+    Raises:
+        DiskFullError: naming `path` and its directory, when the disk is full.
+    """
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}{TMP_INFIX}")
     os.close(fd)
+    recorded = None
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            recorded = _WriteErrors(f)
+            write(recorded)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        error = e if isinstance(e, OSError) else recorded and recorded.error
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path, directory, error) from e
         raise
     _fsync_directory(directory)
 
@@ -96,6 +137,18 @@ def _not_in_forked_children(lock: IO[str]) -> None:
             os.close(null)
 
     os.register_at_fork(after_in_child=release_in_child)
+
+
+def drop_metrics_from(json_file: str, iteration: int) -> None:
+    """Removes the lines of iteration `iteration` and later from `json_file`
+    (metrics.json): a training resumed there writes them again."""
+    if not os.path.isfile(json_file):
+        return
+    with open(json_file, "rb") as f:
+        lines = f.read().decode().splitlines(keepends=True)
+    kept = [line for line in lines if json.loads(line).get("iteration", -1) < iteration]
+    if len(kept) < len(lines):
+        atomic_write(json_file, lambda f: f.write("".join(kept).encode()))
 
 
 class OutputDirInUseError(RuntimeError):

@@ -10,6 +10,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from PIL import Image
 
 __all__ = [
     "DetrDatasetMapper",
@@ -120,10 +121,16 @@ class DetrDatasetMapper:
             image = utils.read_image(file_name, format=self.image_format)
         except OSError as e:  # also PIL's UnidentifiedImageError
             raise OSError(f"cannot read image {file_name}: {e}") from e
+        except (MemoryError, Image.DecompressionBombError) as e:
+            raise MemoryError(
+                f"image {file_name} is too large to load ({e or 'out of memory'}); shrink it or "
+                "leave it out of the dataset"
+            ) from e
         utils.check_image_size(dataset_dict, image)
 
         augmentation = self.augmentation
-        # np.random, as detectron2's augmentations: the data loader seeds it per worker
+        # np.random, as detectron2's augmentations: the data loader seeds it (per sample in
+        # build_resumable_train_loader)
         if self.is_train and self.augmentation_with_crop is not None and np.random.rand() < 0.5:
             augmentation = self.augmentation_with_crop
         aug_input = T.AugInput(image)

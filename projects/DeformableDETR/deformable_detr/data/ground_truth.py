@@ -76,22 +76,36 @@ def clean_boxes(dataset_dicts: list, dataset_name: str = "dataset") -> list:
 
 def detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = False) -> list:
     """detectron2's get_detection_dataset_dicts; an annotation file that is not
-    valid JSON is reported with its path."""
+    valid JSON or has an annotation of a category it does not list is reported
+    with its path."""
+    names = [names] if isinstance(names, str) else list(names)
+    files = [
+        MetadataCatalog.get(n).get("json_file")
+        for n in names
+        if MetadataCatalog.get(n).get("json_file")
+    ]
+    either = " or ".join(files) or "the annotation file"
     try:
         return get_detection_dataset_dicts(names, filter_empty=filter_empty)
     except json.JSONDecodeError as e:
-        names = [names] if isinstance(names, str) else list(names)
-        files = [
-            MetadataCatalog.get(n).get("json_file")
-            for n in names
-            if MetadataCatalog.get(n).get("json_file")
-        ]
-        broken = next(
-            (f for f in files if not _is_json(f)), " or ".join(files) or "the annotation file"
-        )
+        broken = next((f for f in files if not _is_json(f)), either)
         raise ValueError(
             f"{broken}: not valid JSON ({e}); the annotation file is truncated or corrupt"
         ) from None
+    except KeyError as e:  # detectron2's load_coco_json: "Encountered category_id=..."
+        if "category_id" not in str(e):
+            raise
+        broken = next((f for f in files if _has_unknown_category(f)), either)
+        raise ValueError(
+            f"{broken}: {e.args[0]} Add the category to its 'categories' or fix the annotation"
+        ) from None
+
+
+def _has_unknown_category(path: str) -> bool:
+    with open(path) as f:
+        content = json.load(f)
+    known = {category["id"] for category in content.get("categories", [])}
+    return any(a.get("category_id") not in known for a in content.get("annotations", []))
 
 
 def _is_json(path: str) -> bool:
