@@ -15,7 +15,8 @@ key=value pairs override the config (e.g. train.device=cpu train.max_iter=100);
 a key the config does not have is an error naming the closest one, +key=value
 adds one. Flags such as --resume may come before or after them. The config's `train` holds
 the recipe's loop settings: amp (enabled, dtype), clip_max_norm, checkpointer
-period, eval_period, eval_after_train, log_period, device.
+period, eval_period, eval_after_train, log_period, device, seed (a fixed one makes a
+--resume after a kill end bit-identical to an uninterrupted run on the CPU).
 
 One run at a time per train.output_dir (train.lock in it). Weights files load as
 data only and checkpoints are written atomically (see deformable_detr.checkpoint).
