@@ -39,7 +39,7 @@ from deformable_detr import load_yacs_config
 from deformable_detr.build import build_model, registered_dataset_name
 from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.data import synthetic
-from deformable_detr.data.coco_json import DatasetError
+from deformable_detr.data.coco_json import DatasetError, register_yacs_datasets
 from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -130,6 +130,7 @@ def setup(args):
         name = registered_dataset_name(cfg.dataloader.test.dataset)
     else:
         cfg = load_yacs_config(args.config_file, args.opts)
+        register_yacs_datasets(cfg)  # DATASETS.TEST_JSON and the like, when given
         cfg.MODEL.DEVICE = args.device
         cfg.freeze()
         predictor = DefaultPredictor(cfg)

@@ -82,6 +82,17 @@ def writers(output_dir: str, max_iter: int) -> list:
     ]
 
 
+class _ModelBestCheckpointer(DetrCheckpointer):
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        pass  # last_checkpoint stays the last periodic checkpoint, which --resume continues
+
+
+def best_checkpointer(model, cfg, records: dict) -> DetrCheckpointer:
+    """Writes model_best.pth (the weights of the best bbox AP so far, beside the last
+    checkpoint) without naming it in last_checkpoint."""
+    return _ModelBestCheckpointer(model, cfg.train.output_dir, **records)
+
+
 def do_train(args, cfg):
     class_names = data_class_names(cfg)
     model = build_model(cfg, weights=None, class_names=class_names).train()
@@ -118,9 +129,12 @@ def do_train(args, cfg):
             hooks.EvalHook(
                 cfg.train.eval_period, lambda: do_test(cfg, model), cfg.train.eval_after_train
             ),
-            # model_best.pth: the checkpoint of the best bbox AP so far, beside the last
-            hooks.BestCheckpointer(cfg.train.eval_period, checkpointer, "bbox/AP", "max")
-            if comm.is_main_process() and "evaluator" in cfg.dataloader
+            hooks.BestCheckpointer(
+                cfg.train.eval_period, best_checkpointer(model, cfg, records), "bbox/AP", "max"
+            )
+            if comm.is_main_process()
+            and "evaluator" in cfg.dataloader
+            and (cfg.train.eval_period or cfg.train.eval_after_train)
             else None,
             hooks.PeriodicWriter(
                 writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period

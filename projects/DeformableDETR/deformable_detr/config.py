@@ -7,8 +7,8 @@ from detectron2.config import CfgNode as CN
 
 
 def add_deformable_detr_config(cfg: CN) -> None:
-    """Adds cfg.MODEL.DEFORMABLE_DETR, cfg.INPUT.CROP.RESIZE_MIN_SIZES and the
-    solver's lr multipliers."""
+    """Adds cfg.MODEL.DEFORMABLE_DETR, cfg.INPUT.CROP.RESIZE_MIN_SIZES, the solver's
+    lr multipliers and the COCO-format dataset files (DATASETS.TRAIN_JSON, ...)."""
     dd = cfg.MODEL.DEFORMABLE_DETR = CN()
     dd.NUM_CLASSES = 80
     dd.IN_FEATURES = ["res3", "res4", "res5"]
@@ -46,6 +46,12 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.INPUT.CROP.RESIZE_MIN_SIZES = (400, 500, 600)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
+    # COCO-format datasets given by their files, registered as DATASETS.TRAIN[0] and
+    # DATASETS.TEST[0] by deformable_detr.data.coco_json.register_yacs_datasets
+    cfg.DATASETS.TRAIN_JSON = ""
+    cfg.DATASETS.TRAIN_IMAGE_ROOT = ""
+    cfg.DATASETS.TEST_JSON = ""
+    cfg.DATASETS.TEST_IMAGE_ROOT = ""
 
 
 def load_yacs_config(config_file: str, opts=()) -> CN:

@@ -24,6 +24,7 @@ __all__ = [
     "DatasetError",
     "check_same_classes",
     "class_names_of",
+    "register_yacs_datasets",
     "coco_json_classes",
     "coco_json_dataset",
     "register_coco_json",
@@ -68,6 +69,8 @@ def check_coco_json(data: dict, json_file: str, image_root: str) -> None:
     """Errors on annotations of unknown categories or images, and on missing image files."""
     if not os.path.isdir(image_root):
         raise DatasetError(f"{image_root}: no such image folder (image_root of {json_file})")
+    if not data["images"]:
+        raise DatasetError(f"{json_file}: no images; there is nothing to train or evaluate on")
     category_ids = {c["id"] for c in data["categories"]}
     image_ids = {image["id"] for image in data["images"]}
     for annotation in data.get("annotations", []):
@@ -133,12 +136,10 @@ def coco_json_dataset(
     """The dataset dicts of a COCO-format dataset, registered as `name` first.
 
     clean: boxes clipped to their image, those without area dropped (training;
-        see clean_boxes). An empty dataset is an error either way.
+        see clean_boxes, which also stops on a dataset without any box).
     """
     register_coco_json(name, json_file, image_root)
     dicts = detection_dataset_dicts(name, filter_empty=filter_empty)
-    if not dicts:
-        raise DatasetError(f"{json_file}: no images; there is nothing to train or evaluate on")
     return clean_boxes(dicts, name) if clean else dicts
 
 
@@ -159,3 +160,37 @@ def class_names_of(dataset_name: str) -> Optional[List[str]]:
     """The thing_classes of a registered dataset, None when it has none."""
     names = MetadataCatalog.get(dataset_name).get("thing_classes")
     return list(names) if names else None
+
+
+def register_yacs_datasets(cfg) -> None:
+    """The yacs route: registers DATASETS.TRAIN[0] and DATASETS.TEST[0] from
+    DATASETS.{TRAIN,TEST}_JSON and _IMAGE_ROOT (those given), and sets
+    MODEL.DEFORMABLE_DETR.NUM_CLASSES from the JSON when it is 0, else checks it.
+    Call it before DefaultPredictor(cfg) or DefaultTrainer(cfg), whose metadata
+    then has the JSON's class names."""
+    datasets = cfg.DATASETS
+    names = []
+    for split, json_file, image_root in (
+        ("TRAIN", datasets.TRAIN_JSON, datasets.TRAIN_IMAGE_ROOT),
+        ("TEST", datasets.TEST_JSON, datasets.TEST_IMAGE_ROOT),
+    ):
+        if json_file:
+            if not datasets[split]:
+                raise DatasetError(
+                    f"DATASETS.{split}_JSON is set but DATASETS.{split} names no dataset"
+                )
+            register_coco_json(datasets[split][0], json_file, image_root)
+            names.append((json_file, class_names_of(datasets[split][0])))
+    for json_file, classes in names[1:]:
+        check_same_classes(names[0][1], classes, names[0][0], json_file)
+    if not names:
+        return
+    source, classes = names[0]
+    num_classes = cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES
+    if num_classes == 0:
+        cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES = len(classes)
+    elif num_classes != len(classes):
+        raise DatasetError(
+            f"MODEL.DEFORMABLE_DETR.NUM_CLASSES={num_classes}, but {source} has {len(classes)} "
+            f"categories ({', '.join(classes)}); set it to 0 to take them from the JSON"
+        )
