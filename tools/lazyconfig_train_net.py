@@ -34,6 +34,7 @@ from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
 from deformable_detr.engine import DetrTrainer
 from deformable_detr.output import AtomicJSONWriter, OutputDirInUseError, lock_output_dir
+from deformable_detr.tta import with_test_time_augmentation
 
 logger = logging.getLogger("deformable_detr")
 
@@ -49,6 +50,7 @@ def ddp(model, cfg, **kwargs):
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
+    model = with_test_time_augmentation(model, cfg.train.get("test_aug"))
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )

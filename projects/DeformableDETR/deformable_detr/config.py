@@ -46,6 +46,8 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.INPUT.CROP.RESIZE_MIN_SIZES = (400, 500, 600)
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
+    # DeformableDETRWithTTA: IoU of the per-class NMS that merges the augmentations
+    cfg.TEST.AUG.NMS_THRESH = 0.7
 
 
 def load_yacs_config(config_file: str, opts=()) -> CN:
