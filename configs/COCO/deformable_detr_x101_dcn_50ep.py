@@ -1,12 +1,8 @@
 # Multi-scale Deformable DETR, 50 epochs on COCO, on
 # ResNeXt-101 32x8d with deformable convolutions in res3-res5
 # (the paper's strongest backbone; FAIR ImageNet weights, the offsets start at zero).
-from ..common.models.backbones import BGR_MEAN, FAIR_STD, X101_DCN, X101_WEIGHTS
-from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train
+from ..common.models.backbones import X101_DCN
+from .deformable_detr_x101_50ep import dataloader, lr_multiplier, model, optimizer, train
 
 model.backbone = X101_DCN
-model.pixel_mean, model.pixel_std = BGR_MEAN, FAIR_STD
-dataloader.train.mapper.image_format = "BGR"
-dataloader.test.mapper.image_format = "BGR"
-train.init_checkpoint = X101_WEIGHTS
 train.output_dir = "./output/deformable_detr_x101_dcn_50ep"

@@ -1,7 +1,11 @@
 """Every backbone config (R-101, ResNeXt-101, ResNeXt-101-DCN, Swin-T/B/L, ViT-B)
 in every variant: builds, trains a step on the CPU, feeds the paper's levels;
 the deformable convolution on torchvision's op against plain convolutions; the
-optimizer rules of Swin and ViT."""
+optimizer rules of Swin and ViT; export through TorchScript and ONNX."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from detectron2.modeling.backbone import BottleneckBlock
 
 from deformable_detr.backbones import TorchvisionDeformBottleneckBlock, TorchvisionDeformConv
 
+from ..scripts import ROOT
 from .backbone_configs import BACKBONES, VARIANTS, shrunk_model
 from .tiny_model import detection_batch
 
@@ -138,3 +143,46 @@ def test_vit_lr_decays_layer_by_layer():
     assert pyramid and all(hp[n][0] == pytest.approx(lr) for n in pyramid)
     sampling = [n for n in hp if "sampling_offsets" in n]
     assert sampling and all(hp[n] == (pytest.approx(lr * 0.1), 1e-4) for n in sampling)
+
+
+# ------------------------------------------------------------------ export
+def _export_parity(fmt, *backbones):
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.deformable_detr.backbone_export_parity", fmt, *backbones],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _assert_parity(runs, where):
+    for run in runs:
+        assert "error" not in run, f"{where}: {run}"
+        assert run["count"] == run["eager_count"] > 0 and run["classes_equal"], where
+        assert run["boxes"] <= 1e-4 and run["scores"] <= 1e-4, f"{where}: {run}"
+
+
+def test_torchscript_export():
+    """ResNeXt-101-DCN (torchvision's deform_conv2d traces) matches the eager
+    model at the export size and at others. detectron2's Swin and ViT compute
+    window partitions, attention masks and relative-position tables from the
+    image size in Python, which tracing freezes: their artefacts match at the
+    export size and fail at the others."""
+    results = _export_parity("torchscript", "x101_dcn", "swin_t", "vit_b")
+    _assert_parity(results["x101_dcn"]["runs"], "torchscript x101_dcn")
+    for backbone in ("swin_t", "vit_b"):
+        at_export_size, *other_sizes = results[backbone]["runs"]
+        _assert_parity([at_export_size], f"torchscript {backbone} at the export size")
+        assert all("RuntimeError" in run.get("error", "") for run in other_sizes), other_sizes
+
+
+def test_dcn_backbone_needs_onnx_opset_19():
+    """torchvision's deform_conv2d exports as ONNX DeformConv, which exists from
+    opset 19 (onnxruntime runs it there); the exporter's opset is 18
+    (d2ext.onnx.OPSET), so onnxruntime refuses the graph and says why. This
+    test fails, as a reminder to test parity instead, once the opset is raised."""
+    error = _export_parity("onnx", "x101_dcn")["x101_dcn"]["export_error"]
+    assert "No Op registered for DeformConv with domain_version of 18" in error, error
