@@ -1,7 +1,7 @@
 """Optimizer rules of transformer backbones: layer-wise lr decay (ViT) and no
 weight decay on the backbone's norms and position tables (Swin, ViT)."""
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from detectron2.layers.batch_norm import LayerNorm as ChannelLayerNorm
@@ -52,13 +52,11 @@ def detector_param_groups(
     lr_factor_func: Callable[[str], float],
     no_decay_prefix: str = "backbone.",
     no_decay_names: Sequence[str] = POSITION_TABLES,
-    overrides: Optional[Dict[str, Dict]] = None,
 ) -> List[Dict]:
     """Parameter groups for torch.optim: lr = base_lr * lr_factor_func(name);
     weight decay `weight_decay`, except 0 for the norm layers and the
     parameters named in `no_decay_names` under `no_decay_prefix` (the backbone's
-    norms and position tables, as Swin and ViT are trained); `overrides` maps a
-    parameter's full name to hyperparameters that replace these."""
+    norms and position tables, as Swin and ViT are trained)."""
     no_decay = set()
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
@@ -76,6 +74,5 @@ def detector_param_groups(
             "lr": base_lr * lr_factor_func(name),
             "weight_decay": 0.0 if name in no_decay else weight_decay,
         }
-        group.update((overrides or {}).get(name, {}))
         groups.append(group)
     return reduce_param_groups(groups)
