@@ -49,6 +49,7 @@ from deformable_detr.output import (
 from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 from deformable_detr.rng import preserved_rng_states
 from deformable_detr.schedule import resolve_schedule
+from deformable_detr.tta import with_test_time_augmentation
 from deformable_detr.weights import ClassNames, LoadingRule
 
 logger = logging.getLogger("deformable_detr")
@@ -65,6 +66,7 @@ def ddp(model, cfg, **kwargs):
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
+    model = with_test_time_augmentation(model, cfg.train.get("test_aug"))
     with preserved_rng_states():  # a resumed training then continues exactly
         results = inference_on_dataset(
             model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)

@@ -23,5 +23,15 @@ train = dict(
     eval_after_train=True,  # False: no evaluation at the end (eval_period 0 then means none at all)
     log_period=20,
     seed=-1,  # < 0: a new random seed each run; a fixed seed makes --resume continue bit-exactly
+    # evaluation with test-time augmentation (deformable_detr.tta): every min size, each
+    # with and without a horizontal flip, merged by per-class NMS. The paper's Table 3 uses
+    # flip and multi-scale testing without giving sizes; these are detectron2's TEST.AUG.
+    test_aug=dict(
+        enabled=False,
+        min_sizes=[400, 500, 600, 700, 800, 900, 1000, 1100, 1200],
+        max_size=4000,
+        flip=True,
+        nms_threshold=0.7,
+    ),
     device="cuda",
 )

@@ -52,6 +52,8 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.DATASETS.TRAIN_IMAGE_ROOT = ""
     cfg.DATASETS.TEST_JSON = ""
     cfg.DATASETS.TEST_IMAGE_ROOT = ""
+    # DeformableDETRWithTTA: IoU of the per-class NMS that merges the augmentations
+    cfg.TEST.AUG.NMS_THRESH = 0.7
 
 
 def load_yacs_config(config_file: str, opts=()) -> CN:

@@ -17,7 +17,10 @@ element-wise ops).
 
 fvcore has no handle for aten::scaled_dot_product_attention (the decoder's
 self-attention, nn.MultiheadAttention); flop_count_handles() adds one:
-N * heads * Lq * S * (E + Ev) multiply-adds (Q K^T and the weighted sum of V).
+N * heads * Lq * S * (E + Ev) multiply-adds (Q K^T and the weighted sum of V);
+and one for torchvision::deform_conv2d (the DCN backbones): the convolution's
+multiply-adds, N * C_out * H_out * W_out * C_in / groups * kh * kw, plus 4 per
+bilinearly sampled input value, N * C_in * kh * kw * H_out * W_out * 4.
 """
 
 from typing import Any, Dict, List
@@ -30,6 +33,7 @@ __all__ = [
     "msda_flops",
     "msda_flop_jit",
     "sdpa_flop_jit",
+    "deform_conv2d_flop_jit",
     "flop_count_handles",
 ]
 
@@ -65,6 +69,20 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def deform_conv2d_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """fvcore op handle of torchvision::deform_conv2d: input (N, C_in, H, W),
+    weight (C_out, C_in / groups, kh, kw), output (N, C_out, H_out, W_out)."""
+    n, c_in = get_shape(inputs[0])[:2]
+    c_out, c_group, kh, kw = get_shape(inputs[1])
+    h_out, w_out = get_shape(outputs[0])[2:]
+    samples = n * c_in * kh * kw * h_out * w_out
+    return n * c_out * h_out * w_out * c_group * kh * kw + 4 * samples
+
+
 def flop_count_handles() -> Dict[str, Any]:
     """The op handles to pass to FlopCountAnalysis.set_op_handle(**...)."""
-    return {MSDA_OP: msda_flop_jit, "aten::scaled_dot_product_attention": sdpa_flop_jit}
+    return {
+        MSDA_OP: msda_flop_jit,
+        "aten::scaled_dot_product_attention": sdpa_flop_jit,
+        "torchvision::deform_conv2d": deform_conv2d_flop_jit,
+    }

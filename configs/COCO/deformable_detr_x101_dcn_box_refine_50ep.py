@@ -1,0 +1,6 @@
+# Deformable DETR with iterative bounding-box refinement.
+# The backbone and its recipe: deformable_detr_x101_dcn_50ep.py.
+from .deformable_detr_x101_dcn_50ep import dataloader, lr_multiplier, model, optimizer, train
+
+model.with_box_refine = True
+train.output_dir = "./output/deformable_detr_x101_dcn_box_refine_50ep"

@@ -1,0 +1,8 @@
+# Single-scale Deformable DETR: the stride-32 level only.
+# The backbone and its recipe: deformable_detr_x101_50ep.py.
+from .deformable_detr_x101_50ep import dataloader, lr_multiplier, model, optimizer, train
+
+model.backbone.out_features = ["res5"]
+model.in_features = ["res5"]
+model.num_feature_levels = 1
+train.output_dir = "./output/deformable_detr_x101_single_scale_50ep"

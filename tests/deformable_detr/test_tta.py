@@ -1,0 +1,124 @@
+"""DeformableDETRWithTTA: the model itself at one size without flip, boxes of
+resized and flipped images mapped back, per-class merging, the config switch of
+--eval-only and DefaultPredictor."""
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig
+from detectron2.engine import DefaultPredictor
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from deformable_detr import load_yacs_config
+from deformable_detr.tta import DeformableDETRWithTTA, with_test_time_augmentation
+
+from ..scripts import ROOT
+from .tiny_model import build_model
+
+SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
+
+
+@pytest.mark.parametrize("variant", ["multi_scale", "two_stage"])
+def test_one_size_without_flip_is_the_model(variant):
+    model = build_model(variant).eval()
+    image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)
+    inputs = [{"image": image, "height": 90, "width": 120}]
+    tta = DeformableDETRWithTTA(model, min_sizes=[90], max_size=1000, flip=False, nms_threshold=0.7)
+    with torch.no_grad():
+        expected = model(inputs)[0]["instances"]
+        got = tta(inputs)[0]["instances"]
+    assert got.image_size == (90, 120) and len(got) == len(expected) > 0
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor, rtol=0, atol=0)
+    torch.testing.assert_close(got.scores, expected.scores, rtol=0, atol=0)
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+
+
+class CornerDetector(nn.Module):
+    """Detects one box, [0, 0, 8, 8] of class 1, in the top-left corner of
+    whatever image it gets, and records the image sizes."""
+
+    test_topk = 10
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, batched_inputs):
+        (x,) = batched_inputs
+        self.sizes.append(tuple(x["image"].shape[1:]))
+        instances = Instances((x["height"], x["width"]))
+        instances.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 8.0, 8.0]]))
+        instances.scores = torch.tensor([0.9])
+        instances.pred_classes = torch.tensor([1])
+        return [{"instances": instances}]
+
+
+def test_boxes_of_resized_and_flipped_images_map_back():
+    """The input was resized from 50x60 to 100x120; sizes 100 and 200, each with a
+    flip: the corner box comes back in original pixels, at the left (4x4 at
+    100, 2x2 at 200) and mirrored to the right; equal boxes merge."""
+    detector = CornerDetector().eval()
+    tta = DeformableDETRWithTTA(
+        detector, min_sizes=[100, 200], max_size=1000, flip=True, nms_threshold=0.7
+    )
+    image = torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8)
+    (out,) = tta([{"image": image, "height": 50, "width": 60}])
+    assert detector.sizes == [(100, 120), (100, 120), (200, 240), (200, 240)]
+    instances = out["instances"]
+    assert instances.image_size == (50, 60)
+    boxes = sorted(map(tuple, np.round(instances.pred_boxes.tensor.numpy(), 4).tolist()))
+    assert boxes == [(0, 0, 2, 2), (0, 0, 4, 4), (56, 0, 60, 4), (58, 0, 60, 2)]
+    assert (instances.pred_classes == 1).all()
+
+
+def test_merging_keeps_the_best_of_overlapping_boxes_per_class():
+    detector = CornerDetector().eval()
+    tta = DeformableDETRWithTTA(
+        detector, min_sizes=[100, 101], max_size=1000, flip=False, nms_threshold=0.5
+    )
+    (out,) = tta([{"image": torch.zeros(3, 100, 100, dtype=torch.uint8)}])
+    assert len(out["instances"]) == 1  # 8x8 and ~7.9x7.9 overlap at IoU > 0.5
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="min_sizes is empty"):
+        DeformableDETRWithTTA(
+            CornerDetector(), min_sizes=[], max_size=1, flip=True, nms_threshold=0.5
+        )
+    with pytest.raises(ValueError, match="nms_threshold=1.5"):
+        DeformableDETRWithTTA(
+            CornerDetector(), min_sizes=[1], max_size=1, flip=True, nms_threshold=1.5
+        )
+
+
+def test_lazy_config_switch():
+    """train.test_aug: off by default; on, the wrapper with the config's values
+    (what tools/lazyconfig_train_net.py evaluates with)."""
+    cfg = LazyConfig.load(str(SYNTHETIC.with_suffix(".py")))
+    model = build_model("multi_scale")
+    assert with_test_time_augmentation(model, cfg.train.test_aug) is model
+    cfg = LazyConfig.apply_overrides(
+        cfg, ["train.test_aug.enabled=True", "train.test_aug.min_sizes=[320,480]"]
+    )
+    tta = with_test_time_augmentation(model, cfg.train.test_aug)
+    assert isinstance(tta, DeformableDETRWithTTA) and tta.model is model
+    assert tta.tta_mapper.min_sizes == [320, 480] and tta.tta_mapper.flip
+    assert tta.nms_threshold == cfg.train.test_aug.nms_threshold
+
+
+def test_default_predictor_with_tta():
+    cfg = load_yacs_config(
+        str(SYNTHETIC.with_suffix(".yaml")),
+        ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", 64, "TEST.AUG.MIN_SIZES", (64, 96)],
+    )
+    predictor = DefaultPredictor(cfg)
+    predictor.model = DeformableDETRWithTTA(cfg, predictor.model)
+    image = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    instances = predictor(image)["instances"]
+    assert (
+        instances.image_size == (80, 100)
+        and 0 < len(instances) <= cfg.MODEL.DEFORMABLE_DETR.TEST_TOPK
+    )
+    boxes = instances.pred_boxes.tensor
+    assert (boxes >= 0).all() and (boxes[:, 2] <= 100).all() and (boxes[:, 3] <= 80).all()
