@@ -22,6 +22,7 @@ N * heads * Lq * S * (E + Ev) multiply-adds (Q K^T and the weighted sum of V).
 
 from typing import Any, Dict, List
 
+import torch
 from fvcore.nn.jit_handles import get_shape
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "msda_flop_jit",
     "sdpa_flop_jit",
     "flop_count_handles",
+    "count_parameters",
+    "flop_count_analysis",
 ]
 
 MSDA_OP = "d2ext::ms_deform_attn"
@@ -68,3 +71,18 @@ def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 def flop_count_handles() -> Dict[str, Any]:
     """The op handles to pass to FlopCountAnalysis.set_op_handle(**...)."""
     return {MSDA_OP: msda_flop_jit, "aten::scaled_dot_product_attention": sdpa_flop_jit}
+
+
+def count_parameters(model: torch.nn.Module):
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def flop_count_analysis(model: torch.nn.Module, image: torch.Tensor):
+    """detectron2's FlopCountAnalysis of a detectron2 model (to run in eval mode,
+    under torch.no_grad) on one (3, H, W) image, with the handles above."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    inputs = [{"image": image, "height": image.shape[1], "width": image.shape[2]}]
+    return FlopCountAnalysis(model, inputs).set_op_handle(**flop_count_handles())
