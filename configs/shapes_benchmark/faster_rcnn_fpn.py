@@ -16,6 +16,7 @@ model.roi_heads.box_head.input_shape.channels = HIDDEN_DIM
 model.proposal_generator.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
 model.proposal_generator.post_nms_topk = (1000, 500)
 model.roi_heads.num_classes = NUM_CLASSES
+model.roi_heads.batch_size_per_image = 128  # RoIs sampled per image (512 on COCO): ~7 objects here
 model.roi_heads.mask_in_features = None
 model.roi_heads.mask_pooler = None
 model.roi_heads.mask_head = None

@@ -177,7 +177,7 @@ def generate_benchmark_dataset(
     num_train: int = 1000,
     num_val: int = 200,
     seed: int = 0,
-    image_size: tuple = (288, 352),
+    image_size: tuple = (224, 288),
     objects_per_image: tuple = (3, 11),
     bucket_probs: tuple = (0.41, 0.34, 0.25),
     min_visible: float = 0.6,
