@@ -8,7 +8,7 @@ export MAX_JOBS
 
 CSRC := $(shell find d2ext/csrc -type f)
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo study bench clean
 
 $(VENV)/.requirements: requirements.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ format: $(VENV)/.requirements
 # on first use) on the CPU, then evaluate it with COCOEvaluator.
 demo: install
 	$(PY) tools/lazyconfig_train_net.py --config-file configs/synthetic/deformable_detr_tiny.py
+
+# The paper's claims measured (docs/study.md): DETR, DETR+, Faster R-CNN + FPN and
+# the four Deformable DETR variants trained on the shapes benchmark, evaluated every
+# epoch; results in output/study. Rerun to continue an interrupted study.
+study: install
+	$(PY) tools/study.py --output output/study
 
 # Speed and memory of the MSDA op's backends (see docs/benchmarks.md).
 bench: install

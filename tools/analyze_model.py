@@ -23,10 +23,9 @@ import logging
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.utils.analysis import FlopCountAnalysis
 from fvcore.nn import flop_count_table
 
-from deformable_detr.flops import flop_count_handles
+from deformable_detr.flops import count_parameters, flop_count_analysis
 from deformable_detr.overrides import apply_overrides
 
 
@@ -45,19 +44,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def count_parameters(model: torch.nn.Module):
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def analyze(model: torch.nn.Module, height: int, width: int, device="cpu") -> FlopCountAnalysis:
-    """FlopCountAnalysis of `model` (eval mode) on one random height x width image."""
-    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8).float().to(device)
-    inputs = [{"image": image, "height": height, "width": width}]
-    return FlopCountAnalysis(model, inputs).set_op_handle(**flop_count_handles())
-
-
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # fvcore warns once per uncounted op
@@ -65,7 +51,8 @@ def main(argv=None):
     model = instantiate(cfg.model).to(args.device).eval()
     trainable, total = count_parameters(model)
     with torch.no_grad():
-        flops = analyze(model, args.height, args.width, args.device)
+        image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)
+        flops = flop_count_analysis(model, image.float().to(args.device))
         total_flops = flops.total()
     if args.max_depth > 0:
         print(flop_count_table(flops, max_depth=args.max_depth))

@@ -44,12 +44,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "projects" / "DeformableDETR", ROOT / "tools"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from d2ext.timing import time_ms
 
-from benchmark_msda import time_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
     "multi_scale": "configs/COCO/deformable_detr_r50_50ep.py",

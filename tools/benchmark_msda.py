@@ -35,17 +35,15 @@ import argparse
 import functools
 import multiprocessing
 import runpy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import d2ext  # noqa: E402
-from d2ext.reference import ms_deform_attn_reference  # noqa: E402
+import d2ext
+from d2ext.reference import ms_deform_attn_reference
+from d2ext.timing import time_ms
 
 LEVELS = {
     "cuda": [(100, 167), (50, 84), (25, 42), (13, 21)],
@@ -153,25 +151,6 @@ def relative_errors(backend, device, batch):
     expected = ms_deform_attn_reference(exact[0], shapes, starts, exact[1], exact[2])
     expected = (expected.detach(),) + torch.autograd.grad(expected, exact, grad_output.double())
     return [float((r.detach().double() - e).norm() / e.norm()) for r, e in zip(results, expected)]
-
-
-def time_ms(fn, device, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def copy_bandwidth(device, warmup, repeats):

@@ -1,14 +1,17 @@
-"""Set-prediction losses of Deformable DETR: sigmoid focal classification, L1 and
-GIoU box losses on Hungarian-matched pairs, for the final decoder layer, every
-earlier layer and the two-stage encoder proposals."""
+"""Set-prediction losses of the DETR family: classification (Deformable DETR's
+sigmoid focal loss, or DETR's softmax cross-entropy with a down-weighted no-object
+class), L1 and GIoU box losses on Hungarian-matched pairs, for the final decoder
+layer, every earlier layer and the two-stage encoder proposals."""
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from detectron2.utils import comm
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
+CLASS_LOSSES = ("focal", "softmax")
 
 
 class SetCriterion(nn.Module):
@@ -20,12 +23,18 @@ class SetCriterion(nn.Module):
     the number of target boxes per worker (at least 1).
 
     Args:
-        num_classes: K, object classes only (sigmoid classification, no background class).
+        num_classes: K, the object classes.
         matcher: called as matcher(outputs, targets), returns per-image
             (query_indices, target_indices), e.g. HungarianMatcher.
         weight_dict: the weight of each of LOSS_NAMES, and nothing else.
         focal_alpha: focal weight of the positive class.
         focal_gamma: focal modulating exponent.
+        class_loss: "focal": sigmoid focal loss on K logits, summed and divided by
+            the number of target boxes (Deformable DETR); "softmax": cross-entropy
+            on K + 1 logits, the last one "no object", as a weighted mean over all
+            queries (DETR).
+        no_object_weight: "softmax" only: the weight of the no-object class
+            (DETR's eos_coef); the object classes weigh 1.
     """
 
     def __init__(
@@ -35,8 +44,14 @@ class SetCriterion(nn.Module):
         weight_dict: dict[str, float],
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        class_loss: str = "focal",
+        no_object_weight: float = 0.1,
     ):
         super().__init__()
+        if class_loss not in CLASS_LOSSES:
+            raise ValueError(
+                f"SetCriterion: class_loss must be one of {CLASS_LOSSES}, got {class_loss!r}"
+            )
         missing = [name for name in LOSS_NAMES if name not in weight_dict]
         unknown = [name for name in weight_dict if name not in LOSS_NAMES]
         if missing or unknown:
@@ -50,6 +65,11 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(weight_dict)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.class_loss = class_loss
+        self.num_logits = num_classes + (class_loss == "softmax")
+        class_weights = torch.ones(num_classes + 1)
+        class_weights[-1] = no_object_weight
+        self.register_buffer("class_weights", class_weights, persistent=False)
 
     def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """
@@ -73,6 +93,8 @@ class SetCriterion(nn.Module):
                 )
             )
         if "enc_outputs" in outputs:
+            if self.class_loss != "focal":
+                raise ValueError("SetCriterion: two-stage encoder outputs need class_loss='focal'")
             # The two-stage proposals only learn objectness: every target counts as class 0.
             class_agnostic_targets = [
                 {**t, "labels": torch.zeros_like(t["labels"])} for t in targets
@@ -95,10 +117,11 @@ class SetCriterion(nn.Module):
         matches = self.matcher(outputs, targets)
         pred_logits = outputs["pred_logits"].float()
         pred_boxes = outputs["pred_boxes"].float()
-        if pred_logits.shape[-1] != self.num_classes:
+        if pred_logits.shape[-1] != self.num_logits:
             raise ValueError(
-                f"SetCriterion: expected {self.num_classes} class logits, got "
-                f"{pred_logits.shape[-1]}"
+                f"SetCriterion: expected {self.num_logits} class logits, got "
+                f"{pred_logits.shape[-1]} ({self.num_classes} classes, "
+                f"class_loss={self.class_loss!r})"
             )
         device = pred_logits.device
         batch_indices = torch.cat(
@@ -112,9 +135,15 @@ class SetCriterion(nn.Module):
             [t["boxes"].to(pred_boxes)[tgt] for t, (_, tgt) in zip(targets, matches)]
         )
 
+        if self.class_loss == "focal":
+            loss_ce = (
+                self._focal_loss(pred_logits, batch_indices, query_indices, matched_labels)
+                / num_boxes
+            )
+        else:
+            loss_ce = self._softmax_loss(pred_logits, batch_indices, query_indices, matched_labels)
         unweighted = {
-            "loss_ce": self._focal_loss(pred_logits, batch_indices, query_indices, matched_labels)
-            / num_boxes,
+            "loss_ce": loss_ce,
             **self._box_losses(pred_boxes[batch_indices, query_indices], matched_boxes, num_boxes),
         }
         return {name + suffix: self.weight_dict[name] * loss for name, loss in unweighted.items()}
@@ -133,6 +162,24 @@ class SetCriterion(nn.Module):
         one_hot[batch_indices, query_indices, matched_labels] = 1
         return sigmoid_focal_loss(
             pred_logits, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
+
+    def _softmax_loss(
+        self,
+        pred_logits: Tensor,
+        batch_indices: Tensor,
+        query_indices: Tensor,
+        matched_labels: Tensor,
+    ) -> Tensor:
+        """pred_logits: (B, Q, K + 1); the three indices: (M,). Returns the
+        class-weighted mean cross-entropy over all queries, whose targets are the
+        no-object class K unless matched."""
+        target_classes = torch.full(
+            pred_logits.shape[:2], self.num_classes, dtype=torch.int64, device=pred_logits.device
+        )
+        target_classes[batch_indices, query_indices] = matched_labels
+        return F.cross_entropy(
+            pred_logits.transpose(1, 2), target_classes, weight=self.class_weights
         )
 
     @staticmethod

@@ -25,6 +25,7 @@ bilinearly sampled input value, N * C_in * kh * kw * H_out * W_out * 4.
 
 from typing import Any, Dict, List
 
+import torch
 from fvcore.nn.jit_handles import get_shape
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "sdpa_flop_jit",
     "deform_conv2d_flop_jit",
     "flop_count_handles",
+    "count_parameters",
+    "flop_count_analysis",
 ]
 
 MSDA_OP = "d2ext::ms_deform_attn"
@@ -86,3 +89,18 @@ def flop_count_handles() -> Dict[str, Any]:
         "aten::scaled_dot_product_attention": sdpa_flop_jit,
         "torchvision::deform_conv2d": deform_conv2d_flop_jit,
     }
+
+
+def count_parameters(model: torch.nn.Module):
+    """(trainable, total) parameter counts."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def flop_count_analysis(model: torch.nn.Module, image: torch.Tensor):
+    """detectron2's FlopCountAnalysis of a detectron2 model (to run in eval mode,
+    under torch.no_grad) on one (3, H, W) image, with the handles above."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    inputs = [{"image": image, "height": image.shape[1], "width": image.shape[2]}]
+    return FlopCountAnalysis(model, inputs).set_op_handle(**flop_count_handles())

@@ -1,5 +1,5 @@
-"""Hungarian matching of Deformable DETR: a one-to-one assignment of queries to
-ground-truth boxes that minimizes a focal class + L1 box + GIoU cost."""
+"""Hungarian matching of the DETR family: a one-to-one assignment of queries to
+ground-truth boxes that minimizes a class (focal or softmax) + L1 box + GIoU cost."""
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -10,17 +10,22 @@ from torchvision.ops import box_convert, generalized_box_iou
 class HungarianMatcher(nn.Module):
     """Matches each image's targets to its queries at minimum total cost
 
-        C = cost_class * focal_class_cost + cost_bbox * L1(cxcywh) - cost_giou * GIoU(xyxy).
+        C = cost_class * class_cost + cost_bbox * L1(cxcywh) - cost_giou * GIoU(xyxy),
+
+    class_cost being Deformable DETR's focal cost of sigmoid logits (class_loss
+    "focal") or DETR's minus softmax probability of the target class ("softmax",
+    whose last logit is "no object").
 
     Queries left unmatched are trained as background. Targets hold no
     background class, so an image with T targets and Q queries gets min(Q, T) pairs.
 
     Args:
-        cost_class: weight of the focal classification cost.
+        cost_class: weight of the classification cost.
         cost_bbox: weight of the L1 distance between normalized cxcywh boxes.
         cost_giou: weight of the negative generalized IoU.
         focal_alpha: focal weight of the positive class.
         focal_gamma: focal modulating exponent.
+        class_loss: "focal" or "softmax", as the criterion's.
         eps: added to the probabilities inside the logs of the focal cost.
     """
 
@@ -31,10 +36,15 @@ class HungarianMatcher(nn.Module):
         cost_giou: float = 2.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        class_loss: str = "focal",
         *,
         eps: float = 1e-8,
     ):
         super().__init__()
+        if class_loss not in ("focal", "softmax"):
+            raise ValueError(
+                f"HungarianMatcher: class_loss must be 'focal' or 'softmax', got {class_loss!r}"
+            )
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError(
                 "HungarianMatcher: cost_class, cost_bbox and cost_giou cannot all be 0"
@@ -44,6 +54,7 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = cost_giou
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.class_loss = class_loss
         self.eps = eps
 
     @torch.no_grad()
@@ -91,8 +102,11 @@ class HungarianMatcher(nn.Module):
         return matches
 
     def _class_cost(self, pred_logits: Tensor, target_labels: Tensor) -> Tensor:
-        """pred_logits: (N, K), target_labels: (T,). Returns (N, T): the focal loss of
-        predicting each target's class as positive minus that of predicting it as negative."""
+        """pred_logits: (N, K) (focal) or (N, K + 1) (softmax), target_labels: (T,).
+        Returns (N, T): the focal loss of predicting each target's class as positive
+        minus that of predicting it as negative, or minus its softmax probability."""
+        if self.class_loss == "softmax":
+            return -pred_logits.softmax(-1)[:, target_labels]
         prob = pred_logits.sigmoid()
         neg_cost = (1 - self.focal_alpha) * prob**self.focal_gamma * -(1 - prob + self.eps).log()
         pos_cost = self.focal_alpha * (1 - prob) ** self.focal_gamma * -(prob + self.eps).log()

@@ -2,18 +2,18 @@
 
 import copy
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList
 from torch import nn
-from torchvision.ops import box_convert
 
 from .criterion import SetCriterion
+from .detector import SetPredictionDetector
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
 from .transformer import DeformableTransformer, refine_box
@@ -50,7 +50,7 @@ def focal_prior_bias(prior_prob: float) -> float:
 
 
 @META_ARCH_REGISTRY.register()
-class DeformableDETR(nn.Module):
+class DeformableDETR(SetPredictionDetector):
     """Deformable DETR (Zhu et al., ICLR 2021): single- or multi-scale, with
     optional iterative box refinement and two-stage proposals.
 
@@ -229,26 +229,6 @@ class DeformableDETR(nn.Module):
             head.reset_parameters()
             nn.init.constant_(head.bias, focal_prior_bias(self.prior_prob))
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        """(C, H, W) image in the input format -> normalized by pixel mean and std."""
-        return (image.to(self.device) - self.pixel_mean) / self.pixel_std
-
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        return ImageList.from_tensors([self.normalize(x["image"]) for x in batched_inputs])
-
-    @staticmethod
-    def padding_mask(images: ImageList) -> torch.Tensor:
-        """(N, H, W) bool, True on the padding of each image."""
-        N, _, H, W = images.tensor.shape
-        mask = torch.ones((N, H, W), dtype=torch.bool, device=images.tensor.device)
-        for i, (h, w) in enumerate(images.image_sizes):
-            mask[i, :h, :w] = False
-        return mask
-
     def feature_levels(self, images: ImageList):
         """The transformer's inputs: per level the projected map (N, C, H_l, W_l),
         its padding mask (N, H_l, W_l) and position embedding (N, C, H_l, W_l)."""
@@ -270,19 +250,6 @@ class DeformableDETR(nn.Module):
             masks.append(mask)
             positions.append(self.position_embedding(mask, src.dtype).to(src.dtype))
         return srcs, masks, positions
-
-    def forward(self, batched_inputs: List[Dict]):
-        images = self.preprocess_image(batched_inputs)
-        outputs = self.predict(images)
-        if self.training:
-            return self.criterion(outputs, self.prepare_targets(batched_inputs))
-        results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
-        processed = []
-        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = inputs.get("height", image_size[0])
-            width = inputs.get("width", image_size[1])
-            processed.append({"instances": detector_postprocess(result, height, width)})
-        return processed
 
     def predict(self, images: ImageList) -> Dict:
         """The raw predictions on normalized, padded images.
@@ -328,52 +295,3 @@ class DeformableDETR(nn.Module):
                 "pred_boxes": enc_boxes_unact.sigmoid(),
             }
         return outputs
-
-    def prepare_targets(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
-        """Ground truth as the criterion takes it: labels (T,) and normalized
-        (cx, cy, w, h) boxes (T, 4) relative to each (resized, unpadded) image."""
-        targets = []
-        for x in batched_inputs:
-            instances = x["instances"].to(self.device)
-            h, w = instances.image_size
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
-            boxes = box_convert(instances.gt_boxes.tensor / scale, "xyxy", "cxcywh")
-            targets.append({"labels": instances.gt_classes, "boxes": boxes})
-        return targets
-
-    def select_topk(self, logits: torch.Tensor, boxes: torch.Tensor):
-        """Top-k of sigmoid scores over queries x classes.
-
-        Args:
-            logits: (N, Q, K); boxes: (N, Q, 4) normalized (cx, cy, w, h).
-
-        Returns:
-            scores (N, k), classes (N, k) int64 and normalized (x1, y1, x2, y2) boxes (N, k, 4),
-            k = min(test_topk, Q * K), best first.
-        """
-        N, Q, K = logits.shape
-        scores, indices = logits.sigmoid().view(N, -1).topk(min(self.test_topk, Q * K), dim=1)
-        queries = torch.div(indices, K, rounding_mode="floor")
-        labels = indices % K
-        boxes_xyxy = box_convert(boxes, "cxcywh", "xyxy").gather(
-            1, queries[..., None].expand(-1, -1, 4)
-        )
-        return scores, labels, boxes_xyxy
-
-    def inference(self, logits: torch.Tensor, boxes: torch.Tensor, image_sizes) -> List[Instances]:
-        """select_topk as Instances with boxes in pixels of the resized images.
-
-        Args:
-            logits: (N, Q, K); boxes: (N, Q, 4) normalized (cx, cy, w, h).
-            image_sizes: N (h, w) of the resized images.
-        """
-        scores, labels, boxes_xyxy = self.select_topk(logits, boxes)
-        results = []
-        for i, (h, w) in enumerate(image_sizes):
-            result = Instances((h, w))
-            scale = torch.tensor([w, h, w, h], dtype=boxes_xyxy.dtype, device=boxes_xyxy.device)
-            result.pred_boxes = Boxes(boxes_xyxy[i] * scale)
-            result.scores = scores[i]
-            result.pred_classes = labels[i]
-            results.append(result)
-        return results

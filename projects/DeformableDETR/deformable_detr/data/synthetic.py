@@ -1,10 +1,12 @@
 """A synthetic COCO-format dataset of coloured shapes on plain, lightly noisy
 backgrounds: small and easy enough to train Deformable DETR on a CPU in minutes."""
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -90,12 +92,18 @@ def _draw_image(
 
 
 def _write_split(
-    image_dir: str, json_file: str, num_images: int, rng: np.random.Generator, draw_args: dict
+    image_dir: str,
+    json_file: str,
+    num_images: int,
+    draw: Callable,
+    classes: Sequence[str],
 ) -> None:
+    """Writes num_images images of draw() -> (HxWx3 uint8 image, [(class index,
+    XYXY box, area)]) as JPEGs and their COCO json."""
     os.makedirs(image_dir)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
-        image, objects = _draw_image(rng, **draw_args)
+        image, objects = draw()
         file_name = f"{image_id:06d}.jpg"
         if not cv2.imwrite(
             os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 95]
@@ -122,7 +130,7 @@ def _write_split(
                 }
             )
     categories = [
-        {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)
+        {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(classes)
     ]
     with open(json_file, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
@@ -158,9 +166,7 @@ def generate_shapes_dataset(
     noise of a standard deviation up to `max_noise`; shape colours differ from
     the background by at least `min_contrast` per channel on average.
 
-    A no-op when root holds a complete dataset of the same parameters. The data
-    is written to a temporary directory beside root and renamed into place, so
-    an interrupted run never leaves a partial dataset.
+    Written by :func:`write_dataset` (cached, atomic).
     """
     draw_args = dict(
         image_size=list(image_size),
@@ -172,6 +178,32 @@ def generate_shapes_dataset(
         attempts=attempts,
     )
     params = dict(version=VERSION, num_train=num_train, num_val=num_val, seed=seed, **draw_args)
+    write_dataset(
+        root,
+        params,
+        (num_train, num_val),
+        seed,
+        functools.partial(_draw_image, **draw_args),
+        CLASSES,
+    )
+
+
+def write_dataset(
+    root: str,
+    params: dict,
+    counts: Sequence[int],
+    seed: int,
+    draw_image: Callable,
+    classes: Sequence[str],
+) -> None:
+    """Writes the SPLITS of a generated COCO-format dataset under root, counts[i]
+    images each, drawn by draw_image(rng) -> (image, objects) with the split's
+    generator numpy.random.default_rng([seed, i]); `params` (JSON) identify it.
+
+    A no-op when root holds a complete dataset of the same parameters. The data
+    is written to a temporary directory beside root and renamed into place, so
+    an interrupted run never leaves a partial dataset.
+    """
     if _is_complete(root, params):
         return
     parent = os.path.dirname(os.path.abspath(root))
@@ -179,14 +211,14 @@ def generate_shapes_dataset(
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(root) + "-")
     try:
         os.makedirs(os.path.join(tmp, "annotations"))
-        for index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
+        for index, (split, count) in enumerate(zip(SPLITS, counts)):
             rng = np.random.default_rng([seed, index])
             _write_split(
                 os.path.join(tmp, split),
                 os.path.join(tmp, "annotations", split + ".json"),
                 count,
-                rng,
-                draw_args,
+                functools.partial(draw_image, rng),
+                classes,
             )
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump(params, f)
@@ -211,12 +243,12 @@ def _replace_dir(src: str, dst: str, params: dict) -> None:
             raise
 
 
-def default_root() -> str:
-    """$D2EXT_DATASETS/synthetic_shapes, by default under ~/.cache/d2ext/datasets."""
+def default_root(name: str = "synthetic_shapes") -> str:
+    """$D2EXT_DATASETS/name, by default under ~/.cache/d2ext/datasets."""
     base = os.environ.get(
         "D2EXT_DATASETS", os.path.join(os.path.expanduser("~"), ".cache", "d2ext", "datasets")
     )
-    return os.path.join(base, "synthetic_shapes")
+    return os.path.join(base, name)
 
 
 def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tuple[str, str]:
@@ -229,12 +261,26 @@ def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tup
     Importing ``deformable_detr`` registers the default root, as detectron2's
     builtin datasets are registered on import."""
     root = root or default_root()
+    return register_generated_dataset(
+        DATASET_NAMES,
+        root,
+        CLASSES,
+        functools.partial(generate_shapes_dataset, root, **generate_kwargs),
+    )
+
+
+def register_generated_dataset(
+    names: Sequence[str], root: str, classes: Sequence[str], generate: Callable[[], None]
+) -> tuple:
+    """Registers the train and val splits of a dataset that write_dataset writes
+    under root as `names`, for COCO evaluation; the first ``DatasetCatalog.get``
+    of either calls generate(). Returns the names."""
     metadata = {
-        "thing_classes": list(CLASSES),
+        "thing_classes": list(classes),
         # the mapping load_coco_json sets; set here too for evaluation without loading
-        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASSES))},
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(classes))},
     }
-    for name, split in zip(DATASET_NAMES, SPLITS):
+    for name, split in zip(names, SPLITS):
         json_file = os.path.join(root, "annotations", split + ".json")
         image_root = os.path.join(root, split)
         if name in DatasetCatalog.list():
@@ -244,7 +290,7 @@ def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tup
             continue
 
         def load(name=name, json_file=json_file, image_root=image_root):
-            generate_shapes_dataset(root, **generate_kwargs)
+            generate()
             return load_coco_json(json_file, image_root, name)
 
         DatasetCatalog.register(name, load)
@@ -252,7 +298,7 @@ def register_synthetic_shapes(root: str | None = None, **generate_kwargs) -> tup
         MetadataCatalog.get(name).set(
             json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
         )
-    return DATASET_NAMES
+    return tuple(names)
 
 
 if __name__.endswith(".synthetic"):  # not when run as a script

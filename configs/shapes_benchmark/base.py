@@ -1,0 +1,76 @@
+# What every contestant of the shapes benchmark study shares: data, batch,
+# backbone (a half-width ResNet-18 with batch norm, trained from scratch: nothing
+# is downloaded), transformer width and depth, the schedule rule (constant lr, /10
+# after 80% of the epochs, evaluation and a checkpoint every epoch) and the loop.
+# Only what the papers vary differs between the configs of this directory.
+from detectron2.config import LazyCall as L
+from detectron2.modeling.backbone import BasicStem, ResNet
+from detectron2.modeling.backbone.resnet import BasicBlock
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from deformable_detr.study.plan import epoch_schedule as study_schedule
+
+from ..common.data.shapes_benchmark import dataloader
+from ..common.optim import AdamW as optimizer
+from ..common.train import train
+
+NUM_TRAIN_IMAGES = 1000  # deformable_detr.data.shapes_benchmark's default num_train
+NUM_CLASSES = 8
+HIDDEN_DIM = 128
+NUM_HEADS = 4
+NUM_LAYERS = 3  # encoder and decoder
+DIM_FEEDFORWARD = 512
+
+# ResNet-18 at half width (32, 64, 128, 256 channels in res2..res5), batch norm
+BACKBONE_WIDTH = 32
+backbone = L(ResNet)(
+    stem=L(BasicStem)(in_channels=3, out_channels=BACKBONE_WIDTH, norm="BN"),
+    stages=[
+        L(ResNet.make_stage)(
+            block_class=BasicBlock,
+            num_blocks=2,
+            in_channels=BACKBONE_WIDTH * 2 ** max(i - 1, 0),
+            out_channels=BACKBONE_WIDTH * 2**i,
+            stride_per_block=[1 if i == 0 else 2, 1],
+            norm="BN",
+        )
+        for i in range(4)
+    ],
+    out_features=["res3", "res4", "res5"],
+    freeze_at=0,
+)
+# The papers' 0.1x backbone lr protects ImageNet features; this backbone starts
+# from scratch and trains at the full lr in every contestant.
+optimizer.params.lr_factor_func.backbone_multiplier = 1.0
+
+
+def set_transformer_size(model):
+    """The study's transformer width and depth (and no dropout) on a DETR-family model config."""
+    model.num_classes = NUM_CLASSES
+    model.transformer.hidden_dim = HIDDEN_DIM
+    model.transformer.num_heads = NUM_HEADS
+    model.transformer.num_encoder_layers = NUM_LAYERS
+    model.transformer.num_decoder_layers = NUM_LAYERS
+    model.transformer.dim_feedforward = DIM_FEEDFORWARD
+    model.transformer.dropout = 0.0
+    model.position_embedding.num_pos_feats = HIDDEN_DIM // 2
+    return model
+
+
+def epoch_schedule(epochs: int, batch_size: int = 8, num_images: int = NUM_TRAIN_IMAGES):
+    """(max_iter, iterations per epoch, lr_multiplier) of the study's schedule rule."""
+    max_iter, per_epoch, drop = study_schedule(epochs, num_images, batch_size)
+    return (
+        max_iter,
+        per_epoch,
+        L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[drop], num_updates=max_iter),
+    )
+
+
+EPOCHS = 10  # the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x
+train.max_iter, ITERS_PER_EPOCH, lr_multiplier = epoch_schedule(EPOCHS)
+train.device = "cpu"
+train.eval_period = ITERS_PER_EPOCH
+train.checkpointer.period = ITERS_PER_EPOCH
+train.checkpointer.max_to_keep = 1
+train.log_period = 20

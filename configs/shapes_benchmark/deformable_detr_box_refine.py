@@ -1,0 +1,5 @@
+# Deformable DETR with iterative bounding box refinement on the shapes benchmark.
+from .deformable_detr import dataloader, lr_multiplier, model, optimizer, train
+
+model.with_box_refine = True
+train.output_dir = "./output/shapes_benchmark/deformable_detr_box_refine"

@@ -1,0 +1,20 @@
+# DETR on the shapes benchmark: single-scale C5, standard attention, 100 learned
+# queries, softmax cross-entropy (no-object weight 0.1), DETR's lr 1e-4 and
+# matcher costs, 10x the epochs of the Deformable DETR runs.
+from ..common.models.detr_r50 import model
+from .base import (
+    EPOCHS,
+    backbone,
+    dataloader,
+    epoch_schedule,
+    optimizer,
+    set_transformer_size,
+    train,
+)
+
+model.backbone = backbone
+model.backbone.out_features = ["res5"]
+model = set_transformer_size(model)
+optimizer.lr = 1e-4
+train.max_iter, _, lr_multiplier = epoch_schedule(10 * EPOCHS)
+train.output_dir = "./output/shapes_benchmark/detr"

@@ -1,0 +1,84 @@
+"""The study, run by run: train (or continue) every contestant, measure it, and
+write the evaluations, plot and table after each run, so that a killed study
+continues where it stopped and its partial results are always on disk."""
+
+import json
+import os
+from typing import List, Optional
+
+from detectron2.config import LazyConfig
+
+from . import results, runner
+from .measure import measure
+from .plan import StudySize, select
+
+MEASUREMENTS = "measurements.json"
+
+
+def run_study(
+    configs_dir: str,
+    train_script: str,
+    output_dir: str,
+    only: Optional[List[str]] = None,
+    size: Optional[StudySize] = None,
+    num_inference_images: int = 50,
+) -> List[dict]:
+    """Trains, evaluates and measures the selected contestants (all by default)
+    into output_dir/runs/NAME, at their configs' size or at `size`, and writes
+    output_dir/{evaluations.csv, results.json, table.md, ap_vs_epochs.png} over
+    every run found there. Returns the runs' records."""
+    contestants = select(only)
+    for index, contestant in enumerate(contestants, 1):
+        run_dir = os.path.join(output_dir, "runs", contestant.name)
+        config_file = os.path.join(configs_dir, contestant.config)
+        overrides = size.overrides(contestant.name) if size else []
+        state = "complete, not retrained" if runner.is_complete(run_dir) else "training"
+        print(f"[study] run {index}/{len(contestants)}: {contestant.label} ({state})", flush=True)
+        if not runner.is_complete(run_dir):
+            runner.train(train_script, config_file, run_dir, overrides)
+        measurements_file = os.path.join(run_dir, MEASUREMENTS)
+        if not os.path.exists(measurements_file):
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), overrides)
+            images = size.inference_images if size else num_inference_images
+            results.write_json(measurements_file, measure(cfg, run_dir, images))
+        write_outputs(configs_dir, output_dir, size)
+    return write_outputs(configs_dir, output_dir, size)
+
+
+def collect(configs_dir: str, output_dir: str, size: Optional[StudySize]) -> List[dict]:
+    """The records of every contestant with a run in output_dir: name, label,
+    config, evaluations (by epoch), measurements (once measured)."""
+    runs = []
+    for contestant in select(None):
+        run_dir = os.path.join(output_dir, "runs", contestant.name)
+        metrics = os.path.join(run_dir, "metrics.json")
+        if not os.path.exists(metrics):
+            continue
+        config_file = os.path.join(configs_dir, contestant.config)
+        overrides = size.overrides(contestant.name) if size else []
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), overrides)
+        record = {
+            "name": contestant.name,
+            "label": contestant.label,
+            "config": contestant.config,
+            "overrides": overrides,
+            "complete": runner.is_complete(run_dir),
+            "evaluations": results.read_evaluations(
+                metrics, cfg.train.eval_period, cfg.train.max_iter
+            ),
+        }
+        if os.path.exists(os.path.join(run_dir, MEASUREMENTS)):
+            with open(os.path.join(run_dir, MEASUREMENTS)) as f:
+                record["measurements"] = json.load(f)
+        runs.append(record)
+    return runs
+
+
+def write_outputs(configs_dir: str, output_dir: str, size: Optional[StudySize]) -> List[dict]:
+    runs = collect(configs_dir, output_dir, size)
+    results.write_evaluations_csv(os.path.join(output_dir, "evaluations.csv"), runs)
+    results.write_json(os.path.join(output_dir, "results.json"), runs)
+    with open(os.path.join(output_dir, "table.md"), "w") as f:
+        f.write(results.table(runs))
+    results.plot(os.path.join(output_dir, "ap_vs_epochs.png"), runs)
+    return runs

@@ -1,0 +1,129 @@
+"""The study: its schedule and --quick overrides, evaluations read back from
+metrics.json, the table; and tools/study.py --quick end to end (every contestant
+trained through tools/lazyconfig_train_net.py, evaluated every epoch, measured,
+the CSV/JSON, table and plot written), skipping finished runs and continuing an
+interrupted one from its checkpoint."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from detectron2.config import LazyConfig
+
+from deformable_detr.study import CONTESTANTS, QUICK, epoch_schedule
+from deformable_detr.study.plan import select
+from deformable_detr.study.results import METRICS, read_evaluations, table
+
+from ..scripts import ROOT
+from ..train_net_runs import environment
+
+
+def test_epoch_schedule():
+    assert epoch_schedule(10, 1000, 8) == (1250, 125, 1000)
+    assert epoch_schedule(1, 4, 1) == (4, 4, 3)
+
+
+def test_benchmark_configs_follow_the_schedule_rule():
+    """DETR gets 10x the epochs of the others; every run evaluates and checkpoints
+    once per epoch and drops the lr after 80% of its iterations."""
+    epochs = {}
+    for contestant in CONTESTANTS:
+        cfg = LazyConfig.load(str(ROOT / "configs" / contestant.config))
+        per_epoch = cfg.train.eval_period
+        assert cfg.train.checkpointer.period == per_epoch
+        assert cfg.lr_multiplier.milestones == [int(0.8 * cfg.train.max_iter)]
+        epochs[contestant.name] = cfg.train.max_iter / per_epoch
+    assert epochs.pop("detr") == 10 * epochs["deformable_detr"]
+    assert len(set(epochs.values())) == 1
+
+
+def test_quick_overrides_apply_to_every_config():
+    for contestant in CONTESTANTS:
+        cfg = LazyConfig.load(str(ROOT / "configs" / contestant.config))
+        cfg = LazyConfig.apply_overrides(cfg, QUICK.overrides(contestant.name))
+        assert cfg.dataloader.train.dataset.dataset_name == QUICK.train_dataset
+        assert cfg.dataloader.evaluator.dataset_name == QUICK.val_dataset
+        assert cfg.train.max_iter == (8 if contestant.name == "detr" else 4)
+
+
+def test_unknown_contestant_is_named():
+    with pytest.raises(ValueError, match=r"unknown contestant\(s\) \['detr2'\]"):
+        select(["detr", "detr2"])
+
+
+def test_evaluations_by_epoch_count_a_resumed_runs_repeat_once(tmp_path):
+    lines = [
+        {"iteration": 3, "total_loss": 2.0, "time": 0.5},
+        {"iteration": 3, "bbox/AP": 1.0, **{f"bbox/{m}": 1.0 for m in METRICS}},
+        {"iteration": 3, "bbox/AP": 2.0, **{f"bbox/{m}": 2.0 for m in METRICS[1:]}},  # resumed
+        {"iteration": 8, "bbox/AP": 3.0, **{f"bbox/{m}": 3.0 for m in METRICS[1:]}},  # final
+    ]
+    path = tmp_path / "metrics.json"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    evaluations = read_evaluations(str(path), iterations_per_epoch=4, max_iter=8)
+    assert [(e["epoch"], e["AP"]) for e in evaluations] == [(1, 2.0), (2, 3.0)]
+    row = table([{"label": "X", "evaluations": evaluations, "measurements": {}}]).splitlines()[-1]
+    assert row.startswith("| X | 2 | 3.0 | 3.0 |") and row.endswith("| - | - | - | - |")
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    datasets = tmp_path_factory.mktemp("datasets")
+    output = tmp_path_factory.mktemp("study")
+    result = _study(datasets, output)
+    return datasets, output, result
+
+
+def _study(datasets, output, *args):
+    command = [sys.executable, str(ROOT / "tools" / "study.py"), "--quick", "--output", str(output)]
+    result = subprocess.run(
+        command + list(args),
+        env=environment(datasets),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result.stdout + result.stderr
+
+
+def test_quick_study_writes_every_result(quick_study):
+    _, output, log = quick_study
+    for index, contestant in enumerate(CONTESTANTS, 1):
+        assert f"[study] run {index}/7: {contestant.label} (training)" in log
+    assert "eta:" in log  # detectron2's progress line of each run
+    with open(output / "evaluations.csv") as f:
+        rows = list(csv.DictReader(f))
+    epochs = {}
+    for row in rows:
+        epochs.setdefault(row["contestant"], []).append(float(row["epoch"]))
+        assert all(0 <= float(row[m]) <= 100 for m in ("AP", "AP50", "APs", "APm"))
+    assert epochs == {c.name: [1.0, 2.0] if c.name == "detr" else [1.0] for c in CONTESTANTS}
+    runs = json.loads((output / "results.json").read_text())
+    for run in runs:
+        m = run["measurements"]
+        assert run["complete"] and m["parameters"] > 1e6 and m["flops"] > 1e8
+        assert m["train_seconds_per_epoch"] > 0 and m["inference_images_per_second"] > 0
+    lines = (output / "table.md").read_text().splitlines()
+    assert len(lines) == 2 + len(CONTESTANTS) and lines[2].startswith("| Faster R-CNN + FPN | 1 |")
+    assert (output / "ap_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
+    for contestant in CONTESTANTS:
+        assert (output / "runs" / contestant.name / "model_final.pth").exists()
+
+
+def test_quick_study_skips_finished_runs_and_continues_an_interrupted_one(quick_study):
+    datasets, output, _ = quick_study
+    detr = output / "runs" / "detr"
+    # as if the run had been killed after its first epoch's checkpoint
+    (detr / "last_checkpoint").write_text("model_0000003.pth")
+    (detr / "measurements.json").unlink()
+    log = _study(datasets, output, "--only", "detr", "--only", "detr_plus")
+    assert "[study] run 1/2: DETR (training)" in log
+    assert "[study] run 2/2: DETR+ (complete, not retrained)" in log
+    assert "Starting training from iteration 4" in (detr / "log.txt").read_text()
+    runs = {r["name"]: r for r in json.loads((output / "results.json").read_text())}
+    assert [e["epoch"] for e in runs["detr"]["evaluations"]] == [1.0, 2.0]
+    assert len(runs) == len(CONTESTANTS) and math.isfinite(runs["detr"]["evaluations"][-1]["AP"])
