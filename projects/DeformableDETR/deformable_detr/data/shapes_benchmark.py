@@ -33,7 +33,7 @@ CLASSES = (
 DATASET_NAMES = ("shapes_benchmark_train", "shapes_benchmark_val")
 # A toy-size copy for smoke tests of the whole study pipeline (tools/study.py --quick).
 QUICK_DATASET_NAMES = ("shapes_benchmark_quick_train", "shapes_benchmark_quick_val")
-QUICK = dict(num_train=4, num_val=4, image_size=(128, 160))
+QUICK = dict(num_train=4, num_val=2, image_size=(96, 128))
 # Part of the marker: bump it when the drawing changes, so cached copies are redrawn.
 VERSION = 1
 # COCO's area ranges (pixels): small, medium, large
@@ -174,7 +174,7 @@ def _draw_image(
 
 def generate_benchmark_dataset(
     root: str,
-    num_train: int = 1000,
+    num_train: int = 600,
     num_val: int = 200,
     seed: int = 0,
     image_size: tuple = (224, 288),
