@@ -178,8 +178,8 @@ def generate_benchmark_dataset(
     num_val: int = 200,
     seed: int = 0,
     image_size: tuple = (224, 288),
-    objects_per_image: tuple = (3, 11),
-    bucket_probs: tuple = (0.41, 0.34, 0.25),
+    objects_per_image: tuple = (4, 12),
+    bucket_probs: tuple = (0.36, 0.31, 0.33),
     min_visible: float = 0.6,
     max_overlap: float = 0.6,
     distractors: tuple = (2, 8),
@@ -195,6 +195,10 @@ def generate_benchmark_dataset(
     `min_visible` of their silhouette visible; colours differ from the image's
     mean by at least `min_contrast` per channel on average. Cached and atomic as
     deformable_detr.data.synthetic.write_dataset.
+
+    The defaults draw more large objects than COCO has because large ones find
+    room less often: placed, about 7 objects per image, 43% small, 34% medium
+    and 23% large (a 100-image sample).
     """
     draw_args = dict(
         image_size=list(image_size),
