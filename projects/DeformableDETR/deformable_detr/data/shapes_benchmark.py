@@ -200,24 +200,22 @@ def generate_benchmark_dataset(
     room less often: placed, about 7 objects per image, 43% small, 34% medium
     and 23% large (a 100-image sample).
     """
-    draw_args = dict(
-        image_size=list(image_size),
-        objects_per_image=list(objects_per_image),
-        bucket_probs=list(bucket_probs),
-        min_visible=min_visible,
-        max_overlap=max_overlap,
-        distractors=list(distractors),
-        min_contrast=min_contrast,
-        attempts=attempts,
-    )
-    params = dict(version=VERSION, num_train=num_train, num_val=num_val, seed=seed, **draw_args)
     write_dataset(
         root,
-        params,
-        (num_train, num_val),
-        seed,
-        functools.partial(_draw_image, **draw_args),
+        _draw_image,
         CLASSES,
+        VERSION,
+        num_train,
+        num_val,
+        seed,
+        image_size=image_size,
+        objects_per_image=objects_per_image,
+        bucket_probs=bucket_probs,
+        min_visible=min_visible,
+        max_overlap=max_overlap,
+        distractors=distractors,
+        min_contrast=min_contrast,
+        attempts=attempts,
     )
 
 
