@@ -14,7 +14,7 @@ from ..common.data.shapes_benchmark import dataloader
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
-NUM_TRAIN_IMAGES = 1000  # deformable_detr.data.shapes_benchmark's default num_train
+NUM_TRAIN_IMAGES = 600  # deformable_detr.data.shapes_benchmark's default num_train
 NUM_CLASSES = 8
 HIDDEN_DIM = 128
 NUM_HEADS = 4
@@ -67,7 +67,9 @@ def epoch_schedule(epochs: int, batch_size: int = 8, num_images: int = NUM_TRAIN
     )
 
 
-EPOCHS = 10  # the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x
+# the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x. With 600
+# images, about 130 minutes for the whole study on 2 CPU cores (docs/study.md).
+EPOCHS = 6
 train.max_iter, ITERS_PER_EPOCH, lr_multiplier = epoch_schedule(EPOCHS)
 train.device = "cpu"
 train.eval_period = ITERS_PER_EPOCH

@@ -5,6 +5,7 @@ the CSV/JSON, table and plot written), skipping finished runs and continuing an
 interrupted one from its checkpoint."""
 
 import csv
+import inspect
 import json
 import math
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import pytest
 from detectron2.config import LazyConfig
 
+from deformable_detr.data.shapes_benchmark import generate_benchmark_dataset
 from deformable_detr.study import CONTESTANTS, QUICK, epoch_schedule
 from deformable_detr.study.plan import select
 from deformable_detr.study.results import METRICS, read_evaluations, table
@@ -38,6 +40,12 @@ def test_benchmark_configs_follow_the_schedule_rule():
         epochs[contestant.name] = cfg.train.max_iter / per_epoch
     assert epochs.pop("detr") == 10 * epochs["deformable_detr"]
     assert len(set(epochs.values())) == 1
+
+
+def test_benchmark_configs_count_the_generated_training_images():
+    generated = inspect.signature(generate_benchmark_dataset).parameters["num_train"].default
+    cfg = LazyConfig.load(str(ROOT / "configs" / "shapes_benchmark" / "deformable_detr.py"))
+    assert cfg.train.eval_period == math.ceil(generated / cfg.dataloader.train.total_batch_size)
 
 
 def test_quick_overrides_apply_to_every_config():

@@ -168,42 +168,46 @@ def generate_shapes_dataset(
 
     Written by :func:`write_dataset` (cached, atomic).
     """
-    draw_args = dict(
-        image_size=list(image_size),
-        object_size=list(object_size),
-        objects_per_image=list(objects_per_image),
+    write_dataset(
+        root,
+        _draw_image,
+        CLASSES,
+        VERSION,
+        num_train,
+        num_val,
+        seed,
+        image_size=image_size,
+        object_size=object_size,
+        objects_per_image=objects_per_image,
         max_overlap=max_overlap,
         max_noise=max_noise,
         min_contrast=min_contrast,
         attempts=attempts,
     )
-    params = dict(version=VERSION, num_train=num_train, num_val=num_val, seed=seed, **draw_args)
-    write_dataset(
-        root,
-        params,
-        (num_train, num_val),
-        seed,
-        functools.partial(_draw_image, **draw_args),
-        CLASSES,
-    )
 
 
 def write_dataset(
     root: str,
-    params: dict,
-    counts: Sequence[int],
-    seed: int,
     draw_image: Callable,
     classes: Sequence[str],
+    version: int,
+    num_train: int,
+    num_val: int,
+    seed: int,
+    **draw_args,
 ) -> None:
-    """Writes the SPLITS of a generated COCO-format dataset under root, counts[i]
-    images each, drawn by draw_image(rng) -> (image, objects) with the split's
-    generator numpy.random.default_rng([seed, i]); `params` (JSON) identify it.
+    """Writes the SPLITS of a generated COCO-format dataset under root (num_train
+    and num_val images), each image drawn by draw_image(rng, **draw_args) ->
+    (image, objects) with the split's generator numpy.random.default_rng([seed, i]).
+    version, the counts, seed and draw_args (JSON) identify the data.
 
     A no-op when root holds a complete dataset of the same parameters. The data
     is written to a temporary directory beside root and renamed into place, so
     an interrupted run never leaves a partial dataset.
     """
+    draw_args = {k: list(v) if isinstance(v, tuple) else v for k, v in draw_args.items()}
+    params = dict(version=version, num_train=num_train, num_val=num_val, seed=seed, **draw_args)
+    counts = (num_train, num_val)
     if _is_complete(root, params):
         return
     parent = os.path.dirname(os.path.abspath(root))
@@ -217,7 +221,7 @@ def write_dataset(
                 os.path.join(tmp, split),
                 os.path.join(tmp, "annotations", split + ".json"),
                 count,
-                functools.partial(draw_image, rng),
+                functools.partial(draw_image, rng, **draw_args),
                 classes,
             )
         with open(os.path.join(tmp, MARKER), "w") as f:

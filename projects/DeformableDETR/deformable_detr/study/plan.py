@@ -58,7 +58,7 @@ class StudySize:
     batch_size: int
     default_epochs: int
     epochs: Dict[str, int] = field(default_factory=dict)
-    inference_images: int = 2
+    inference_images: int = 1
 
     def overrides(self, name: str) -> List[str]:
         """key=value overrides that train contestant `name` at this size."""

@@ -2,9 +2,10 @@
 write the evaluations, plot and table after each run, so that a killed study
 continues where it stopped and its partial results are always on disk."""
 
+import functools
 import json
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from detectron2.config import LazyConfig
 
@@ -38,11 +39,17 @@ def run_study(
             runner.train(train_script, config_file, run_dir, overrides)
         measurements_file = os.path.join(run_dir, MEASUREMENTS)
         if not os.path.exists(measurements_file):
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), overrides)
+            cfg = _config(config_file, tuple(overrides))
             images = size.inference_images if size else num_inference_images
             results.write_json(measurements_file, measure(cfg, run_dir, images))
         write_outputs(configs_dir, output_dir, size)
     return write_outputs(configs_dir, output_dir, size)
+
+
+@functools.lru_cache(maxsize=None)
+def _config(config_file: str, overrides: Tuple[str, ...]):
+    """The contestant's config with the overrides, loaded once per study (read only)."""
+    return LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
 
 
 def collect(configs_dir: str, output_dir: str, size: Optional[StudySize]) -> List[dict]:
@@ -54,9 +61,8 @@ def collect(configs_dir: str, output_dir: str, size: Optional[StudySize]) -> Lis
         metrics = os.path.join(run_dir, "metrics.json")
         if not os.path.exists(metrics):
             continue
-        config_file = os.path.join(configs_dir, contestant.config)
         overrides = size.overrides(contestant.name) if size else []
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(config_file), overrides)
+        cfg = _config(os.path.join(configs_dir, contestant.config), tuple(overrides))
         record = {
             "name": contestant.name,
             "label": contestant.label,
