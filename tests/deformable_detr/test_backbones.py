@@ -187,3 +187,27 @@ def test_dcn_backbone_needs_onnx_opset_19():
     test fails, as a reminder to test parity instead, once the opset is raised."""
     error = _export_parity("onnx", "x101_dcn")["x101_dcn"]["export_error"]
     assert "No Op registered for DeformConv with domain_version of 18" in error, error
+
+
+def test_resnext_stages_are_detectron2s():
+    """make_resnet_stages(101, 32x8d) builds the ResNeXt-101 of detectron2's
+    build_resnet_backbone: the same names and shapes, so its checkpoints load."""
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone import BasicStem, ResNet, build_resnet_backbone
+
+    from deformable_detr.backbones import make_resnet_stages
+
+    cfg = get_cfg()
+    cfg.MODEL.RESNETS.update(DEPTH=101, NUM_GROUPS=32, WIDTH_PER_GROUP=8, STRIDE_IN_1X1=False)
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    expected = build_resnet_backbone(cfg, ShapeSpec(channels=3)).state_dict()
+    ours = ResNet(
+        BasicStem(3, 64, norm="FrozenBN"),
+        make_resnet_stages(101, num_groups=32, width_per_group=8),
+        out_features=["res3", "res4", "res5"],
+    ).state_dict()
+    assert ours.keys() == expected.keys()
+    assert all(ours[k].shape == expected[k].shape for k in ours)
+    with pytest.raises(ValueError, match="depth=34; expected one of"):
+        make_resnet_stages(34)
