@@ -246,3 +246,22 @@ def test_r50_custom_config_takes_converted_coco_weights(coco_folder, tmp_path, c
     heads = [k for k in loaded if k.startswith("class_embed.")]
     assert all(torch.equal(loaded[k], state[k]) for k in loaded if k not in heads)
     assert model.class_embed[0].weight.shape == (2, 256)
+
+
+def test_test_classes_without_training_boxes_are_a_warning(tmp_path, coco_folder, caplog):
+    import logging
+
+    (train_json, _), (val_json, val_images) = coco_folder
+    train = json.loads(train_json.read_text())
+    train["annotations"] = [a for a in train["annotations"] if a["category_id"] != 12]
+    (tmp_path / "no_rings.json").write_text(json.dumps(train))
+    cfg = load_config(
+        str(TINY_CUSTOM),
+        [
+            f"dataloader.train.dataset.json_file={tmp_path / 'no_rings.json'}",
+            f"dataloader.test.dataset.json_file={val_json}",
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.data.coco_json"):
+        assert data_class_names(cfg) == CLASS_NAMES
+    assert "has boxes of 1 classes that" in caplog.text and "(ring)" in caplog.text
