@@ -107,7 +107,7 @@ class LazyConfigPredictor:
         mapper = cfg.dataloader.test.mapper
         augmentation = instantiate(mapper.get("augmentation", None)) or []
         self.aug = T.AugmentationList(
-            augmentation if isinstance(augmentation, (list, tuple)) else [augmentation]
+            [augmentation] if isinstance(augmentation, T.Augmentation) else list(augmentation)
         )
         self.input_format = mapper.get("image_format", "BGR")
 

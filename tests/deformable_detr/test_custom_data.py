@@ -220,3 +220,48 @@ def test_demo_and_default_predictor_show_the_new_classes(fine_tuned, coco_folder
     predictor = DefaultPredictor(cfg)
     assert predictor.metadata.thing_classes == CLASS_NAMES
     assert predictor.model.class_names == CLASS_NAMES
+
+
+def test_r50_custom_config_takes_converted_coco_weights(coco_folder, tmp_path, caplog):
+    """The R-50 recipe on the new data from COCO weights as the converters write them
+    (80 classes, detectron2's names): the heads re-initialised, the rest loaded."""
+    import logging
+
+    from deformable_detr.checkpoint import DetrCheckpointer
+    from deformable_detr.interop.state_dicts import coco_class_names
+    from deformable_detr.weights import LoadingRule
+
+    coco_config = load_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.py"))
+    coco = build_model(coco_config, weights=None, device="cpu")
+    path = tmp_path / "model_coco.pth"
+    torch.save({"model": coco.state_dict(), "class_names": coco_class_names()}, path)
+    cfg = load_config(str(R50_CUSTOM), _data_overrides(coco_folder))
+    model = build_model(cfg, weights=None, device="cpu").train()
+    checkpointer = DetrCheckpointer(model)
+    checkpointer.loading_rule = LoadingRule(strict=False, class_names=data_class_names(cfg))
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.weights"):
+        checkpointer.load(str(path))
+    assert "the checkpoint's class heads have 80 classes (person, bicycle," in caplog.text
+    state, loaded = coco.state_dict(), model.state_dict()
+    heads = [k for k in loaded if k.startswith("class_embed.")]
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded if k not in heads)
+    assert model.class_embed[0].weight.shape == (2, 256)
+
+
+def test_test_classes_without_training_boxes_are_a_warning(tmp_path, coco_folder, caplog):
+    import logging
+
+    (train_json, _), (val_json, val_images) = coco_folder
+    train = json.loads(train_json.read_text())
+    train["annotations"] = [a for a in train["annotations"] if a["category_id"] != 12]
+    (tmp_path / "no_rings.json").write_text(json.dumps(train))
+    cfg = load_config(
+        str(TINY_CUSTOM),
+        [
+            f"dataloader.train.dataset.json_file={tmp_path / 'no_rings.json'}",
+            f"dataloader.test.dataset.json_file={val_json}",
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.data.coco_json"):
+        assert data_class_names(cfg) == CLASS_NAMES
+    assert "has boxes of 1 classes that" in caplog.text and "(ring)" in caplog.text

@@ -57,11 +57,11 @@ def test_eval_only_without_weights_is_an_error(tmp_path):
     assert _last_line(log).startswith("error: no weights given (train.init_checkpoint"), log[-2000:]
 
 
-def test_a_missing_weights_file_is_one_line(tmp_path):
+def test_a_missing_weights_file_is_one_line(tmp_path, synthetic_datasets):
     missing = tmp_path / "missing.pth"
     for flags in (["--eval-only"], ["train.max_iter=1", "dataloader.train.num_workers=0"]):
         log = train_net(
-            tmp_path / "datasets",
+            synthetic_datasets,
             *flags,
             *SMALL,
             f"train.output_dir={tmp_path / 'output'}",

@@ -14,7 +14,12 @@ from detectron2.utils.registry import locate
 from torch import nn
 
 from .checkpoint import DetrCheckpointer, load_weights_file
-from .data.coco_json import DatasetError, check_same_classes, coco_json_classes
+from .data.coco_json import (
+    DatasetError,
+    check_same_classes,
+    coco_json_classes,
+    warn_classes_without_training_boxes,
+)
 from .weights import LoadingRule, recorded_class_names
 
 __all__ = [
@@ -141,6 +146,7 @@ def data_class_names(cfg, split: str = "train") -> Optional[List[str]]:
         classes = [(key, coco_json_classes(f)) for key, f in files]
         for key, names in classes[1:]:
             check_same_classes(classes[0][1], names, files[0][1], files[1][1])
+            warn_classes_without_training_boxes(files[0][1], files[1][1])
         return classes[0][1]
     if _json_files(cfg) or split not in cfg.dataloader:
         return None

@@ -282,11 +282,8 @@ def _load_model(self, checkpoint: Dict[str, Any]):
     if not has_class_heads(self.model):
         return _detectron2_load_model(self, checkpoint)
     source = getattr(self, "_weights_source", None) or "the checkpoint"
-    state, rule, recorded = (
-        _state_dict_of(self, checkpoint),
-        rule_of(self),
-        recorded_class_names(checkpoint),
-    )
+    state = _state_dict_of(self, checkpoint)
+    rule, recorded = rule_of(self), recorded_class_names(checkpoint)
     load_by_rule(self.model, state, rule, source, recorded)
     # what the class heads now predict, for visualizers (demo/demo.py) and users
     unwrap(self.model).class_names = list(rule.class_names or recorded or []) or None

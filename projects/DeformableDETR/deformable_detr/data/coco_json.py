@@ -25,6 +25,7 @@ __all__ = [
     "check_same_classes",
     "class_names_of",
     "register_yacs_datasets",
+    "warn_classes_without_training_boxes",
     "coco_json_classes",
     "coco_json_dataset",
     "register_coco_json",
@@ -141,6 +142,24 @@ def coco_json_dataset(
     register_coco_json(name, json_file, image_root)
     dicts = detection_dataset_dicts(name, filter_empty=filter_empty)
     return clean_boxes(dicts, name) if clean else dicts
+
+
+def warn_classes_without_training_boxes(train_json: str, test_json: str) -> List[str]:
+    """Warns (and returns them) about the classes that have boxes in the test JSON and
+    none in the training JSON: the model cannot learn them, their AP will be 0."""
+
+    def annotated(json_file: str) -> set:
+        return {a.get("category_id") for a in _read_json(json_file).get("annotations", [])}
+
+    names = {c["id"]: c["name"] for c in _categories(_read_json(test_json), test_json)}
+    lacking = sorted(annotated(test_json) - annotated(train_json), key=str)
+    missing = [names.get(i, str(i)) for i in lacking]
+    if missing:
+        logger.warning(
+            f"{test_json} has boxes of {len(missing)} classes that {train_json} has none of "
+            f"({', '.join(missing)}): the model cannot learn them and their AP will be 0"
+        )
+    return missing
 
 
 def check_same_classes(
