@@ -74,5 +74,5 @@ train.max_iter, ITERS_PER_EPOCH, lr_multiplier = epoch_schedule(EPOCHS)
 train.device = "cpu"
 train.eval_period = ITERS_PER_EPOCH
 train.checkpointer.period = ITERS_PER_EPOCH
-train.checkpointer.max_to_keep = 1
+train.checkpointer.max_to_keep = 2
 train.log_period = 20

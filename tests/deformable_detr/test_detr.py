@@ -182,9 +182,7 @@ def _batch(num_images=2, height=96, width=128):
     return batch
 
 
-@pytest.mark.parametrize(
-    "config", ["detr.py", "detr_plus.py", "faster_rcnn_fpn.py", "deformable_detr_two_stage.py"]
-)
+@pytest.mark.parametrize("config", ["detr.py", "detr_plus.py", "faster_rcnn_fpn.py"])
 def test_benchmark_config_builds_and_trains(config):
     """Built from its shapes-benchmark config (narrowed for speed), the model takes
     three optimizer steps on one batch: finite losses that go down, then detections."""
