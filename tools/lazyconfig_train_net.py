@@ -35,7 +35,12 @@ from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
 from deformable_detr.build import build_model, build_train_loader, data_class_names
-from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
+from deformable_detr.checkpoint import (
+    BEST_CHECKPOINT,
+    BestModelCheckpointer,
+    DetrCheckpointer,
+    UnreadableCheckpointError,
+)
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.engine import DetrTrainer
 from deformable_detr.hooks import PeriodicCheckpointer
@@ -84,17 +89,6 @@ def writers(output_dir: str, max_iter: int) -> list:
     ]
 
 
-class _ModelBestCheckpointer(DetrCheckpointer):
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        pass  # last_checkpoint stays the last periodic checkpoint, which --resume continues
-
-
-def best_checkpointer(model, cfg, records: dict) -> DetrCheckpointer:
-    """Writes model_best.pth (the weights of the best bbox AP so far, beside the last
-    checkpoint) without naming it in last_checkpoint."""
-    return _ModelBestCheckpointer(model, cfg.train.output_dir, **records)
-
-
 def do_train(args, cfg):
     class_names = data_class_names(cfg)
     model = build_model(cfg, weights=None, class_names=class_names).train()
@@ -132,7 +126,11 @@ def do_train(args, cfg):
                 cfg.train.eval_period, lambda: do_test(cfg, model), cfg.train.eval_after_train
             ),
             hooks.BestCheckpointer(
-                cfg.train.eval_period, best_checkpointer(model, cfg, records), "bbox/AP", "max"
+                cfg.train.eval_period,
+                BestModelCheckpointer(model, cfg.train.output_dir, **records),
+                "bbox/AP",
+                "max",
+                file_prefix=BEST_CHECKPOINT,
             )
             if comm.is_main_process()
             and "evaluator" in cfg.dataloader

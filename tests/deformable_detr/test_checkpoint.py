@@ -13,7 +13,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from safetensors.torch import save_file
 
 import deformable_detr  # noqa: F401  (makes DetectionCheckpointer load data only)
-from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
+from deformable_detr.checkpoint import (
+    BestModelCheckpointer,
+    DetrCheckpointer,
+    UnreadableCheckpointError,
+)
 
 
 class _RunsCode:
@@ -177,6 +181,20 @@ def test_resume_skips_an_unreadable_last_checkpoint(tmp_path, caplog):
     )
     torch.testing.assert_close(model.weight, source.weight)
     assert "cannot resume from" in caplog.text and "model_0000009.pth" in caplog.text
+
+
+def test_resume_never_takes_the_best_checkpoint(tmp_path, caplog):
+    """model_best.pth holds an earlier point of the training: written after the last
+    checkpoint it is not named in last_checkpoint, nor taken when that file is unreadable."""
+    source = _model()
+    DetrCheckpointer(source, str(tmp_path)).save("model_0000004", iteration=4)
+    (tmp_path / "model_0000009.pth").write_bytes(b"truncated")
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    BestModelCheckpointer(_model(), str(tmp_path)).save("model_best", iteration=2)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    checkpointer = DetrCheckpointer(torch.nn.Linear(3, 2), str(tmp_path))
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 4
+    assert checkpointer.resumed_from == str(tmp_path / "model_0000004.pth")
 
 
 def test_resume_without_a_checkpoint_loads_the_initial_weights(tmp_path):

@@ -27,6 +27,8 @@ from detectron2.utils.file_io import PathManager
 from .output import atomic_write
 
 __all__ = [
+    "BEST_CHECKPOINT",
+    "BestModelCheckpointer",
     "DetrCheckpointer",
     "UnreadableCheckpointError",
     "load_pickle_as_data",
@@ -48,6 +50,10 @@ _PICKLE_GLOBALS = {
     ("_codecs", "encode"),
     ("collections", "OrderedDict"),
 }
+
+
+# the name of the best checkpoint (hooks.BestCheckpointer's file_prefix), never resumed from
+BEST_CHECKPOINT = "model_best"
 
 
 class UnreadableCheckpointError(RuntimeError):
@@ -279,11 +285,24 @@ class DetrCheckpointer(DetectionCheckpointer):
 
     def _resume_candidates(self) -> List[str]:
         """last_checkpoint's file first (also when it is missing: it gets reported),
-        then the directory's other .pth files, most recently written first."""
+        then the directory's other .pth files, most recently written first, except
+        model_best.pth, which holds an earlier point of the training."""
         if not os.path.isdir(self.save_dir):
             return []
         named = [self.get_checkpoint_file()] if self.has_checkpoint() else []
+        best = os.path.join(self.save_dir, f"{BEST_CHECKPOINT}.pth")
         others = sorted(
-            set(self.get_all_checkpoint_files()) - set(named), key=os.path.getmtime, reverse=True
+            set(self.get_all_checkpoint_files()) - set(named) - {best},
+            key=os.path.getmtime,
+            reverse=True,
         )
         return named + others
+
+
+class BestModelCheckpointer(DetrCheckpointer):
+    """Writes model_best.pth (for detectron2's hooks.BestCheckpointer: the weights of
+    the best evaluation so far) beside a training's checkpoints without naming it in
+    last_checkpoint, so that --resume continues from the last checkpoint, not the best."""
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        pass
