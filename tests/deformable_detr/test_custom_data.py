@@ -107,6 +107,17 @@ def test_classes_come_from_the_json(coco_folder):
         build_model(cfg, weights=None)
 
 
+def test_an_rcnn_takes_its_class_count_from_the_data(coco_folder):
+    """detectron2's R-CNN configs keep the count in model.roi_heads.num_classes."""
+    cfg = load_config(str(ROOT / "configs" / "shapes_benchmark" / "faster_rcnn_fpn.py"))
+    cfg.model.roi_heads.num_classes = None
+    model = build_model(cfg, weights=None, class_names=CLASS_NAMES)
+    assert model.roi_heads.box_predictor.cls_score.out_features == len(CLASS_NAMES) + 1
+    cfg.model.roi_heads.num_classes = 5
+    with pytest.raises(DatasetError, match=r"model.roi_heads.num_classes=5, but the data has 2"):
+        build_model(cfg, weights=None, class_names=CLASS_NAMES)
+
+
 def test_loading_the_config_registers_nothing():
     before = set(DatasetCatalog.list())
     for config in (TINY_CUSTOM, R50_CUSTOM):

@@ -5,16 +5,16 @@
 # this file loads (deformable_detr.data.coco_json); the classes are the JSON's
 # categories. Mappers: DETR's augmentation of coco_detr.py; a config may replace them.
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from omegaconf import OmegaConf
 
-from deformable_detr.data import DetrCOCOEvaluator
+from deformable_detr.data import DetrCOCOEvaluator, build_resumable_train_loader
 from deformable_detr.data.coco_json import coco_json_dataset, register_coco_json
 
 from .coco_detr import dataloader as coco
 
 dataloader = OmegaConf.create()
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(coco_json_dataset)(name="custom_train", json_file="", image_root="", clean=True),
     mapper=coco.train.mapper,
     total_batch_size=32,

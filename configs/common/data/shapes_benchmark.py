@@ -2,13 +2,14 @@
 # first loaded, under $D2EXT_DATASETS) at its generated size, random horizontal
 # flip in training; evaluated with COCO's AP, AP50, AP75, APs, APm, APl.
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.data import transforms as T
 from omegaconf import OmegaConf
 
 from deformable_detr.data import (
     DetrCOCOEvaluator,
     DetrDatasetMapper,
+    build_resumable_train_loader,
     clean_boxes,
     detection_dataset_dicts,
 )
@@ -17,7 +18,7 @@ from deformable_detr.data.shapes_benchmark import DATASET_NAMES
 TRAIN, VAL = DATASET_NAMES
 
 dataloader = OmegaConf.create()
-dataloader.train = L(build_detection_train_loader)(
+dataloader.train = L(build_resumable_train_loader)(
     dataset=L(clean_boxes)(
         dataset_dicts=L(detection_dataset_dicts)(names=TRAIN, filter_empty=False),
         dataset_name="${.dataset_dicts.names}",

@@ -11,6 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.utils.registry import locate
+from omegaconf import OmegaConf
 from torch import nn
 
 from .checkpoint import DetrCheckpointer, load_weights_file
@@ -161,27 +162,44 @@ def _recorded_names(path: Optional[str]) -> Optional[List[str]]:
     return recorded_class_names(load_weights_file(path))
 
 
+# where a model config keeps its class count: DETR-family models, detectron2's R-CNNs
+_NUM_CLASSES_KEYS = ("num_classes", "roi_heads.num_classes")
+
+
 def resolve_num_classes(cfg, class_names: Optional[Sequence[str]]) -> None:
-    """Sets model.num_classes from the data's classes when the config leaves it None;
-    a number that disagrees with them is an error naming both."""
-    num_classes = cfg.model.get("num_classes")
+    """Sets the model's class count (model.num_classes, or model.roi_heads.num_classes
+    of an R-CNN) from the data's classes when the config leaves it None; a number that
+    disagrees with them is an error naming both."""
+    key = next((k for k in _NUM_CLASSES_KEYS if OmegaConf.select(cfg.model, k) is not None), None)
+    key = key or next((k for k in _NUM_CLASSES_KEYS if _has_key(cfg.model, k)), None)
+    if key is None:
+        raise DatasetError(
+            "the model config has no class count (model.num_classes or model.roi_heads.num_classes)"
+        )
+    num_classes = OmegaConf.select(cfg.model, key)
     if class_names is None:
         if num_classes is None:
             raise DatasetError(
-                "model.num_classes is not set and nothing says what the classes are: give the "
+                f"model.{key} is not set and nothing says what the classes are: give the "
                 "annotation files (dataloader.train.dataset.json_file=..., "
                 "dataloader.test.dataset.json_file=...) or weights that record their classes"
             )
         return
     if num_classes is None:
-        cfg.model.num_classes = len(class_names)
+        OmegaConf.update(cfg.model, key, len(class_names))
     elif num_classes != len(class_names):
         source = next((f for _, f in _json_files(cfg) if f), "the data")
         raise DatasetError(
-            f"model.num_classes={num_classes}, but {source} has {len(class_names)} categories "
-            f"({', '.join(class_names)}); leave model.num_classes out, the classes come from "
+            f"model.{key}={num_classes}, but {source} has {len(class_names)} categories "
+            f"({', '.join(class_names)}); leave model.{key} out, the classes come from "
             "the annotation file"
         )
+
+
+def _has_key(node, key: str) -> bool:
+    parent, _, name = key.rpartition(".")
+    parent = OmegaConf.select(node, parent) if parent else node
+    return parent is not None and name in parent
 
 
 def build_train_loader(cfg) -> Tuple[object, int]:
