@@ -7,6 +7,7 @@ import pytest
 import torch
 from detectron2.config import LazyConfig
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model as build_yacs_model
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
@@ -107,10 +108,14 @@ def test_lazy_config_switch():
     assert tta.nms_threshold == cfg.train.test_aug.nms_threshold
 
 
-def test_default_predictor_with_tta():
+def test_default_predictor_with_tta(tmp_path):
+    options = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", 64, "TEST.AUG.MIN_SIZES", (64, 96)]
+    cfg = load_yacs_config(str(SYNTHETIC.with_suffix(".yaml")), options)
+    # DefaultPredictor loads weights strictly: give it those of a model of this config
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_yacs_model(cfg).state_dict()}, weights)
     cfg = load_yacs_config(
-        str(SYNTHETIC.with_suffix(".yaml")),
-        ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", 64, "TEST.AUG.MIN_SIZES", (64, 96)],
+        str(SYNTHETIC.with_suffix(".yaml")), [*options, "MODEL.WEIGHTS", str(weights)]
     )
     predictor = DefaultPredictor(cfg)
     predictor.model = DeformableDETRWithTTA(cfg, predictor.model)
