@@ -10,11 +10,11 @@ time, so the image size stays dynamic.
 """
 
 import torch
-from onnxscript import opset18 as op
+from onnxscript import opset19 as op
 
 __all__ = ["OPSET", "TRANSLATION_TABLE", "ms_deform_attn_onnx"]
 
-OPSET = 18  # GridSample needs >= 16; 18 is the exporter's default
+OPSET = 19  # GridSample needs >= 16, DeformConv (the DCN backbones) >= 19
 
 
 def ms_deform_attn_onnx(

@@ -20,35 +20,39 @@ model has random weights (nothing is loaded) and runs in eval mode, on one
 
 import argparse
 import logging
+import sys
 
 import torch
-from detectron2.config import LazyConfig, instantiate
 from fvcore.nn import flop_count_table
 
+from deformable_detr.build import build_model, load_config
+from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.flops import count_parameters, flop_count_analysis
-from deformable_detr.overrides import apply_overrides
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
+    parser.add_argument("--config-file", required=True, help="LazyConfig .py or yacs .yaml file")
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--max-depth", type=int, default=2, help="depth of the per-module table (0: no table)"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (key=value; KEY VALUE for yacs)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # fvcore warns once per uncounted op
-    cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    model = instantiate(cfg.model).to(args.device).eval()
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        model = build_model(cfg, weights=None, device=args.device)
+    except (DatasetError, KeyError, ValueError) as error:
+        sys.exit(f"analyze_model: {args.config_file}: {error}")
     trainable, total = count_parameters(model)
     with torch.no_grad():
         image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8)

@@ -12,6 +12,8 @@
         train.init_checkpoint=swin_t_d2.pth
 
 --source swin: the official Swin release (github.com/microsoft/Swin-Transformer);
+--source timm_swin: timm's Swin (its model.safetensors / pytorch_model.bin, e.g. of
+timm/swin_base_patch4_window7_224.ms_in22k);
 --source vit: timm's ViT or MAE's pretraining. With --config-file, the result is
 loaded into the config's model: every converted key must fit (name and shape),
 and the backbone keys left unfilled must be those detection adds (Swin's output
@@ -22,8 +24,8 @@ import argparse
 import sys
 
 import torch
-from detectron2.config import LazyConfig, instantiate
 
+from deformable_detr.build import build_model, load_config
 from deformable_detr.checkpoint import load_weights_file
 from deformable_detr.interop.backbone_weights import (
     BACKBONE_SOURCES,
@@ -44,7 +46,8 @@ def main(argv=None):
     try:
         converted, dropped = convert_backbone_state_dict(load_weights_file(args.input), args.source)
         if args.config_file:
-            check_fits(instantiate(LazyConfig.load(args.config_file).model), converted, args.source)
+            model = build_model(load_config(args.config_file), weights=None, device="cpu")
+            check_fits(model, converted, args.source)
     except Exception as error:
         sys.exit(f"convert_backbone_checkpoint: {args.input}: {error}")
     torch.save({"model": converted}, args.output)

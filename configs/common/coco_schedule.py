@@ -1,22 +1,9 @@
-# Epoch-based step schedules, converted to iterations for a dataset size and batch.
+# Epoch-based step schedules, independent of the number of iterations.
 from detectron2.config import LazyCall as L
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from deformable_detr.schedule import iterations
-
 # steps of epoch_step_multiplier's schedule: it drops the lr within 1e-6 of the run's length
 _RESOLUTION = 1_000_000
-
-
-def step_schedule(
-    total_epochs: float, drop_epochs: float, num_images: int, batch_size: int, factor: float = 0.1
-):
-    """(max_iter, lr_multiplier): constant lr, times `factor` from `drop_epochs` on."""
-    max_iter = iterations(total_epochs, num_images, batch_size)
-    drop = iterations(drop_epochs, num_images, batch_size)
-    return max_iter, L(MultiStepParamScheduler)(
-        values=[1.0, factor], milestones=[drop], num_updates=max_iter
-    )
 
 
 def epoch_step_multiplier(total_epochs: float, drop_epochs: float, factor: float = 0.1):

@@ -1,4 +1,4 @@
-"""Backbone checkpoints of the official Swin release and of timm / MAE ViTs,
+"""Backbone checkpoints of the official Swin release, timm's Swin and timm / MAE ViTs,
 generated with their real key layout, convert into detectron2's names and load
 into the configs' models: every converted key fills a parameter, and the
 backbone keys left unfilled are only those detection adds."""
@@ -52,6 +52,20 @@ def timm_vit_state_dict(model):
     return vit.state_dict()
 
 
+def timm_swin(model, image_size):
+    """timm's SwinTransformer as wide and deep as the model's Swin, random weights."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    swin = model.backbone
+    return SwinTransformer(
+        img_size=image_size,
+        embed_dim=swin.embed_dim,
+        depths=[len(layer.blocks) for layer in swin.layers],
+        num_heads=[layer.blocks[0].attn.num_heads for layer in swin.layers],
+        window_size=swin.layers[0].window_size,
+    ).eval()
+
+
 def _load_strictly(model, converted, source):
     check_fits(model, converted, source)
     result = model.load_state_dict(converted, strict=False)
@@ -71,6 +85,38 @@ def test_official_swin_checkpoint_loads(backbone):
     )
     _load_strictly(model, converted, "swin")
     assert backbone_keys_without_pretraining(model, "swin")  # the output norms
+
+
+def test_timm_swin_checkpoint_computes_what_timm_computes():
+    """timm merges patches at the start of a stage and detectron2 at the end of the
+    one before: after conversion, detectron2's Swin gives timm's stage outputs (under
+    detectron2's own output norms). At 448 pixels every stage is larger than a window:
+    timm stops shifting windows in a stage no larger than one, detectron2 never does."""
+    model, _ = shrunk_model("swin_t")
+    timm_model = timm_swin(model, image_size=448)
+    state = timm_model.state_dict()
+    assert "layers.1.downsample.reduction.weight" in state  # timm's layout
+    assert "layers.0.downsample.reduction.weight" not in state
+    converted, dropped = convert_backbone_state_dict(state, "timm_swin")
+    assert set(dropped) == {"norm.weight", "norm.bias", "head.fc.weight", "head.fc.bias"}
+    assert "backbone.layers.0.downsample.reduction.weight" in converted
+    _load_strictly(model, converted, "timm_swin")
+
+    backbone = model.backbone.eval()
+    for i in backbone.out_indices:  # output norms that are not the identity
+        norm = getattr(backbone, f"norm{i}")
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    image = torch.randn(1, 3, 448, 448)
+    with torch.no_grad():
+        ours = backbone(image)
+        theirs = timm_model.forward_intermediates(
+            image, indices=list(backbone.out_indices), norm=False, intermediates_only=True
+        )
+    for i, expected in zip(backbone.out_indices, theirs):
+        norm = getattr(backbone, f"norm{i}")
+        expected = norm(expected.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        torch.testing.assert_close(ours[f"p{i}"], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_timm_and_mae_vit_checkpoint_loads():

@@ -16,8 +16,10 @@ from torchvision.ops import box_convert, generalized_box_iou
 from deformable_detr.criterion import SetCriterion
 from deformable_detr.detr import DETR
 from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.schedule import resolve_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+COCO_TRAIN_IMAGES = 118_287
 DETR_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 # One image, K=2 classes + no-object (3 logits), two queries; query 0 sits next to
@@ -132,9 +134,24 @@ def test_coco_detr_config_is_the_detr_recipe():
     lrs = {round(g["lr"], 10) for g in instantiate(cfg.optimizer).param_groups}
     assert lrs == {1e-4, 1e-5}
     # 500 epochs of 118287 images at batch 64, lr / 10 after 400
+    resolve_schedule(cfg, COCO_TRAIN_IMAGES)
     assert cfg.train.max_iter == math.ceil(500 * 118287 / 64)
-    assert cfg.lr_multiplier.milestones == [math.ceil(400 * 118287 / 64)]
+    assert cfg.train.checkpointer.period == math.ceil(118287 / 64)
+    assert cfg.train.eval_period == math.ceil(10 * 118287 / 64)
+    scheduler = instantiate(cfg.lr_multiplier)
+    assert scheduler(0.79) == 1.0 and scheduler(0.81) == pytest.approx(0.1)
+    assert cfg.optimizer.lr == 1e-4
     assert cfg.train.clip_max_norm == 0.1
+
+
+@pytest.mark.parametrize("config", ["detr_r50_500ep.py", "detr_plus_r50_50ep.py"])
+def test_coco_detr_epochs_stay_epochs_when_the_batch_changes(config):
+    cfg = _coco(config)
+    reference = cfg.train.lr_reference_batch_size
+    cfg = LazyConfig.apply_overrides(cfg, [f"dataloader.train.total_batch_size={reference // 2}"])
+    resolve_schedule(cfg, COCO_TRAIN_IMAGES)
+    assert cfg.train.max_iter == math.ceil(cfg.train.epochs * 118287 / (reference // 2))
+    assert cfg.optimizer.lr == pytest.approx(1e-4 * 0.5**0.5)
 
 
 def test_coco_detr_plus_config_changes_only_loss_and_queries():
@@ -142,7 +159,10 @@ def test_coco_detr_plus_config_changes_only_loss_and_queries():
     model = instantiate(plus.model)
     assert model.class_embed.out_features == 80 and model.query_embed.num_embeddings == 300
     assert model.criterion.class_loss == model.criterion.matcher.class_loss == "focal"
+    resolve_schedule(plus, COCO_TRAIN_IMAGES)
     assert plus.train.max_iter == math.ceil(50 * 118287 / 32)
+    assert plus.train.eval_period == math.ceil(5 * 118287 / 32)
+    assert instantiate(plus.lr_multiplier)(0.81) == pytest.approx(0.1)
     assert plus.optimizer.lr == detr.optimizer.lr == 1e-4
     assert plus.model.transformer == detr.model.transformer
     assert plus.model.backbone == detr.model.backbone

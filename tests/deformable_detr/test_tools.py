@@ -1,4 +1,4 @@
-"""tools/plot_metrics.py, the FLOP handles of deformable_detr.flops, and
+"""tools/plot_metrics.py, tools/analyze_model.py, the FLOP handles of deformable_detr.flops, and
 demo/demo.py on a randomly initialized synthetic-config checkpoint (yacs path in
 process, LazyConfig path in a subprocess with its own dataset root)."""
 
@@ -16,8 +16,10 @@ import d2ext
 from deformable_detr.flops import MSDA_OP, flop_count_handles, msda_flops
 
 from ..scripts import ROOT, load_script
+from .coco_folder import write_coco_folder
 
 plot_metrics = load_script("tools/plot_metrics.py")
+analyze_model = load_script("tools/analyze_model.py")
 demo = load_script("demo/demo.py")
 
 
@@ -65,6 +67,30 @@ class _MSDA(torch.nn.Module):
         return d2ext.ms_deform_attn(
             value, spatial_shapes, level_start_index, locations, weights, backend="cpp"
         )
+
+
+# ----------------------------------------------------------------------------- analyze_model
+def test_analyze_model_takes_the_class_count_from_custom_data(tmp_path, capsys):
+    """A custom-data config leaves model.num_classes to the data: analyze_model builds
+    the model with the annotation file's categories, or says what is missing."""
+    train_json, train_images = write_coco_folder(tmp_path, "train", 2, seed=0)
+    config = str(ROOT / "configs" / "custom" / "deformable_detr_tiny_custom.py")
+    data = [
+        f"dataloader.train.dataset.json_file={train_json}",
+        f"dataloader.train.dataset.image_root={train_images}",
+        f"dataloader.test.dataset.json_file={train_json}",
+        f"dataloader.test.dataset.image_root={train_images}",
+    ]
+    analyze_model.main(["--config-file", config, "--height", "96", "--width", "96", *data])
+    out = capsys.readouterr().out
+    assert "FLOPs:" in out and "of which MSDA" in out
+    total = int(out.split("parameters: ")[1].split(" trainable")[0].replace(",", ""))
+    model = analyze_model.build_model(analyze_model.load_config(config, data), weights=None)
+    assert sum(p.numel() for p in model.parameters()) == total
+    classes = json.loads(train_json.read_text())["categories"]
+    assert model.class_embed[0].out_features == len(classes)
+    with pytest.raises(SystemExit, match="model.num_classes is not set"):
+        analyze_model.main(["--config-file", config, "--height", "96", "--width", "96"])
 
 
 def test_msda_flop_handle_counts_traced_op():

@@ -63,7 +63,7 @@ def swin(embed_dim, depths, num_heads, window_size, pretrain_img_size, drop_path
 
 SWIN_FEATURES = ["p1", "p2", "p3"]
 # the official Swin release (ImageNet-1k for T, ImageNet-22k for B and L); convert with
-# tools/convert_backbone_checkpoint.py --source swin
+# tools/convert_backbone_checkpoint.py --source swin (--source timm_swin for timm's files)
 SWIN_T = swin(96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224, drop_path_rate=0.2)
 SWIN_T_WEIGHTS = (
     "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"

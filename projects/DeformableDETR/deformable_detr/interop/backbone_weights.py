@@ -1,17 +1,20 @@
-"""Public backbone checkpoints in detectron2's names: the official Swin release
-and timm / MAE ViTs (which share timm's VisionTransformer names), as the
-`model.backbone` of this project's Swin and ViT configs.
+"""Public backbone checkpoints in detectron2's names: the official Swin release,
+timm's Swin, and timm / MAE ViTs (which share timm's VisionTransformer names), as
+the `model.backbone` of this project's Swin and ViT configs.
 
     converted, dropped = convert_backbone_state_dict(state_dict, "swin")
 
-Every source key is either renamed (a "backbone." or "backbone.net." prefix, the
-names are otherwise detectron2's) or dropped because the detector has no such
-module (classification heads, the final norm, the ViT class token, Swin's
-precomputed attention masks); anything else is an error that names the key.
+Every source key is either renamed (a "backbone." or "backbone.net." prefix; timm's
+Swin merges patches at the start of a stage, detectron2's at the end of the one
+before, so its `layers.i.downsample` is `layers.{i-1}.downsample`) or dropped
+because the detector has no such module (classification heads, the final norm, the
+ViT class token, Swin's precomputed attention masks); anything else is an error
+that names the key.
 """
 
 import re
-from typing import Dict, List, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -22,18 +25,50 @@ __all__ = [
     "convert_backbone_state_dict",
 ]
 
-# (prefix added to kept keys, patterns of keys to drop, pattern of keys to keep)
-BACKBONE_SOURCES = {
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A checkpoint layout: `prefix` is added to the kept keys (those matching `keep`,
+    after `rename`), keys matching one of `drop` are dropped, and the model's keys
+    matching `new_in_detection` are the backbone's that this pretraining lacks."""
+
+    prefix: str
+    drop: Tuple[str, ...]
+    keep: str
+    new_in_detection: str
+    rename: Callable[[str], str] = lambda key: key
+
+
+def _timm_swin_key(key: str) -> str:
+    return re.sub(
+        r"^layers\.(\d+)\.downsample\.",
+        lambda m: f"layers.{int(m.group(1)) - 1}.downsample.",
+        key,
+    )
+
+
+_SWIN_KEEP = r"(patch_embed|layers|absolute_pos_embed)(\..*)?"
+_SWIN_DROP = (r"head\..*", r"norm\.(weight|bias)", r".*\.attn_mask")
+# detectron2 adds per-level output norms to Swin
+_SWIN_OUTPUT_NORMS = r"backbone\.norm\d+\..*"
+
+BACKBONE_SOURCES: Dict[str, BackboneSource] = {
     # the official Swin release (github.com/microsoft/Swin-Transformer): detectron2's
     # SwinTransformer uses its names
-    "swin": (
+    "swin": BackboneSource("backbone.", _SWIN_DROP, _SWIN_KEEP, _SWIN_OUTPUT_NORMS),
+    # timm's SwinTransformer (timm >= 0.9 layout, e.g. the timm/swin_*_patch4_* weights):
+    # its relative position indices are not saved; the model computes its own
+    "timm_swin": BackboneSource(
         "backbone.",
-        (r"head\..*", r"norm\.(weight|bias)", r".*\.attn_mask"),
-        r"(patch_embed|layers|absolute_pos_embed)(\..*)?",
+        _SWIN_DROP + (r".*\.relative_position_index",),
+        _SWIN_KEEP,
+        r"backbone\.(norm\d+\..*|layers\.\d+\.blocks\.\d+\.attn\.relative_position_index)",
+        rename=_timm_swin_key,
     ),
     # timm's VisionTransformer, and MAE's pretraining (built on it): detectron2's ViT
-    # uses its names, under SimpleFeaturePyramid's `net`
-    "vit": (
+    # uses its names, under SimpleFeaturePyramid's `net`; ViTDet adds relative
+    # positions and the simple feature pyramid
+    "vit": BackboneSource(
         "backbone.net.",
         (
             r"head\..*",
@@ -43,14 +78,8 @@ BACKBONE_SOURCES = {
             r"decoder.*",
         ),
         r"(patch_embed|blocks|pos_embed)(\..*)?",
+        r"backbone\.(net\.blocks\.\d+\.attn\.rel_pos_[hw]|simfp_\d+\..*)",
     ),
-}
-
-# backbone parameters that the pretraining does not have: detectron2 adds them (Swin's
-# per-level output norms, ViTDet's relative positions and its simple feature pyramid)
-_NEW_IN_DETECTION = {
-    "swin": r"backbone\.norm\d+\..*",
-    "vit": r"backbone\.(net\.blocks\.\d+\.attn\.rel_pos_[hw]|simfp_\d+\..*)",
 }
 
 
@@ -62,24 +91,24 @@ def convert_backbone_state_dict(
     Args:
         state_dict: the checkpoint's tensors; a {"model": ...} or {"state_dict": ...}
             wrapper is unwrapped.
-        source: "swin" (official release) or "vit" (timm / MAE).
+        source: "swin" (official release), "timm_swin" or "vit" (timm / MAE).
     """
     if source not in BACKBONE_SOURCES:
         raise ValueError(f"source={source!r}; expected one of {sorted(BACKBONE_SOURCES)}")
     for wrapper in ("model", "state_dict"):
         if isinstance(state_dict.get(wrapper), dict):
             state_dict = state_dict[wrapper]
-    prefix, drop, keep = BACKBONE_SOURCES[source]
+    layout = BACKBONE_SOURCES[source]
     converted, dropped = {}, []
     for key, value in state_dict.items():
-        if any(re.fullmatch(pattern, key) for pattern in drop):
+        if any(re.fullmatch(pattern, key) for pattern in layout.drop):
             dropped.append(key)
-        elif re.fullmatch(keep, key):
-            converted[prefix + key] = value
+        elif re.fullmatch(layout.keep, key):
+            converted[layout.prefix + layout.rename(key)] = value
         else:
             raise ValueError(
                 f"key {key!r} is not a {source} backbone key of the known layout; "
-                f"expected names matching {keep!r}"
+                f"expected names matching {layout.keep!r}"
             )
     if not converted:
         raise ValueError(f"no {source} backbone key in the checkpoint")
@@ -88,7 +117,7 @@ def convert_backbone_state_dict(
 
 def backbone_keys_without_pretraining(model: torch.nn.Module, source: str) -> List[str]:
     """The model's backbone state keys that no `source` pretraining has."""
-    pattern = _NEW_IN_DETECTION[source]
+    pattern = BACKBONE_SOURCES[source].new_in_detection
     return [k for k in model.state_dict() if re.fullmatch(pattern, k)]
 
 

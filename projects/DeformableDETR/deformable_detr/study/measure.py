@@ -11,17 +11,16 @@ from typing import Dict
 import torch
 from detectron2.config import instantiate
 
-from ..checkpoint import DetrCheckpointer
+from ..build import build_model
 from ..flops import count_parameters, flop_count_analysis
 from .results import median_iteration_seconds
 from .runner import FINAL_CHECKPOINT
 
 
 def trained_model(cfg, run_dir: str) -> torch.nn.Module:
-    """cfg's model with the final weights of run_dir, in eval mode on cfg.train.device."""
-    model = instantiate(cfg.model).to(cfg.train.device).eval()
-    DetrCheckpointer(model).load(os.path.join(run_dir, FINAL_CHECKPOINT))
-    return model
+    """cfg's model with the final weights of run_dir (loaded strictly), in eval mode on
+    cfg.train.device."""
+    return build_model(cfg, weights=os.path.join(run_dir, FINAL_CHECKPOINT))
 
 
 @torch.no_grad()

@@ -1,11 +1,11 @@
 """What the study runs: the contestants, the schedule rule, and the toy size of --quick."""
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..data.shapes_benchmark import QUICK as QUICK_DATASET
 from ..data.shapes_benchmark import QUICK_DATASET_NAMES
+from ..schedule import iterations
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ CONTESTANTS = (
 def epoch_schedule(epochs: int, num_images: int, batch_size: int):
     """The study's schedule rule: (max_iter, iterations per epoch, the iteration
     from which the lr is divided by 10, i.e. after 80% of the iterations)."""
-    per_epoch = math.ceil(num_images / batch_size)
+    per_epoch = iterations(1, num_images, batch_size)
     max_iter = epochs * per_epoch
     return max_iter, per_epoch, max(1, int(0.8 * max_iter))
 
