@@ -24,14 +24,17 @@ train = dict(
     log_period=20,
     seed=-1,  # < 0: a new random seed each run; a fixed seed makes --resume continue bit-exactly
     # evaluation with test-time augmentation (deformable_detr.tta): every min size, each
-    # with and without a horizontal flip, merged by per-class NMS. The paper's Table 3 uses
-    # flip and multi-scale testing without giving sizes; these are detectron2's TEST.AUG.
+    # with and without a horizontal flip, merged per class by weighted box fusion ("wbf")
+    # or NMS ("nms") of the detections overlapping by more than iou_threshold. The paper's
+    # Table 3 uses flip and multi-scale testing without giving sizes; these are
+    # detectron2's TEST.AUG.
     test_aug=dict(
         enabled=False,
         min_sizes=[400, 500, 600, 700, 800, 900, 1000, 1100, 1200],
         max_size=4000,
         flip=True,
-        nms_threshold=0.7,
+        merge="wbf",
+        iou_threshold=0.55,
     ),
     device="cuda",
 )

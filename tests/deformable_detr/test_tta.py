@@ -1,6 +1,7 @@
 """DeformableDETRWithTTA: the model itself at one size without flip, boxes of
-resized and flipped images mapped back, per-class merging, the config switch of
---eval-only and DefaultPredictor."""
+resized and flipped images mapped back, per-class merging (weighted box fusion or
+NMS), the config switch of --eval-only and DefaultPredictor, and a gain in AP on
+the synthetic validation set."""
 
 import numpy as np
 import pytest
@@ -12,12 +13,15 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from deformable_detr import load_yacs_config
+from deformable_detr.box_fusion import weighted_boxes_fusion
 from deformable_detr.tta import DeformableDETRWithTTA, with_test_time_augmentation
 
 from ..scripts import ROOT
+from ..train_net_runs import train_net
 from .tiny_model import build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
+MULTISCALE = ROOT / "configs" / "synthetic" / "deformable_detr_tiny_multiscale.py"
 
 
 @pytest.mark.parametrize("variant", ["multi_scale", "two_stage"])
@@ -25,7 +29,7 @@ def test_one_size_without_flip_is_the_model(variant):
     model = build_model(variant).eval()
     image = torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)
     inputs = [{"image": image, "height": 90, "width": 120}]
-    tta = DeformableDETRWithTTA(model, min_sizes=[90], max_size=1000, flip=False, nms_threshold=0.7)
+    tta = DeformableDETRWithTTA(model, min_sizes=[90], max_size=1000, flip=False)
     with torch.no_grad():
         expected = model(inputs)[0]["instances"]
         got = tta(inputs)[0]["instances"]
@@ -61,7 +65,7 @@ def test_boxes_of_resized_and_flipped_images_map_back():
     100, 2x2 at 200) and mirrored to the right; equal boxes merge."""
     detector = CornerDetector().eval()
     tta = DeformableDETRWithTTA(
-        detector, min_sizes=[100, 200], max_size=1000, flip=True, nms_threshold=0.7
+        detector, min_sizes=[100, 200], max_size=1000, flip=True, merge="nms", iou_threshold=0.7
     )
     image = torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8)
     (out,) = tta([{"image": image, "height": 50, "width": 60}])
@@ -73,24 +77,46 @@ def test_boxes_of_resized_and_flipped_images_map_back():
     assert (instances.pred_classes == 1).all()
 
 
-def test_merging_keeps_the_best_of_overlapping_boxes_per_class():
+def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
     detector = CornerDetector().eval()
     tta = DeformableDETRWithTTA(
-        detector, min_sizes=[100, 101], max_size=1000, flip=False, nms_threshold=0.5
+        detector, min_sizes=[100, 101], max_size=1000, flip=False, merge="nms", iou_threshold=0.5
     )
     (out,) = tta([{"image": torch.zeros(3, 100, 100, dtype=torch.uint8)}])
     assert len(out["instances"]) == 1  # 8x8 and ~7.9x7.9 overlap at IoU > 0.5
 
 
+def test_weighted_box_fusion_averages_by_score():
+    """Two views: the two boxes of class 0 overlap (IoU 0.82) and fuse into their
+    score-weighted mean, scored by their mean; the class-1 box found by one view of
+    two keeps its box at half its score; the class-0 box far away stays apart."""
+    boxes = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0], [50, 50, 60, 60]]
+    )
+    scores = torch.tensor([0.6, 0.2, 0.8, 0.4])
+    classes = torch.tensor([0, 0, 1, 0])
+    fused_boxes, fused_scores, fused_classes = weighted_boxes_fusion(
+        boxes, scores, classes, num_views=2, iou_threshold=0.55
+    )
+    assert fused_classes.tolist() == [0, 1, 0]
+    torch.testing.assert_close(fused_scores, torch.tensor([0.4, 0.4, 0.2]))
+    torch.testing.assert_close(
+        fused_boxes,
+        torch.tensor([[0.25, 0.0, 10.25, 10.0], [0.0, 0.0, 10.0, 10.0], [50, 50, 60, 60]]),
+    )
+    empty = weighted_boxes_fusion(boxes[:0], scores[:0], classes[:0], 2, 0.55)
+    assert [len(t) for t in empty] == [0, 0, 0]
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="min_sizes is empty"):
+        DeformableDETRWithTTA(CornerDetector(), min_sizes=[], max_size=1, flip=True)
+    with pytest.raises(ValueError, match="iou_threshold=1.5"):
         DeformableDETRWithTTA(
-            CornerDetector(), min_sizes=[], max_size=1, flip=True, nms_threshold=0.5
+            CornerDetector(), min_sizes=[1], max_size=1, flip=True, iou_threshold=1.5
         )
-    with pytest.raises(ValueError, match="nms_threshold=1.5"):
-        DeformableDETRWithTTA(
-            CornerDetector(), min_sizes=[1], max_size=1, flip=True, nms_threshold=1.5
-        )
+    with pytest.raises(ValueError, match="merge='mean'; expected one of wbf, nms"):
+        DeformableDETRWithTTA(CornerDetector(), min_sizes=[1], max_size=1, flip=True, merge="mean")
 
 
 def test_lazy_config_switch():
@@ -105,7 +131,7 @@ def test_lazy_config_switch():
     tta = with_test_time_augmentation(model, cfg.train.test_aug)
     assert isinstance(tta, DeformableDETRWithTTA) and tta.model is model
     assert tta.tta_mapper.min_sizes == [320, 480] and tta.tta_mapper.flip
-    assert tta.nms_threshold == cfg.train.test_aug.nms_threshold
+    assert (tta.merge, tta.iou_threshold) == ("wbf", cfg.train.test_aug.iou_threshold)
 
 
 def test_default_predictor_with_tta(tmp_path):
@@ -127,3 +153,35 @@ def test_default_predictor_with_tta(tmp_path):
     )
     boxes = instances.pred_boxes.tensor
     assert (boxes >= 0).all() and (boxes[:, 2] <= 100).all() and (boxes[:, 3] <= 80).all()
+
+
+def _ap(log: str) -> float:
+    """AP of the last evaluation in a training or --eval-only log."""
+    return float(log.rsplit("copypaste: ", 1)[1].split(",")[0])
+
+
+def test_tta_improves_ap_on_the_synthetic_set(synthetic_datasets, tmp_path):
+    """A model trained at several sizes (300 iterations, seed 0), evaluated on the
+    synthetic validation set without and with TTA at two sizes plus flips (the
+    config's test_aug, merged by weighted box fusion): TTA scores no lower."""
+    output_dir = tmp_path / "output"
+    common = ["--config-file", str(MULTISCALE), "dataloader.test.num_workers=0"]
+    log = train_net(
+        synthetic_datasets,
+        *common,
+        f"train.output_dir={output_dir}",
+        "train.max_iter=300",
+        "train.seed=0",
+    )
+    without = _ap(log)
+    log = train_net(
+        synthetic_datasets,
+        *common,
+        "--eval-only",
+        f"train.output_dir={tmp_path / 'tta'}",
+        f"train.init_checkpoint={output_dir / 'model_final.pth'}",
+        "train.test_aug.enabled=True",
+    )
+    with_tta = _ap(log)
+    assert without > 5.0, f"the model did not train (AP {without})"
+    assert with_tta >= without, f"AP {with_tta} with TTA, {without} without"

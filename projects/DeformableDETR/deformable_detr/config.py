@@ -52,8 +52,10 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.DATASETS.TRAIN_IMAGE_ROOT = ""
     cfg.DATASETS.TEST_JSON = ""
     cfg.DATASETS.TEST_IMAGE_ROOT = ""
-    # DeformableDETRWithTTA: IoU of the per-class NMS that merges the augmentations
-    cfg.TEST.AUG.NMS_THRESH = 0.7
+    # DeformableDETRWithTTA: how the augmentations' detections merge per class ("wbf":
+    # weighted box fusion, or "nms"), and the IoU above which two are one object
+    cfg.TEST.AUG.MERGE = "wbf"
+    cfg.TEST.AUG.IOU_THRESH = 0.55
 
 
 def load_yacs_config(config_file: str, opts=()) -> CN:

@@ -2,13 +2,14 @@
 GeneralizedRCNNWithTTA: the model runs on the image at several sizes, each with
 and without a horizontal flip, and the detections are merged per class.
 
-Merging is per-class NMS (torchvision's batched_nms), as detectron2's own
-detection TTA does: every augmentation already gives complete, calibrated
-detections, so the task is to drop the repeats of an object across
-augmentations, which NMS does with one parameter and with the scores left as
-the model gave them. Weighted box fusion would average the repeats' boxes, but
-it needs rules of its own (how scores of boxes missed by some augmentations
-are discounted, a second IoU threshold) and has no torchvision op.
+Merging is weighted box fusion by default (deformable_detr.box_fusion): the
+repeats of an object across augmentations become one box, the score-weighted
+mean of theirs, so the views' localisation errors average out, and an object
+found by few views scores less. Per-class NMS (detectron2's choice for its R-CNN
+TTA) keeps one view's box as it is. On the synthetic validation set, a model
+trained at several sizes (configs/synthetic/deformable_detr_tiny_multiscale.py,
+300 iterations) had AP 11.4 without TTA; at sizes 128 and 160 with flips, 13.1
+with fusion and 10.0 with NMS (tests/deformable_detr/test_tta.py checks the first).
 """
 
 from typing import Dict, List, Optional, Sequence
@@ -20,7 +21,11 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 from torchvision.ops import batched_nms
 
-__all__ = ["DeformableDETRWithTTA", "with_test_time_augmentation"]
+from .box_fusion import weighted_boxes_fusion
+
+__all__ = ["MERGE_METHODS", "DeformableDETRWithTTA", "with_test_time_augmentation"]
+
+MERGE_METHODS = ("wbf", "nms")
 
 
 class DeformableDETRWithTTA(nn.Module):
@@ -29,9 +34,10 @@ class DeformableDETRWithTTA(nn.Module):
     Takes the model's inputs (dicts with "image" (C, H, W) in the model's
     format, as the test mapper or DefaultPredictor resized it, and the original
     "height"/"width") and returns {"instances": Instances} in original pixels:
-    with one augmentation, exactly the model's detections; with several, the
-    union of theirs after per-class NMS at `nms_threshold`, the `max_detections`
-    best (default: the model's test_topk).
+    with one augmentation, exactly the model's detections; with several, theirs
+    merged per class (`merge`: "wbf", weighted box fusion, or "nms"; detections of
+    a class overlapping by more than `iou_threshold` are one object), the
+    `max_detections` best (default: the model's test_topk).
     """
 
     @configurable
@@ -42,28 +48,34 @@ class DeformableDETRWithTTA(nn.Module):
         min_sizes: Sequence[int],
         max_size: int,
         flip: bool,
-        nms_threshold: float,
+        merge: str = "wbf",
+        iou_threshold: float = 0.55,
         max_detections: Optional[int] = None,
     ):
         super().__init__()
         if not min_sizes:
             raise ValueError("min_sizes is empty; expected at least one test size")
-        if not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"nms_threshold={nms_threshold}; expected a value in (0, 1]")
+        if merge not in MERGE_METHODS:
+            raise ValueError(f"merge={merge!r}; expected one of {', '.join(MERGE_METHODS)}")
+        if not 0.0 < iou_threshold <= 1.0:
+            raise ValueError(f"iou_threshold={iou_threshold}; expected a value in (0, 1]")
         self.model = model
         self.tta_mapper = DatasetMapperTTA(min_sizes=list(min_sizes), max_size=max_size, flip=flip)
-        self.nms_threshold = nms_threshold
+        self.merge = merge
+        self.iou_threshold = iou_threshold
         self.max_detections = max_detections or model.test_topk
 
     @classmethod
     def from_config(cls, cfg, model):
-        """yacs: detectron2's TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP and TEST.AUG.NMS_THRESH."""
+        """yacs: detectron2's TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP, and TEST.AUG.MERGE /
+        IOU_THRESH."""
         return {
             "model": model,
             "min_sizes": cfg.TEST.AUG.MIN_SIZES,
             "max_size": cfg.TEST.AUG.MAX_SIZE,
             "flip": cfg.TEST.AUG.FLIP,
-            "nms_threshold": cfg.TEST.AUG.NMS_THRESH,
+            "merge": cfg.TEST.AUG.MERGE,
+            "iou_threshold": cfg.TEST.AUG.IOU_THRESH,
         }
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
@@ -99,8 +111,15 @@ class DeformableDETRWithTTA(nn.Module):
             classes.append(instances.pred_classes.cpu())
         merged = Instances((height, width))
         boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
-        if len(self.tta_mapper.min_sizes) * (2 if self.tta_mapper.flip else 1) > 1:
-            keep = batched_nms(boxes, scores, classes, self.nms_threshold)[: self.max_detections]
+        num_views = len(self.tta_mapper.min_sizes) * (2 if self.tta_mapper.flip else 1)
+        if num_views > 1 and self.merge == "wbf":
+            boxes, scores, classes = weighted_boxes_fusion(
+                boxes, scores, classes, num_views, self.iou_threshold
+            )
+            keep = slice(self.max_detections)
+        elif num_views > 1:
+            keep = batched_nms(boxes, scores, classes, self.iou_threshold)[: self.max_detections]
+        if num_views > 1:
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         merged.pred_boxes = Boxes(boxes)
         merged.pred_boxes.clip((height, width))
@@ -111,8 +130,8 @@ class DeformableDETRWithTTA(nn.Module):
 
 def with_test_time_augmentation(model: nn.Module, test_aug: Optional[Dict]) -> nn.Module:
     """`model` wrapped in DeformableDETRWithTTA when the LazyConfig's
-    `train.test_aug.enabled`, with its min_sizes, max_size, flip and nms_threshold;
-    else `model` itself."""
+    `train.test_aug.enabled`, with its min_sizes, max_size, flip, merge and
+    iou_threshold; else `model` itself."""
     if not test_aug or not test_aug.get("enabled", False):
         return model
     args = {k: v for k, v in test_aug.items() if k != "enabled"}
