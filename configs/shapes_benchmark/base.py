@@ -1,8 +1,9 @@
 # What every contestant of the shapes benchmark study shares: data, batch,
-# backbone (a half-width ResNet-18 with batch norm, trained from scratch: nothing
-# is downloaded), transformer width and depth, the schedule rule (constant lr, /10
-# after 80% of the epochs, evaluation and a checkpoint every epoch) and the loop.
-# Only what the papers vary differs between the configs of this directory.
+# backbone (a half-width ResNet-18 with batch norm, pretrained on the benchmark's
+# object crops by tools/study.py: nothing is downloaded), transformer width and
+# depth, the schedule rule (constant lr, /10 after 80% of the epochs, evaluation
+# and a checkpoint every epoch) and the loop. Only what the papers vary differs
+# between the configs of this directory.
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock
@@ -10,7 +11,9 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from deformable_detr.study.plan import epoch_schedule as study_schedule
 
-from ..common.data.shapes_benchmark import dataloader
+from deformable_detr.study.backbone_pretraining import pretrain_backbone
+
+from ..common.data.shapes_benchmark import TRAIN, VAL, dataloader
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
@@ -39,9 +42,30 @@ backbone = L(ResNet)(
     out_features=["res3", "res4", "res5"],
     freeze_at=0,
 )
-# The papers' 0.1x backbone lr protects ImageNet features; this backbone starts
-# from scratch and trains at the full lr in every contestant.
-optimizer.params.lr_factor_func.backbone_multiplier = 1.0
+# The papers start every model from an ImageNet-pretrained backbone; here every
+# contestant starts from this backbone pretrained to classify the benchmark's training
+# objects (and background crops) at 64x64 pixels: tools/study.py runs this before the
+# first contestant and writes the file named by train.init_checkpoint, which loads into
+# DETR-family models and into Faster R-CNN's feature pyramid alike.
+PRETRAINED_BACKBONE = "./output/study/backbone/pretrained.pth"
+backbone_pretraining = L(pretrain_backbone)(
+    backbone=backbone,
+    train_dataset=TRAIN,
+    val_dataset=VAL,
+    output_path=PRETRAINED_BACKBONE,
+    pixel_mean=[123.675, 116.280, 103.530],  # the detectors' input normalisation
+    pixel_std=[58.395, 57.120, 57.375],
+    epochs=10,
+    batch_size=64,
+    lr=1e-3,
+    weight_decay=1e-4,
+    crop_size=64,
+    context=0.2,  # crops are squares 1.2x the box's longer side
+    backgrounds_per_image=2,
+    seed=0,
+)
+# the papers' 0.1x lr on the pretrained backbone, in every contestant
+optimizer.params.lr_factor_func.backbone_multiplier = 0.1
 
 
 def set_transformer_size(model):
@@ -57,7 +81,14 @@ def set_transformer_size(model):
     return model
 
 
-def epoch_schedule(epochs: int, batch_size: int = 8, num_images: int = NUM_TRAIN_IMAGES):
+# Batch 2 at the papers' learning rates: in a short schedule, more (smaller) steps
+# train further for the same compute (docs/study.md: AP after 2 epochs of
+# multi-scale Deformable DETR was 0.3 at batch 8, 1.0 at batch 4, 2.1 at batch 2)
+BATCH_SIZE = 2
+dataloader.train.total_batch_size = BATCH_SIZE
+
+
+def epoch_schedule(epochs: int, batch_size: int = BATCH_SIZE, num_images: int = NUM_TRAIN_IMAGES):
     """(max_iter, iterations per epoch, lr_multiplier) of the study's schedule rule."""
     max_iter, per_epoch, drop = study_schedule(epochs, num_images, batch_size)
     return (
@@ -68,10 +99,11 @@ def epoch_schedule(epochs: int, batch_size: int = 8, num_images: int = NUM_TRAIN
 
 
 # the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x. With 600
-# images, about 130 minutes for the whole study on 2 CPU cores (docs/study.md).
-EPOCHS = 6
+# images, about 150 minutes for the whole study on 2 CPU cores (docs/study.md).
+EPOCHS = 5
 train.max_iter, ITERS_PER_EPOCH, lr_multiplier = epoch_schedule(EPOCHS)
 train.device = "cpu"
+train.init_checkpoint = PRETRAINED_BACKBONE
 train.eval_period = ITERS_PER_EPOCH
 train.checkpointer.period = ITERS_PER_EPOCH
 train.checkpointer.max_to_keep = 2

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from detectron2.config import LazyConfig
 
 from deformable_detr.data.shapes_benchmark import generate_benchmark_dataset
@@ -122,20 +123,52 @@ def test_quick_study_writes_every_result(quick_study):
     assert (output / "ap_vs_epochs.png").read_bytes()[:4] == b"\x89PNG"
     for contestant in CONTESTANTS:
         assert (output / "runs" / contestant.name / "model_final.pth").exists()
+    # one pretrained backbone, loaded by every contestant
+    assert "[study] backbone pretraining: epoch 1/1" in log
+    record = json.loads((output / "backbone" / "pretrained.json").read_text())
+    assert record["labels"] == 9 and record["train_crops"] > 4  # 8 classes + background
+    for contestant in CONTESTANTS:
+        run_log = (output / "runs" / contestant.name / "log.txt").read_text()
+        assert f"Loading from {output / 'backbone' / 'pretrained.pth'}" in run_log, contestant.name
 
 
-def test_quick_study_skips_finished_runs_and_continues_an_interrupted_one(quick_study):
-    datasets, output, _ = quick_study
-    detr = output / "runs" / "detr"
-    # as if the run had been killed after its first epoch's checkpoint
-    (detr / "model_final.pth").unlink()
-    (detr / "model_0000007.pth").unlink()
-    (detr / "last_checkpoint").write_text("model_0000003.pth")
-    (detr / "measurements.json").unlink()
-    log = _study(datasets, output, "--only", "detr", "--only", "detr_plus")
-    assert "[study] run 1/2: DETR (training)" in log
-    assert "[study] run 2/2: DETR+ (complete, not retrained)" in log
-    assert "Starting training from iteration 4" in (detr / "log.txt").read_text()
-    runs = {r["name"]: r for r in json.loads((output / "results.json").read_text())}
-    assert [e["epoch"] for e in runs["detr"]["evaluations"]] == [1.0, 2.0]
-    assert len(runs) == len(CONTESTANTS) and math.isfinite(runs["detr"]["evaluations"][-1]["AP"])
+@pytest.mark.parametrize("name", ["deformable_detr", "faster_rcnn_fpn"])
+def test_the_pretrained_backbone_loads_into_detr_models_and_the_feature_pyramid(
+    quick_study, name
+):
+    """The pretraining's checkpoint names the ResNet's own parameters: they load,
+    by detectron2's matching heuristics, into model.backbone and into Faster
+    R-CNN's model.backbone.bottom_up."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+
+    _, output, _ = quick_study
+    path = output / "backbone" / "pretrained.pth"
+    expected = torch.load(path, weights_only=True)["model"]
+    cfg = LazyConfig.load(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
+    model = instantiate(cfg.model).train()
+    DetectionCheckpointer(model).load(str(path))
+    backbone = model.backbone.bottom_up if name == "faster_rcnn_fpn" else model.backbone
+    state = backbone.state_dict()
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+def test_object_crops_are_objects_and_background(tmp_path):
+    """One crop per object, labelled with its class, then up to two background
+    crops per image, labelled 8 (the number of classes)."""
+    from detectron2.data import DatasetCatalog
+
+    from deformable_detr.data.shapes_benchmark import QUICK as QUICK_DATASET
+    from deformable_detr.data.shapes_benchmark import register_shapes_benchmark
+    from deformable_detr.study.backbone_pretraining import object_crops
+
+    names = ("crops_test_train", "crops_test_val")
+    register_shapes_benchmark(names, root=str(tmp_path), **QUICK_DATASET)
+    crops, labels = object_crops(names[0], 32, 0.2, 2, seed=0)
+    records = DatasetCatalog.get(names[0])
+    classes = [a["category_id"] for r in records for a in r["annotations"]]
+    assert crops.shape[1:] == (3, 32, 32) and crops.dtype == torch.uint8
+    assert len(classes) <= len(labels) <= len(classes) + 2 * len(records)
+    assert sorted(labels[labels < 8].tolist()) == sorted(classes)
+    assert (labels[labels >= 8] == 8).all()

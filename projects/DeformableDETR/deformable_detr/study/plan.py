@@ -18,6 +18,9 @@ class Contestant:
     config: str
 
 
+# the configs' shared part, whose backbone_pretraining every contestant starts from
+BASE_CONFIG = "shapes_benchmark/base.py"
+
 CONTESTANTS = (
     Contestant("faster_rcnn_fpn", "Faster R-CNN + FPN", "shapes_benchmark/faster_rcnn_fpn.py"),
     Contestant("detr", "DETR", "shapes_benchmark/detr.py"),
@@ -59,6 +62,15 @@ class StudySize:
     default_epochs: int
     epochs: Dict[str, int] = field(default_factory=dict)
     inference_images: int = 1
+    pretraining_epochs: int = 1
+
+    def pretraining_overrides(self) -> List[str]:
+        """key=value overrides of the base config's backbone_pretraining at this size."""
+        return [
+            f"backbone_pretraining.train_dataset={self.train_dataset}",
+            f"backbone_pretraining.val_dataset={self.val_dataset}",
+            f"backbone_pretraining.epochs={self.pretraining_epochs}",
+        ]
 
     def overrides(self, name: str) -> List[str]:
         """key=value overrides that train contestant `name` at this size."""

@@ -7,11 +7,11 @@ import json
 import os
 from typing import List, Optional, Tuple
 
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
 
 from . import results, runner
 from .measure import measure
-from .plan import StudySize, select
+from .plan import BASE_CONFIG, StudySize, select
 
 MEASUREMENTS = "measurements.json"
 
@@ -29,10 +29,12 @@ def run_study(
     output_dir/{evaluations.csv, results.json, table.md, ap_vs_epochs.png} over
     every run found there. Returns the runs' records."""
     contestants = select(only)
+    pretrained = pretrained_backbone(configs_dir, output_dir, size)
     for index, contestant in enumerate(contestants, 1):
         run_dir = os.path.join(output_dir, "runs", contestant.name)
         config_file = os.path.join(configs_dir, contestant.config)
         overrides = size.overrides(contestant.name) if size else []
+        overrides = [*overrides, f"train.init_checkpoint={pretrained}"]
         state = "complete, not retrained" if runner.is_complete(run_dir) else "training"
         print(f"[study] run {index}/{len(contestants)}: {contestant.label} ({state})", flush=True)
         if not runner.is_complete(run_dir):
@@ -44,6 +46,21 @@ def run_study(
             results.write_json(measurements_file, measure(cfg, run_dir, images))
         write_outputs(configs_dir, output_dir, size)
     return write_outputs(configs_dir, output_dir, size)
+
+
+def pretrained_backbone(configs_dir: str, output_dir: str, size: Optional[StudySize]) -> str:
+    """output_dir/backbone/pretrained.pth, the backbone every contestant starts from:
+    written by the base config's backbone_pretraining (at `size`) unless it exists."""
+    path = os.path.join(output_dir, "backbone", "pretrained.pth")
+    if os.path.exists(path):
+        print(f"[study] pretrained backbone: {path} (exists, not retrained)", flush=True)
+        return path
+    print(f"[study] pretraining the backbone into {path}", flush=True)
+    overrides = [*(size.pretraining_overrides() if size else []), f"backbone_pretraining.output_path={path}"]
+    cfg = _config(os.path.join(configs_dir, BASE_CONFIG), tuple(overrides))
+    record = instantiate(cfg.backbone_pretraining)
+    print(f"[study] backbone pretrained: {record}", flush=True)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
