@@ -41,6 +41,26 @@ def synthetic_datasets(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
+@pytest.fixture(scope="session")
+def multiscale_model(synthetic_datasets, tmp_path_factory):
+    """(model_final.pth, AP on the synthetic validation set) of
+    configs/synthetic/deformable_detr_tiny_multiscale.py trained for 300
+    iterations with seed 0 (AP about 11: a weak but trained model)."""
+    from .train_net_runs import MULTISCALE_CONFIG, last_ap, train_net
+
+    output_dir = tmp_path_factory.mktemp("multiscale") / "output"
+    log = train_net(
+        synthetic_datasets,
+        "--config-file",
+        str(MULTISCALE_CONFIG),
+        "dataloader.test.num_workers=0",
+        f"train.output_dir={output_dir}",
+        "train.max_iter=300",
+        "train.seed=0",
+    )
+    return output_dir / "model_final.pth", last_ap(log)
+
+
 @pytest.fixture(autouse=True)
 def _seed_per_test(request):
     """Seeds torch, numpy and random from the test's id, so that a test sees the

@@ -5,11 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .scripts import ROOT
 
 CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"
+MULTISCALE_CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny_multiscale.py"
 TRAIN_NET = ROOT / "tools" / "lazyconfig_train_net.py"
 
 
@@ -46,3 +48,24 @@ def iterations(output_dir: Path) -> list:
     """The iterations metrics.json logged a total_loss for."""
     lines = (output_dir / "metrics.json").read_text().splitlines()
     return [json.loads(line)["iteration"] for line in lines if '"total_loss"' in line]
+
+
+def last_ap(log: str) -> float:
+    """AP of the last evaluation in a training or --eval-only log."""
+    return float(log.rsplit("copypaste: ", 1)[1].split(",")[0])
+
+
+def eval_ap(datasets, config, weights, *overrides) -> float:
+    """AP of `weights` on the config's test set, by --eval-only in a subprocess."""
+    output_dir = tempfile.mkdtemp(prefix="eval_", dir=Path(weights).parent)
+    log = train_net(
+        datasets,
+        "--config-file",
+        str(config),
+        "--eval-only",
+        "dataloader.test.num_workers=0",
+        f"train.output_dir={output_dir}",
+        f"train.init_checkpoint={weights}",
+        *overrides,
+    )
+    return last_ap(log)

@@ -17,11 +17,11 @@ from deformable_detr.box_fusion import weighted_boxes_fusion
 from deformable_detr.tta import DeformableDETRWithTTA, with_test_time_augmentation
 
 from ..scripts import ROOT
-from ..train_net_runs import train_net
+from ..train_net_runs import MULTISCALE_CONFIG as MULTISCALE
+from ..train_net_runs import eval_ap
 from .tiny_model import build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
-MULTISCALE = ROOT / "configs" / "synthetic" / "deformable_detr_tiny_multiscale.py"
 
 
 @pytest.mark.parametrize("variant", ["multi_scale", "two_stage"])
@@ -155,33 +155,11 @@ def test_default_predictor_with_tta(tmp_path):
     assert (boxes >= 0).all() and (boxes[:, 2] <= 100).all() and (boxes[:, 3] <= 80).all()
 
 
-def _ap(log: str) -> float:
-    """AP of the last evaluation in a training or --eval-only log."""
-    return float(log.rsplit("copypaste: ", 1)[1].split(",")[0])
-
-
-def test_tta_improves_ap_on_the_synthetic_set(synthetic_datasets, tmp_path):
+def test_tta_improves_ap_on_the_synthetic_set(synthetic_datasets, multiscale_model):
     """A model trained at several sizes (300 iterations, seed 0), evaluated on the
     synthetic validation set without and with TTA at two sizes plus flips (the
     config's test_aug, merged by weighted box fusion): TTA scores no lower."""
-    output_dir = tmp_path / "output"
-    common = ["--config-file", str(MULTISCALE), "dataloader.test.num_workers=0"]
-    log = train_net(
-        synthetic_datasets,
-        *common,
-        f"train.output_dir={output_dir}",
-        "train.max_iter=300",
-        "train.seed=0",
-    )
-    without = _ap(log)
-    log = train_net(
-        synthetic_datasets,
-        *common,
-        "--eval-only",
-        f"train.output_dir={tmp_path / 'tta'}",
-        f"train.init_checkpoint={output_dir / 'model_final.pth'}",
-        "train.test_aug.enabled=True",
-    )
-    with_tta = _ap(log)
+    weights, without = multiscale_model
+    with_tta = eval_ap(synthetic_datasets, MULTISCALE, weights, "train.test_aug.enabled=True")
     assert without > 5.0, f"the model did not train (AP {without})"
     assert with_tta >= without, f"AP {with_tta} with TTA, {without} without"

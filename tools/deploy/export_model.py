@@ -9,7 +9,9 @@ ExportedProgram or an AOTInductor package, for any image size.
         --config-file configs/COCO/deformable_detr_r50_50ep.yaml --format aoti --output exported/ \\
         --sample-image image.jpg MODEL.WEIGHTS=model_final.pth
 
-The artefact takes one image (3, H, W) float32 in the config's input format,
+--precision bf16 exports bfloat16 inference (deformable_detr.precision) for
+torchscript, exported-program and aoti; ONNX stays float32. The artefact takes
+one image (3, H, W) float32 in the config's input format,
 resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
 its pixels), scores (K,) and classes (K,) (see deformable_detr.export). The
 sample image (--sample-image, else a generated one) only drives the tracing.
@@ -24,6 +26,7 @@ import torch
 
 from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.export import FORMATS, MIN_SIZE, export, load_model
+from deformable_detr.precision import PRECISIONS, set_inference_precision
 
 
 def parse_args(argv=None):
@@ -35,6 +38,12 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="directory to write the artefact to")
     parser.add_argument(
         "--sample-image", help="image to trace with; default: a generated 480x640 one"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="inference precision of the artefact (default: the config's "
+        "model.inference_precision); bf16 pays on GPUs and CPUs with AVX512-BF16 or AMX",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser.parse_args(argv)
@@ -74,10 +83,12 @@ def main(argv=None):
     try:
         output = writable_directory(args.output)
         model, input_format = load_model(args.config_file, args.opts)
+        if args.precision:
+            set_inference_precision(model, args.precision)
         image = sample_image(args.sample_image, input_format)
+        path, usage = export(model, image, args.format, output)
     except (ValueError, OSError, UnreadableCheckpointError) as e:
         sys.exit(f"export_model: {e}")
-    path, usage = export(model, image, args.format, output)
     print(f"wrote {path}")
     print(
         f"input: image (3, H, W) float32 0-255, {input_format}, H and W >= {MIN_SIZE}; "

@@ -54,5 +54,7 @@ model = L(DeformableDETR)(
     pixel_std=[58.395, 57.120, 57.375],
     aux_loss=True,
     test_topk=100,
+    # "bf16": inference under bfloat16 autocast (deformable_detr.precision)
+    inference_precision="fp32",
     prior_prob=0.01,
 )

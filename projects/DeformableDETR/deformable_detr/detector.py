@@ -9,6 +9,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torchvision.ops import box_convert
 
+from .precision import inference_autocast
+
 __all__ = ["SetPredictionDetector"]
 
 
@@ -20,7 +22,10 @@ class SetPredictionDetector(nn.Module):
     "pred_logits" (N, Q, K) and "pred_boxes" (N, Q, 4) normalized (cx, cy, w, h)
     (plus what its criterion takes). Inference here scores classes with a sigmoid
     (focal-loss heads); a softmax head with a no-object class overrides select_topk.
+    Inference runs at `inference_precision` ("fp32" or "bf16", deformable_detr.precision).
     """
+
+    inference_precision = "fp32"
 
     @property
     def device(self) -> torch.device:
@@ -44,10 +49,12 @@ class SetPredictionDetector(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
-        outputs = self.predict(images)
         if self.training:
-            return self.criterion(outputs, self.prepare_targets(batched_inputs))
-        results = self.inference(outputs["pred_logits"], outputs["pred_boxes"], images.image_sizes)
+            return self.criterion(self.predict(images), self.prepare_targets(batched_inputs))
+        with inference_autocast(self.inference_precision, self.device):
+            outputs = self.predict(images)
+        logits, boxes = outputs["pred_logits"].float(), outputs["pred_boxes"].float()
+        results = self.inference(logits, boxes, images.image_sizes)
         processed = []
         for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):
             height = inputs.get("height", image_size[0])

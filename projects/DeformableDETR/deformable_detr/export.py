@@ -20,6 +20,7 @@ from torch import nn
 
 from .build import build_model, input_format, load_config
 from .meta_arch import DeformableDETR
+from .precision import inference_autocast
 from .transformer import sizes_as_tensor
 
 __all__ = [
@@ -47,9 +48,10 @@ class ImageToDetections(nn.Module):
         """image: (3, H, W) float. Returns boxes (K, 4), scores (K,), classes (K,)."""
         images = self.model.normalize(image)[None]
         unpadded = torch.zeros_like(images[:, 0], dtype=torch.bool)
-        outputs = self.model.predict_masked(images, unpadded)
+        with inference_autocast(self.model.inference_precision, image.device):
+            outputs = self.model.predict_masked(images, unpadded)
         scores, classes, boxes = self.model.select_topk(
-            outputs["pred_logits"], outputs["pred_boxes"]
+            outputs["pred_logits"].float(), outputs["pred_boxes"].float()
         )
         height, width = image.shape[-2:]
         size = sizes_as_tensor([width, height, width, height], boxes.dtype, boxes.device)
@@ -137,6 +139,12 @@ def export(
     on an `image` tensor."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx" and model.inference_precision != "fp32":
+        raise ValueError(
+            f"ONNX export at inference_precision={model.inference_precision}: onnxruntime's "
+            "CPU provider has no bfloat16 convolution, so the graph would not load; export "
+            "ONNX in fp32, or use torchscript, exported-program or aoti for bf16"
+        )
     file_name, save, usage = FORMATS[fmt]
     path = os.path.join(output_dir, file_name)
     save(ImageToDetections(model), image, path)

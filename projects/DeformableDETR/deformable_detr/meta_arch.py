@@ -14,6 +14,7 @@ from torch import nn
 
 from .criterion import SetCriterion
 from .detector import SetPredictionDetector
+from .precision import set_inference_precision
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
 from .transformer import DeformableTransformer, refine_box
@@ -81,6 +82,7 @@ class DeformableDETR(SetPredictionDetector):
         prior_prob: float = 0.01,
         input_proj_norm_groups: int = 32,
         refined_box_size_bias: float = -2.0,
+        inference_precision: str = "fp32",
     ):
         """
         Args:
@@ -95,6 +97,8 @@ class DeformableDETR(SetPredictionDetector):
             test_topk: detections kept per image, over queries x classes.
             prior_prob: initial foreground probability of the class heads.
             refined_box_size_bias: initial bias of the predicted box size logits (w, h).
+            inference_precision: "fp32", or "bf16" (bfloat16 autocast with the layers
+                that place samples and boxes in float32; deformable_detr.precision).
         """
         super().__init__()
         if two_stage != transformer.two_stage:
@@ -160,6 +164,7 @@ class DeformableDETR(SetPredictionDetector):
         if two_stage:
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].bias[2:])
+        set_inference_precision(self, inference_precision)
 
     @classmethod
     def from_config(cls, cfg):
@@ -220,6 +225,7 @@ class DeformableDETR(SetPredictionDetector):
             "aux_loss": dd.AUX_LOSS,
             "test_topk": dd.TEST_TOPK,
             "prior_prob": dd.PRIOR_PROB,
+            "inference_precision": dd.INFERENCE_PRECISION,
         }
 
     def reset_class_heads(self) -> None:

@@ -1,0 +1,106 @@
+"""Inference precision: float32, or bfloat16 autocast with the layers that place
+samples and boxes kept in float32.
+
+Under "bf16" the model's inference runs in ``torch.autocast(dtype=torch.bfloat16)``:
+convolutions and linear layers compute in bfloat16 (the MSDA op samples bfloat16
+values and accumulates in float32, with float32 locations and weights), while
+the modules named by ``FLOAT32_MODULES`` run in float32 on float32 inputs, and the
+post-processing (scores, top-k, boxes) is float32. ``set_inference_precision``
+switches a built model; the configs' ``model.inference_precision`` (yacs
+``MODEL.DEFORMABLE_DETR.INFERENCE_PRECISION``) sets it at build time.
+"""
+
+import contextlib
+import functools
+import logging
+import re
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FLOAT32_MODULES",
+    "PRECISIONS",
+    "has_native_bfloat16",
+    "inference_autocast",
+    "keep_float32",
+    "set_inference_precision",
+]
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+
+# Module names (the last part of the qualified name) run in float32 under "bf16":
+# the sampling offsets and attention weights of deformable attention (an offset
+# rounded to bfloat16's 8 bits moves a sample by up to 1/256 of its value), the
+# decoder's reference points, and the box heads (their outputs are box
+# coordinates). See docs/benchmarks.md for the measurement behind the list.
+FLOAT32_MODULES = ("sampling_offsets", "attention_weights", "reference_points", "bbox_embed")
+
+
+def _check(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"inference precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
+        )
+
+
+def inference_autocast(precision: str, device: torch.device):
+    """The context the model's inference runs in: bfloat16 autocast on `device`'s
+    type for "bf16", nothing for "fp32"."""
+    _check(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def _float32_forward(forward, *args, **kwargs):
+    tensor = next((a for a in args if torch.is_tensor(a)), None)
+    device_type = tensor.device.type if tensor is not None else "cpu"
+    if not torch.is_autocast_enabled(device_type):
+        return forward(*args, **kwargs)
+    args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+    with torch.autocast(device_type=device_type, enabled=False):
+        return forward(*args, **kwargs)
+
+
+def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_MODULES) -> int:
+    """Makes every submodule named one of `names` (or an element of a ModuleList so
+    named) run in float32 on float32 inputs inside an autocast region (its
+    parameters and state_dict are unchanged). Returns how many modules it changed;
+    applying it twice changes nothing."""
+    pattern = re.compile(rf"(^|\.)({'|'.join(map(re.escape, names))})(\.\d+)?$")
+    changed = 0
+    for qualified_name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) or not pattern.search(qualified_name):
+            continue
+        if getattr(module, "_float32", False):
+            continue
+        module.forward = functools.partial(_float32_forward, module.forward)
+        module._float32 = True
+        changed += 1
+    return changed
+
+
+def has_native_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def set_inference_precision(model: nn.Module, precision: str) -> nn.Module:
+    """Sets `model`'s inference precision ("fp32" or "bf16"); returns the model.
+    Warns when bfloat16 is asked for on a CPU that emulates it."""
+    _check(precision)
+    if precision == "bf16":
+        keep_float32(model)
+        if not has_native_bfloat16():
+            logger.warning(
+                "inference_precision=bf16 on a CPU without AVX512-BF16 or AMX: PyTorch "
+                f"emulates bfloat16 here ({torch.backends.cpu.get_cpu_capability()}), which "
+                "is much slower than float32 (16x measured on an AVX2 CPU); on a GPU, or "
+                "a CPU with those instructions, it is the faster path"
+            )
+    model.inference_precision = precision
+    return model
