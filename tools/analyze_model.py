@@ -41,7 +41,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-depth", type=int, default=2, help="depth of the per-module table (0: no table)"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (key=value; KEY VALUE for yacs)")
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides (key=value; KEY VALUE for yacs)"
+    )
     return parser.parse_args(argv)
 
 

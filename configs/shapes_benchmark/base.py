@@ -9,9 +9,8 @@ from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from deformable_detr.study.plan import epoch_schedule as study_schedule
-
 from deformable_detr.study.backbone_pretraining import pretrain_backbone
+from deformable_detr.study.plan import epoch_schedule as study_schedule
 
 from ..common.data.shapes_benchmark import TRAIN, VAL, dataloader
 from ..common.optim import AdamW as optimizer

@@ -33,9 +33,10 @@ def test_kept_modules_run_in_float32_under_autocast():
         assert model.sampling_offsets(x).dtype == torch.float32
         assert model.bbox_embed[1](x.bfloat16()).dtype == torch.float32
         assert model.value_proj(x).dtype == torch.bfloat16
-    torch.testing.assert_close(model.sampling_offsets(x), nn.functional.linear(
-        x, model.sampling_offsets.weight, model.sampling_offsets.bias
-    ))
+    torch.testing.assert_close(
+        model.sampling_offsets(x),
+        nn.functional.linear(x, model.sampling_offsets.weight, model.sampling_offsets.bias),
+    )
 
 
 def test_bf16_inference_returns_float32_detections_close_to_float32():

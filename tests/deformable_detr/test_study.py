@@ -133,9 +133,7 @@ def test_quick_study_writes_every_result(quick_study):
 
 
 @pytest.mark.parametrize("name", ["deformable_detr", "faster_rcnn_fpn"])
-def test_the_pretrained_backbone_loads_into_detr_models_and_the_feature_pyramid(
-    quick_study, name
-):
+def test_the_pretrained_backbone_loads_into_detr_models_and_the_feature_pyramid(quick_study, name):
     """The pretraining's checkpoint names the ResNet's own parameters: they load,
     by detectron2's matching heuristics, into model.backbone and into Faster
     R-CNN's model.backbone.bottom_up."""

@@ -65,6 +65,10 @@ def weighted_boxes_fusion(
         fused_classes.append(torch.full((len(fused),), int(cls), dtype=classes.dtype))
     if not fused_boxes:
         return boxes[:0], scores[:0], classes[:0]
-    boxes, scores, classes = torch.cat(fused_boxes), torch.cat(fused_scores), torch.cat(fused_classes)
+    boxes, scores, classes = (
+        torch.cat(fused_boxes),
+        torch.cat(fused_scores),
+        torch.cat(fused_classes),
+    )
     order = scores.argsort(descending=True, stable=True)
     return boxes[order], scores[order], classes[order]

@@ -14,9 +14,9 @@ from torch import nn
 
 from .criterion import SetCriterion
 from .detector import SetPredictionDetector
-from .precision import set_inference_precision
 from .matcher import HungarianMatcher
 from .position_encoding import PositionEmbeddingSine
+from .precision import set_inference_precision
 from .transformer import DeformableTransformer, refine_box
 
 __all__ = ["DeformableDETR", "MLP"]

@@ -42,8 +42,12 @@ def _background_square(rng, boxes: np.ndarray, height: int, width: int, tries: i
     for _ in range(tries):
         side = int(rng.integers(16, max(17, min(height, width) // 2)))
         x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-        overlap_w = np.clip(np.minimum(boxes[:, 2], x0 + side) - np.maximum(boxes[:, 0], x0), 0, None)
-        overlap_h = np.clip(np.minimum(boxes[:, 3], y0 + side) - np.maximum(boxes[:, 1], y0), 0, None)
+        overlap_w = np.clip(
+            np.minimum(boxes[:, 2], x0 + side) - np.maximum(boxes[:, 0], x0), 0, None
+        )
+        overlap_h = np.clip(
+            np.minimum(boxes[:, 3], y0 + side) - np.maximum(boxes[:, 1], y0), 0, None
+        )
         if len(boxes) == 0 or (overlap_w * overlap_h).max() <= 0.1 * side * side:
             return x0, y0, x0 + side, y0 + side
     return None
@@ -102,9 +106,7 @@ class _Classifier(nn.Module):
 def _accuracy(model: nn.Module, crops: torch.Tensor, labels: torch.Tensor, normalize) -> float:
     model.eval()
     with torch.no_grad():
-        predictions = torch.cat(
-            [model(normalize(batch)).argmax(1) for batch in crops.split(256)]
-        )
+        predictions = torch.cat([model(normalize(batch)).argmax(1) for batch in crops.split(256)])
     model.train()
     return float((predictions == labels).float().mean())
 

@@ -56,7 +56,10 @@ def pretrained_backbone(configs_dir: str, output_dir: str, size: Optional[StudyS
         print(f"[study] pretrained backbone: {path} (exists, not retrained)", flush=True)
         return path
     print(f"[study] pretraining the backbone into {path}", flush=True)
-    overrides = [*(size.pretraining_overrides() if size else []), f"backbone_pretraining.output_path={path}"]
+    overrides = [
+        *(size.pretraining_overrides() if size else []),
+        f"backbone_pretraining.output_path={path}",
+    ]
     cfg = _config(os.path.join(configs_dir, BASE_CONFIG), tuple(overrides))
     record = instantiate(cfg.backbone_pretraining)
     print(f"[study] backbone pretrained: {record}", flush=True)
