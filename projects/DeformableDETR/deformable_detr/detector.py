@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torchvision.ops import box_convert
 
-from .precision import inference_autocast
+from .precision import full_precision, inference_autocast
 
 __all__ = ["SetPredictionDetector"]
 
@@ -53,7 +53,10 @@ class SetPredictionDetector(nn.Module):
             return self.criterion(self.predict(images), self.prepare_targets(batched_inputs))
         with inference_autocast(self.inference_precision, self.device):
             outputs = self.predict(images)
-        logits, boxes = outputs["pred_logits"].float(), outputs["pred_boxes"].float()
+        logits, boxes = (
+            full_precision(outputs["pred_logits"]),
+            full_precision(outputs["pred_boxes"]),
+        )
         results = self.inference(logits, boxes, images.image_sizes)
         processed = []
         for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes):

@@ -20,7 +20,7 @@ from torch import nn
 
 from .build import build_model, input_format, load_config
 from .meta_arch import DeformableDETR
-from .precision import inference_autocast
+from .precision import full_precision, inference_autocast
 from .transformer import sizes_as_tensor
 
 __all__ = [
@@ -51,7 +51,7 @@ class ImageToDetections(nn.Module):
         with inference_autocast(self.model.inference_precision, image.device):
             outputs = self.model.predict_masked(images, unpadded)
         scores, classes, boxes = self.model.select_topk(
-            outputs["pred_logits"].float(), outputs["pred_boxes"].float()
+            full_precision(outputs["pred_logits"]), full_precision(outputs["pred_boxes"])
         )
         height, width = image.shape[-2:]
         size = sizes_as_tensor([width, height, width, height], boxes.dtype, boxes.device)

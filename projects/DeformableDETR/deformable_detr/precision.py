@@ -22,6 +22,7 @@ from torch import nn
 __all__ = [
     "FLOAT32_MODULES",
     "PRECISIONS",
+    "full_precision",
     "has_native_bfloat16",
     "inference_autocast",
     "keep_float32",
@@ -54,6 +55,12 @@ def inference_autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32 when autocast left it in a half type, else as it is
+    (a float64 model stays float64)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
 def _float32_forward(forward, *args, **kwargs):
