@@ -189,6 +189,22 @@ def test_dcn_backbone_onnx_export():
     _assert_parity(results["runs"], "onnx x101_dcn")
 
 
+def test_swin_and_vit_onnx_hold_at_the_export_size_only():
+    """Like their TorchScript: detectron2's Swin and ViT compute window partitions
+    and position tables from the image size in Python, which the export fixes.
+    Their ONNX graphs match the eager model at the export size; at other sizes
+    onnxruntime refuses them (ViT's graph takes only the export size, Swin's fails
+    in a Reshape)."""
+    results = _export_parity("onnx", "swin_t", "vit_b")
+    for backbone in ("swin_t", "vit_b"):
+        assert results[backbone]["export_error"] is None, results[backbone]["export_error"]
+        at_export_size, *other_sizes = results[backbone]["runs"]
+        _assert_parity([at_export_size], f"onnx {backbone} at the export size")
+        assert other_sizes and all(
+            "ONNXRuntimeError" in run.get("error", "") for run in other_sizes
+        )
+
+
 def test_resnext_stages_are_detectron2s():
     """make_resnet_stages(101, 32x8d) builds the ResNeXt-101 of detectron2's
     build_resnet_backbone: the same names and shapes, so its checkpoints load."""
