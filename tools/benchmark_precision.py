@@ -21,10 +21,10 @@ from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 
 from deformable_detr.build import build_model, load_config
-from deformable_detr.precision import FLOAT32_MODULES, keep_float32, set_inference_precision
+from deformable_detr.precision import FLOAT32_MODULES, set_inference_precision
 
 SETTINGS = (
-    ("fp32", "fp32", None),
+    ("fp32", "fp32", ()),
     ("bf16 (kept layers in fp32)", "bf16", FLOAT32_MODULES),
     ("bf16 everywhere", "bf16", ()),
 )
@@ -40,16 +40,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def build(cfg, precision, kept):
-    model = build_model(cfg, device="cpu")
-    if precision == "bf16":
-        keep_float32(model, kept)
-        model.inference_precision = "bf16"
-    else:
-        set_inference_precision(model, precision)
-    return model
-
-
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
@@ -57,7 +47,7 @@ def main(argv=None):
     sample = [batch for _, batch in zip(range(args.compare_images), loader)]
     rows, reference, reference_seconds = [], None, None
     for name, precision, kept in SETTINGS:
-        model = build(cfg, precision, kept)
+        model = set_inference_precision(build_model(cfg, device="cpu"), precision, kept)
         start = time.perf_counter()
         result = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
         seconds = time.perf_counter() - start

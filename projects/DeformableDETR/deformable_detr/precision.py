@@ -96,12 +96,15 @@ def has_native_bfloat16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def set_inference_precision(model: nn.Module, precision: str) -> nn.Module:
-    """Sets `model`'s inference precision ("fp32" or "bf16"); returns the model.
-    Warns when bfloat16 is asked for on a CPU that emulates it."""
+def set_inference_precision(
+    model: nn.Module, precision: str, float32_modules: Sequence[str] = FLOAT32_MODULES
+) -> nn.Module:
+    """Sets `model`'s inference precision ("fp32" or "bf16", with `float32_modules`
+    kept in float32); returns the model. Warns when bfloat16 is asked for on a CPU
+    that emulates it."""
     _check(precision)
     if precision == "bf16":
-        keep_float32(model)
+        keep_float32(model, float32_modules)
         if not has_native_bfloat16():
             logger.warning(
                 "inference_precision=bf16 on a CPU without AVX512-BF16 or AMX: PyTorch "

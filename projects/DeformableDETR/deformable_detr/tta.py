@@ -112,14 +112,15 @@ class DeformableDETRWithTTA(nn.Module):
         merged = Instances((height, width))
         boxes, scores, classes = torch.cat(boxes), torch.cat(scores), torch.cat(classes)
         num_views = len(self.tta_mapper.min_sizes) * (2 if self.tta_mapper.flip else 1)
-        if num_views > 1 and self.merge == "wbf":
-            boxes, scores, classes = weighted_boxes_fusion(
-                boxes, scores, classes, num_views, self.iou_threshold
-            )
-            keep = slice(self.max_detections)
-        elif num_views > 1:
-            keep = batched_nms(boxes, scores, classes, self.iou_threshold)[: self.max_detections]
         if num_views > 1:
+            if self.merge == "wbf":  # fused detections come best first
+                boxes, scores, classes = weighted_boxes_fusion(
+                    boxes, scores, classes, num_views, self.iou_threshold
+                )
+                keep = slice(self.max_detections)
+            else:
+                keep = batched_nms(boxes, scores, classes, self.iou_threshold)
+                keep = keep[: self.max_detections]
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         merged.pred_boxes = Boxes(boxes)
         merged.pred_boxes.clip((height, width))
