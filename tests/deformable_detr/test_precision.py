@@ -26,6 +26,7 @@ def test_kept_modules_run_in_float32_under_autocast():
     model.add_module("value_proj", nn.Linear(4, 4))
     model.add_module("bbox_embed", nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)]))
     keys = list(model.state_dict())
+    assert keep_float32(model, ()) == 0  # no names keep nothing, not every numbered child
     assert keep_float32(model) == 3  # sampling_offsets, bbox_embed.0, bbox_embed.1
     assert keep_float32(model) == 0 and list(model.state_dict()) == keys
     x = torch.randn(2, 4)

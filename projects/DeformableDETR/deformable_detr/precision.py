@@ -78,6 +78,8 @@ def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_MODULES) -> in
     named) run in float32 on float32 inputs inside an autocast region (its
     parameters and state_dict are unchanged). Returns how many modules it changed;
     applying it twice changes nothing."""
+    if not names:
+        return 0
     pattern = re.compile(rf"(^|\.)({'|'.join(map(re.escape, names))})(\.\d+)?$")
     changed = 0
     for qualified_name, module in model.named_modules():
@@ -109,7 +111,7 @@ def set_inference_precision(
             logger.warning(
                 "inference_precision=bf16 on a CPU without AVX512-BF16 or AMX: PyTorch "
                 f"emulates bfloat16 here ({torch.backends.cpu.get_cpu_capability()}), which "
-                "is much slower than float32 (16x measured on an AVX2 CPU); on a GPU, or "
+                "is much slower than float32 (14-16x measured on an AVX2 CPU); on a GPU, or "
                 "a CPU with those instructions, it is the faster path"
             )
     model.inference_precision = precision
