@@ -29,9 +29,10 @@ def _cpp_info() -> BackendInfo:
         return BackendInfo(
             False, (), f"d2ext._C is not built ({e}); build it with `pip install -e .`"
         )
+    cpu = f"CPU kernels ({_C.cpu_capability()})"
     if _C.cuda_compiled():
-        return BackendInfo(True, ("cpu", "cuda"), "compiled extension, CPU and CUDA kernels")
-    return BackendInfo(True, ("cpu",), "compiled extension, CPU kernel only (built without CUDA)")
+        return BackendInfo(True, ("cpu", "cuda"), f"compiled extension, {cpu} and CUDA kernels")
+    return BackendInfo(True, ("cpu",), f"compiled extension, {cpu} only (built without CUDA)")
 
 
 def _numba_info() -> BackendInfo:

@@ -94,9 +94,18 @@ class OfficialMSDA(torch.autograd.Function):
         return grad_value, None, None, grad_locations, grad_weights
 
 
+# The reference called directly: autograd records grid_sample and keeps every
+# sampled value for the backward, as the official release's PyTorch path
+# (ms_deform_attn_core_pytorch) does. The "torch" backend runs the same reference
+# inside the custom op, with an explicit backward that recomputes the samples.
+AUTOGRAD = "torch-autograd"
+
+
 def attention_fn(backend):
     if backend == "official":
         return OfficialMSDA.apply
+    if backend == AUTOGRAD:
+        return ms_deform_attn_reference
     return functools.partial(d2ext.ms_deform_attn, backend=backend)
 
 
@@ -232,7 +241,10 @@ def main():
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--backends", nargs="+", default=None, help="default: every backend that runs on the device"
+        "--backends",
+        nargs="+",
+        default=None,
+        help=f"default: every backend that runs on the device, and {AUTOGRAD}",
     )
     parser.add_argument(
         "--dtypes",
@@ -265,7 +277,13 @@ def main():
         for name, info in available.items()
         if device.type in info.devices and not (name == "numba" and device.type == "cpu")
     ]
+    if args.backends is None:
+        backends.append(AUTOGRAD)
     details = {name: available[name].detail for name in backends if name in available}
+    if AUTOGRAD in backends:
+        details[AUTOGRAD] = (
+            "the reference under plain autograd, as the official release's PyTorch path"
+        )
     if args.official_src:
         if device.type != "cuda":
             parser.error("--official-src needs --device cuda")

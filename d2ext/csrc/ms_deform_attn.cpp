@@ -3,6 +3,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/ms_deform_attn_cpu.h"
+
 TORCH_LIBRARY(d2ext_C, m) {
   m.def(
       "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, "
@@ -26,4 +28,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
       },
       "Whether the CUDA kernels were compiled into this extension.");
+  m.def(
+      "cpu_capability",
+      &d2ext::cpu::capability,
+      "The instruction set the CPU kernels run with: \"avx2\" (AVX2 and FMA) or \"default\".");
 }
