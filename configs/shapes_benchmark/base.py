@@ -98,7 +98,7 @@ def epoch_schedule(epochs: int, batch_size: int = BATCH_SIZE, num_images: int = 
 
 
 # the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x. With 600
-# images, about 170 minutes for the whole study on 2 CPU cores (docs/study.md).
+# images, about 130 minutes for the whole study on 2 CPU cores (docs/study.md).
 EPOCHS = 5
 train.max_iter, ITERS_PER_EPOCH, lr_multiplier = epoch_schedule(EPOCHS)
 train.device = "cpu"
