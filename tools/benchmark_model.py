@@ -10,9 +10,10 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     python tools/benchmark_model.py --device cpu \\
         --height 128 --width 160 --warmup 1 --repeats 2
 
-    # CPU deployment: our eager model, torch.compile, ONNX Runtime and
-    # AOTInductor beside HF eager, inference at batch 1 (exports and compiles first)
-    python tools/benchmark_model.py --deploy --device cpu
+    # CPU deployment: our eager model, torch.compile, ONNX Runtime and AOTInductor
+    # beside HF eager (float32 and bfloat16 autocast), inference at batch 1 and 4
+    # (exports and compiles first); --precisions bf16 adds our bfloat16 paths
+    python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
 stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
@@ -227,14 +228,18 @@ def bench_infer(kind, model, batch, args, device):
 
 
 # ----------------------------------------------------------------------------- deployment
-def deploy_runners(model, image, workdir):
+def deploy_runners(model, image, precision, workdir):
     """name -> (seconds to export or compile, fn) for our model's CPU paths on one
-    image (3, H, W); each fn runs inference with post-processing (top-100 boxes in
-    pixels). The compiled paths are built, and run once, here."""
+    image (3, H, W) at `precision` (model.inference_precision); each fn runs
+    inference with post-processing (top-100 boxes in pixels). The compiled paths
+    are built, and run once, here; ONNX only at fp32 (onnxruntime's CPU provider has
+    no bfloat16 convolution)."""
     import time
 
     from deformable_detr.export import ImageToDetections, export
+    from deformable_detr.precision import set_inference_precision
 
+    set_inference_precision(model, precision)
     module = ImageToDetections(model)
     runners = {"ours eager": (0.0, lambda: model([{"image": image}]))}
 
@@ -260,7 +265,8 @@ def deploy_runners(model, image, workdir):
         return lambda: fn(image)
 
     build("ours torch.compile", compiled)
-    build("ours onnxruntime", onnxruntime_session)
+    if precision == "fp32":
+        build("ours onnxruntime", onnxruntime_session)
     build("ours aoti", aoti_package)
     return runners
 
@@ -275,44 +281,76 @@ def interleaved_medians(fns, device, warmup, repeats):
     return {name: statistics.median(r[name] for r in rounds) for name in fns}
 
 
+def repeated(fn, times):
+    """fn called `times` times: a batch through an artefact that takes one image."""
+
+    def run():
+        for _ in range(times):
+            fn()
+
+    return run
+
+
 def bench_deploy(args, device):
-    """Prints the CPU inference table at batch 1: our deployment paths and HF eager."""
+    """Prints the CPU inference table: our deployment paths at each of --precisions
+    beside HF eager in float32 and under bfloat16 autocast, at each of --infer-batches.
+    Returns the rows (path, precision, batch, ms, img/s, vs HF fp32, vs HF best)."""
     import tempfile
 
+    batch = max(args.infer_batches)
     images, boxes, classes = make_batch(
-        1, args.height, args.width, args.boxes, args.num_classes, seed=1
+        batch, args.height, args.width, args.boxes, args.num_classes, seed=1
     )
-    pv, pm, _ = hf_inputs(images, boxes, classes, device, train=False)
     hf = build_hf(args.variant, args.num_classes, device).eval()
-    rows = {
-        "hf eager": (
-            0.0,
-            lambda: hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), [(args.height, args.width)]),
-        )
-    }
+    paths, setup = {}, {}  # (path, precision, batch) -> fn; (path, precision) -> seconds
+    for b in args.infer_batches:
+        pv, pm, _ = hf_inputs(images[:b], boxes[:b], classes[:b], device, train=False)
+        sizes = [(args.height, args.width)] * b
+        for precision in ("fp32", "bf16"):
+
+            def hf_call(pv=pv, pm=pm, sizes=sizes, amp="bf16" if precision == "bf16" else "none"):
+                with autocast(device, amp):
+                    return hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), sizes)
+
+            paths[("hf eager", precision, b)] = hf_call
+            setup[("hf eager", precision)] = 0.0
     with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
-        model = build_ours(args.variant, "auto", args.num_classes, device).eval()
-        rows.update(deploy_runners(model, images[0], workdir))
-        times = interleaved_medians(
-            {name: fn for name, (_, fn) in rows.items()}, device, args.warmup, args.repeats
-        )
+        for precision in args.precisions:
+            model = build_ours(args.variant, "auto", args.num_classes, device).eval()
+            runners = deploy_runners(model, images[0], precision, workdir)
+            for name, (seconds, fn) in runners.items():
+                setup[(name, precision)] = seconds
+                for b in args.infer_batches:
+                    if name == "ours eager":
+                        inputs = [{"image": image} for image in images[:b]]
+                        paths[(name, precision, b)] = lambda m=model, x=inputs: m(x)
+                    else:
+                        paths[(name, precision, b)] = repeated(fn, b)
+        times = interleaved_medians(paths, device, args.warmup, args.repeats)
     print()
     print(
-        f"Inference, batch 1, {args.height}x{args.width}, {torch.get_num_threads()} threads: "
-        f"median ms over {args.repeats} rounds, each path once per round, "
-        f"after {args.warmup} warm-up calls "
-        "(ratio: HF eager ms / ms, >1 means faster than HF eager); "
-        "export/compile s is the one-off cost before the first run."
+        f"Inference, {args.height}x{args.width}, {torch.get_num_threads()} threads: "
+        f"median ms per batch over {args.repeats} rounds, each path once per round, "
+        f"after {args.warmup} warm-up calls. Ratios are HF ms / ms at the same batch "
+        "(>1: faster than HF): vs HF fp32, and vs HF best (the faster of HF fp32 and HF "
+        "under bf16 autocast). Our eager model takes a batch as one list; the exported "
+        "artefacts take one image, so a batch is that many calls. export/compile s is "
+        "the one-off cost before the first run."
     )
     print()
-    print("| path | ms | img/s | vs HF eager | export/compile s |")
-    print("|---|---|---|---|---|")
-    for name, (setup_s, _) in rows.items():
-        ms = times[name]
+    print("| path | precision | batch | ms | img/s | vs HF fp32 | vs HF best | export/compile s |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for (name, precision, b), ms in times.items():
+        hf_fp32 = times[("hf eager", "fp32", b)]
+        hf_best = min(hf_fp32, times[("hf eager", "bf16", b)])
+        row = (name, precision, b, ms, b * 1e3 / ms, hf_fp32 / ms, hf_best / ms)
+        rows.append(row)
         print(
-            f"| {name} | {ms:.0f} | {1e3 / ms:.2f} | {times['hf eager'] / ms:.2f}x "
-            f"| {setup_s:.0f} |"
+            f"| {name} | {precision} | {b} | {ms:.0f} | {row[4]:.2f} | {row[5]:.2f}x "
+            f"| {row[6]:.2f}x | {setup[(name, precision)]:.0f} |"
         )
+    return rows
 
 
 # ----------------------------------------------------------------------------- main
@@ -341,7 +379,14 @@ def main():
     parser.add_argument(
         "--deploy",
         action="store_true",
-        help="inference at batch 1 only: eager, torch.compile, ONNX Runtime, AOTInductor, HF eager",
+        help="CPU inference only: eager, torch.compile, ONNX Runtime, AOTInductor, HF eager",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=["fp32"],
+        help="--deploy: our paths at each inference precision (HF runs at both always)",
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -368,7 +413,8 @@ def main():
     )
 
     if args.deploy:
-        return bench_deploy(args, device)
+        bench_deploy(args, device)
+        return 0
 
     rows, notes, failed = [], [], False
     for kind in args.models:
