@@ -18,10 +18,11 @@ pytestmark = pytest.mark.skipif(
 ENV_VAR = "D2EXT_CPU_CAPABILITY"
 
 
-def _run(code: str, capability: str) -> subprocess.CompletedProcess:
+def _run(args, capability: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python *args` in a fresh process with D2EXT_CPU_CAPABILITY=capability."""
     env = {**os.environ, ENV_VAR: capability}
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -48,23 +49,16 @@ def test_the_best_instruction_set_is_chosen():
 
 
 def test_default_forces_the_generic_kernels_and_they_pass_the_op_tests():
-    check = _run("from d2ext import _C; print(_C.cpu_capability())", "default")
+    check = _run(["-c", "from d2ext import _C; print(_C.cpu_capability())"], "default")
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "default"
     tests = os.path.join(os.path.dirname(__file__), "test_ms_deform_attn.py")
-    env = {**os.environ, ENV_VAR: "default"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", tests],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", tests], "default", 600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
 
 
 def test_an_unknown_instruction_set_is_a_clear_error():
-    result = _run("from d2ext import _C; _C.cpu_capability()", "sse9")
+    result = _run(["-c", "from d2ext import _C; _C.cpu_capability()"], "sse9")
     assert result.returncode != 0
     assert 'D2EXT_CPU_CAPABILITY must be "default" or "avx2", got "sse9"' in result.stderr
