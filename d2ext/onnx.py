@@ -42,9 +42,14 @@ def ms_deform_attn_onnx(
     grid_shape = op.Concat(
         op.Constant(value_ints=[-1]), queries, op.Constant(value_ints=[P, 2]), axis=0
     )
+    # (N, Lq, M, L, P) -> (N, M, Lq, L, P); each level's weights as (N * M, 1, Lq, P)
+    weights = op.Transpose(attention_weights, perm=[0, 2, 1, 3, 4])
+    weights_shape = op.Concat(
+        op.Constant(value_ints=[-1, 1]), queries, op.Constant(value_ints=[P]), axis=0
+    )
     # (N, S, M, D) -> (N, M, D, S)
     value = op.Transpose(value, perm=[0, 2, 3, 1])
-    sampled = []
+    output = None
     for level in range(L):
         index = op.Constant(value_ints=[level])
         start = op.Gather(level_start_index, index, axis=0)
@@ -55,19 +60,18 @@ def ms_deform_attn_onnx(
         grid_l = op.Reshape(
             op.Gather(grids, op.Constant(value_int=level), axis=3), grid_shape
         )  # (N * M, Lq, P, 2)
-        sampled.append(
-            op.GridSample(value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros")
+        sampled = op.GridSample(
+            value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros"
+        )  # (N * M, D, Lq, P)
+        weights_l = op.Reshape(
+            op.Gather(weights, op.Constant(value_int=level), axis=3), weights_shape
         )
-    sampled = op.Concat(*sampled, axis=-1)  # (N * M, D, Lq, L * P)
-    # (N, Lq, M, L, P) -> (N * M, 1, Lq, L * P)
-    weights = op.Transpose(attention_weights, perm=[0, 2, 1, 3, 4])
-    weights_shape = op.Concat(
-        op.Constant(value_ints=[-1, 1]), queries, op.Constant(value_ints=[L * P]), axis=0
-    )
-    weights = op.Reshape(weights, weights_shape)
-    output = op.ReduceSum(
-        op.Mul(sampled, weights), op.Constant(value_ints=[-1]), keepdims=0
-    )  # (N * M, D, Lq)
+        # weighted per level and summed over levels: no (N * M, D, Lq, L * P) concatenation,
+        # whose copy cost as much as the sampling at 800x1333
+        level_output = op.ReduceSum(
+            op.Mul(sampled, weights_l), op.Constant(value_ints=[-1]), keepdims=0
+        )  # (N * M, D, Lq)
+        output = level_output if output is None else op.Add(output, level_output)
     output = op.Reshape(output, op.Constant(value_ints=[-1, M * D, 0]))  # (N, M * D, Lq)
     return op.Transpose(output, perm=[0, 2, 1])
 

@@ -11,6 +11,11 @@
         --config-file configs/COCO/deformable_detr_r50_50ep.yaml \\
         --input images/ --output output/demo \\
         --confidence-threshold 0.3 --opts MODEL.WEIGHTS model_final.pth
+    # an exported artefact (tools/deploy/export_model.py) in place of the model, e.g. the
+    # int8 ONNX one for a CPU server; the config gives the resize and class names
+    python demo/demo.py \
+        --config-file configs/synthetic/deformable_detr_tiny.py \
+        --input images/ --output output/demo --artefact exported/model_int8.onnx
 
 --input takes files, glob patterns and folders (their images). One image per
 input is written to --output under the input's file name. Class names are those
@@ -36,10 +41,11 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 from deformable_detr import load_yacs_config
-from deformable_detr.build import build_model, registered_dataset_name
+from deformable_detr.build import build_model, input_format, is_yacs, registered_dataset_name
 from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.data import synthetic
 from deformable_detr.data.coco_json import DatasetError, register_yacs_datasets
+from deformable_detr.export import ArtefactDetector, artefact_format, load_artefact
 from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -57,6 +63,11 @@ def parse_args(argv=None):
         "--output", required=True, help="folder for the visualized images (created)"
     )
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--artefact",
+        help="run this exported model (.onnx, .ts, .pt2, _aoti.pt2 from "
+        "tools/deploy/export_model.py) instead of the config's weights",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--scale", type=float, default=1.0, help="resize factor of the written images"
@@ -98,18 +109,26 @@ def test_metadata(dataset_name: str):
     return metadata
 
 
-class LazyConfigPredictor:
-    """DefaultPredictor's counterpart for a LazyConfig: BGR image in, outputs of
-    the model (eval mode, no grad) out."""
+def test_augmentation(cfg) -> T.AugmentationList:
+    """The resize of the config's test images: the LazyConfig test mapper's
+    augmentation, or yacs INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST as DefaultPredictor's."""
+    if is_yacs(cfg):
+        size = cfg.INPUT.MIN_SIZE_TEST
+        return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
+    augmentation = instantiate(cfg.dataloader.test.mapper.get("augmentation", None)) or []
+    return T.AugmentationList(
+        [augmentation] if isinstance(augmentation, T.Augmentation) else list(augmentation)
+    )
 
-    def __init__(self, cfg, device: str):
-        self.model = build_model(cfg, device=device)  # weights train.init_checkpoint, strictly
-        mapper = cfg.dataloader.test.mapper
-        augmentation = instantiate(mapper.get("augmentation", None)) or []
-        self.aug = T.AugmentationList(
-            [augmentation] if isinstance(augmentation, T.Augmentation) else list(augmentation)
-        )
-        self.input_format = mapper.get("image_format", "BGR")
+
+class ConfigPredictor:
+    """DefaultPredictor's counterpart for a LazyConfig, or for an exported artefact
+    with either config: BGR image in, outputs of the model (eval mode, no grad) out."""
+
+    def __init__(self, cfg, model):
+        self.model = model
+        self.aug = test_augmentation(cfg)
+        self.input_format = input_format(cfg)
 
     @torch.no_grad()
     def __call__(self, image_bgr):
@@ -126,15 +145,25 @@ def setup(args):
     weights record or the data's, else the test dataset's metadata."""
     if args.config_file.endswith(".py"):
         cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
-        predictor = LazyConfigPredictor(cfg, args.device)
         name = registered_dataset_name(cfg.dataloader.test.dataset)
     else:
         cfg = load_yacs_config(args.config_file, args.opts)
         register_yacs_datasets(cfg)  # DATASETS.TEST_JSON and the like, when given
         cfg.MODEL.DEVICE = args.device
         cfg.freeze()
-        predictor = DefaultPredictor(cfg)
         name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
+    if args.artefact:
+        if not os.path.isfile(args.artefact):
+            raise SystemExit(f"--artefact {args.artefact}: no such file")
+        try:
+            artefact = load_artefact(args.artefact, artefact_format(args.artefact))
+        except ValueError as e:
+            raise SystemExit(f"--artefact: {e}")
+        predictor = ConfigPredictor(cfg, ArtefactDetector(artefact))
+    elif is_yacs(cfg):
+        predictor = DefaultPredictor(cfg)
+    else:  # weights train.init_checkpoint, loaded strictly
+        predictor = ConfigPredictor(cfg, build_model(cfg, device=args.device))
     class_names = getattr(predictor.model, "class_names", None)
     if class_names:
         return predictor, Metadata(name="demo", thing_classes=list(class_names))

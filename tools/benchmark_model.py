@@ -12,8 +12,9 @@ same configuration, on the same device, in one run. Prints Markdown tables.
 
     # CPU deployment: our eager model, torch.compile, ONNX Runtime and AOTInductor
     # beside HF eager (float32 and bfloat16 autocast), inference at batch 1 and 4
-    # (exports and compiles first); --precisions bf16 adds our bfloat16 paths
-    python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16
+    # (exports and compiles first); --precisions bf16 int8 adds our bfloat16 paths
+    # and the int8 ONNX model
+    python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16 int8
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
 stem and first stage frozen), 4 levels (res3-res5 + a stride-2 level), 6+6
@@ -228,20 +229,18 @@ def bench_infer(kind, model, batch, args, device):
 
 
 # ----------------------------------------------------------------------------- deployment
-def deploy_runners(model, image, precision, workdir):
+def deploy_runners(model, image, precision, workdir, calibration=()):
     """name -> (seconds to export or compile, fn) for our model's CPU paths on one
     image (3, H, W) at `precision` (model.inference_precision); each fn runs
     inference with post-processing (top-100 boxes in pixels). The compiled paths
-    are built, and run once, here; ONNX only at fp32 (onnxruntime's CPU provider has
-    no bfloat16 convolution)."""
+    are built, and run once, here. bf16: no ONNX (onnxruntime's CPU provider has no
+    bfloat16 convolution); int8: ONNX only, calibrated on `calibration` images."""
     import time
 
     from deformable_detr.export import ImageToDetections, export
     from deformable_detr.precision import set_inference_precision
 
-    set_inference_precision(model, precision)
-    module = ImageToDetections(model)
-    runners = {"ours eager": (0.0, lambda: model([{"image": image}]))}
+    runners = {}
 
     def build(name, make):
         start = time.perf_counter()
@@ -256,7 +255,8 @@ def deploy_runners(model, image, precision, workdir):
     def onnxruntime_session():
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(export(model, image, "onnx", workdir)[0])
+        path, _ = export(model, image, "onnx", workdir, precision, calibration)
+        session = onnxruntime.InferenceSession(path)
         feed = {"image": image.numpy()}
         return lambda: session.run(None, feed)
 
@@ -264,6 +264,12 @@ def deploy_runners(model, image, precision, workdir):
         fn = torch._inductor.aoti_load_package(export(model, image, "aoti", workdir)[0])
         return lambda: fn(image)
 
+    if precision == "int8":
+        build("ours onnxruntime", onnxruntime_session)
+        return runners
+    set_inference_precision(model, precision)
+    module = ImageToDetections(model)
+    runners["ours eager"] = (0.0, lambda: model([{"image": image}]))
     build("ours torch.compile", compiled)
     if precision == "fp32":
         build("ours onnxruntime", onnxruntime_session)
@@ -293,7 +299,8 @@ def repeated(fn, times):
 
 def bench_deploy(args, device):
     """Prints the CPU inference table: our deployment paths at each of --precisions
-    beside HF eager in float32 and under bfloat16 autocast, at each of --infer-batches.
+    beside HF eager at each of --hf-precisions (float32, bfloat16 autocast), at each
+    of --infer-batches; int8 is calibrated on --calibration-images generated images.
     Returns the rows (path, precision, batch, ms, img/s, vs HF fp32, vs HF best)."""
     import tempfile
 
@@ -306,7 +313,7 @@ def bench_deploy(args, device):
     for b in args.infer_batches:
         pv, pm, _ = hf_inputs(images[:b], boxes[:b], classes[:b], device, train=False)
         sizes = [(args.height, args.width)] * b
-        for precision in ("fp32", "bf16"):
+        for precision in args.hf_precisions:
 
             def hf_call(pv=pv, pm=pm, sizes=sizes, amp="bf16" if precision == "bf16" else "none"):
                 with autocast(device, amp):
@@ -314,10 +321,13 @@ def bench_deploy(args, device):
 
             paths[("hf eager", precision, b)] = hf_call
             setup[("hf eager", precision)] = 0.0
+    calibration = make_batch(
+        args.calibration_images, args.height, args.width, 0, args.num_classes, seed=2
+    )[0]
     with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
         for precision in args.precisions:
             model = build_ours(args.variant, "auto", args.num_classes, device).eval()
-            runners = deploy_runners(model, images[0], precision, workdir)
+            runners = deploy_runners(model, images[0], precision, workdir, calibration)
             for name, (seconds, fn) in runners.items():
                 setup[(name, precision)] = seconds
                 for b in args.infer_batches:
@@ -332,10 +342,10 @@ def bench_deploy(args, device):
         f"Inference, {args.height}x{args.width}, {torch.get_num_threads()} threads: "
         f"median ms per batch over {args.repeats} rounds, each path once per round, "
         f"after {args.warmup} warm-up calls. Ratios are HF ms / ms at the same batch "
-        "(>1: faster than HF): vs HF fp32, and vs HF best (the faster of HF fp32 and HF "
-        "under bf16 autocast). Our eager model takes a batch as one list; the exported "
-        "artefacts take one image, so a batch is that many calls. export/compile s is "
-        "the one-off cost before the first run."
+        "(>1: faster than HF): vs HF fp32, and vs HF best (the fastest of HF's settings "
+        f"timed: {', '.join(args.hf_precisions)}). Our eager model takes a batch as one "
+        "list; the exported artefacts take one image, so a batch is that many calls. "
+        "export/compile s is the one-off cost before the first run."
     )
     print()
     print("| path | precision | batch | ms | img/s | vs HF fp32 | vs HF best | export/compile s |")
@@ -343,7 +353,7 @@ def bench_deploy(args, device):
     rows = []
     for (name, precision, b), ms in times.items():
         hf_fp32 = times[("hf eager", "fp32", b)]
-        hf_best = min(hf_fp32, times[("hf eager", "bf16", b)])
+        hf_best = min(times[("hf eager", p, b)] for p in args.hf_precisions)
         row = (name, precision, b, ms, b * 1e3 / ms, hf_fp32 / ms, hf_best / ms)
         rows.append(row)
         print(
@@ -384,11 +394,27 @@ def main():
     parser.add_argument(
         "--precisions",
         nargs="+",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "bf16", "int8"],
         default=["fp32"],
-        help="--deploy: our paths at each inference precision (HF runs at both always)",
+        help="--deploy: our paths at each inference precision (int8: ONNX Runtime only)",
+    )
+    parser.add_argument(
+        "--hf-precisions",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=["fp32", "bf16"],
+        help="--deploy: HF eager in float32 and under bfloat16 autocast (fp32 is required; "
+        "drop bf16 on a CPU without AVX512-BF16 or AMX, where it is emulated and far slower)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=4,
+        help="--deploy with int8: generated images that calibrate the quantized model",
     )
     args = parser.parse_args()
+    if "fp32" not in args.hf_precisions:
+        parser.error("--hf-precisions must include fp32: every ratio is to HF fp32")
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     if device.type == "cuda":

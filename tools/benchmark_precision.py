@@ -1,19 +1,24 @@
 #!/usr/bin/env python
 """AP and time of a trained model's inference at each precision, on its config's
-test set: float32, bfloat16 with the layers that place samples and boxes in
-float32 (deformable_detr.precision.FLOAT32_MODULES, the "bf16" switch), and
-bfloat16 everywhere (what the kept list is measured against).
+test set: the eager model in float32, in bfloat16 with the layers that place
+samples and boxes in float32 (deformable_detr.precision.FLOAT32_MODULES, the "bf16"
+switch) and in bfloat16 everywhere; its ONNX export on onnxruntime in float32, in
+int8 with the same layers in float32 (the "int8" switch, calibrated on the first
+--calibration-images test images) and in int8 everywhere. The "everywhere" rows are
+what the kept lists are measured against.
 
     python tools/benchmark_precision.py \\
         --config-file configs/synthetic/deformable_detr_tiny_multiscale.py \\
         train.init_checkpoint=output/synthetic_tiny_multiscale/model_final.pth
 
-Prints a markdown table: AP, AP50, AP75, seconds for the test set, the time
-against float32, and how many of the first images' top-10 detections keep their
-class (matched by rank) against float32.
+Prints a markdown table: AP, AP50, AP75, seconds for the test set, the time against
+the eager float32 model, and, over the first --compare-images images' 10 best
+float32 detections, how many keep their class at their rank and how many have a
+detection of their class among the path's 10 best with IoU >= 0.9.
 """
 
 import argparse
+import tempfile
 import time
 
 import torch
@@ -21,13 +26,24 @@ from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 
 from deformable_detr.build import build_model, load_config
-from deformable_detr.precision import FLOAT32_MODULES, set_inference_precision
-
-SETTINGS = (
-    ("fp32", "fp32", ()),
-    ("bf16 (kept layers in fp32)", "bf16", FLOAT32_MODULES),
-    ("bf16 everywhere", "bf16", ()),
+from deformable_detr.export import ArtefactDetector, export, load_artefact
+from deformable_detr.precision import (
+    FLOAT32_MODULES,
+    detection_agreement,
+    set_inference_precision,
 )
+from deformable_detr.quantization import calibration_images, quantize_onnx
+
+# (row name, path, precision, layers kept in float32)
+SETTINGS = (
+    ("fp32", "eager", "fp32", ()),
+    ("bf16 (kept layers in fp32)", "eager", "bf16", FLOAT32_MODULES),
+    ("bf16 everywhere", "eager", "bf16", ()),
+    ("ONNX fp32", "onnx", "fp32", ()),
+    ("ONNX int8 (kept layers in fp32)", "onnx", "int8", FLOAT32_MODULES),
+    ("ONNX int8 everywhere", "onnx", "int8", ()),
+)
+BOX_IOU = 0.9
 
 
 def parse_args(argv=None):
@@ -36,8 +52,30 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
     parser.add_argument("--compare-images", type=int, default=20)
+    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument(
+        "--rows", nargs="+", choices=[s[0] for s in SETTINGS], help="default: every row"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser.parse_args(argv)
+
+
+def build_path(cfg, path, precision, kept, workdir, calibration):
+    """The model of one setting, as a callable on the test loader's batches."""
+    model = build_model(cfg, device="cpu")
+    if path == "eager":
+        return set_inference_precision(model, precision, kept)
+    float32_path, _ = export(model, calibration[0], "onnx", workdir, "fp32")
+    onnx_path = float32_path
+    if precision == "int8":
+        onnx_path = f"{workdir}/model_int8_{len(kept)}.onnx"
+        quantize_onnx(float32_path, onnx_path, calibration, kept)
+    return ArtefactDetector(load_artefact(onnx_path, "onnx"))
+
+
+def top_detections(model, sample, k=10):
+    with torch.no_grad():
+        return [model(batch)[0]["instances"][:k] for batch in sample]
 
 
 def main(argv=None):
@@ -45,26 +83,31 @@ def main(argv=None):
     cfg = load_config(args.config_file, args.opts)
     loader = instantiate(cfg.dataloader.test)
     sample = [batch for _, batch in zip(range(args.compare_images), loader)]
+    calibration = calibration_images(cfg, args.calibration_images)
+    settings = [s for s in SETTINGS if not args.rows or s[0] in args.rows]
     rows, reference, reference_seconds = [], None, None
-    for name, precision, kept in SETTINGS:
-        model = set_inference_precision(build_model(cfg, device="cpu"), precision, kept)
-        start = time.perf_counter()
-        result = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
-        seconds = time.perf_counter() - start
-        with torch.no_grad():
-            classes = [model(batch)[0]["instances"].pred_classes[:10] for batch in sample]
-        reference = reference or classes
-        reference_seconds = reference_seconds or seconds
-        same = sum(int((c == r).sum()) for c, r in zip(classes, reference))
-        total = sum(len(r) for r in reference)
-        ap = result["bbox"]
-        rows.append(
-            f"| {name} | {ap['AP']:.2f} | {ap['AP50']:.2f} | {ap['AP75']:.2f} | {seconds:.1f} "
-            f"| {seconds / reference_seconds:.2f}x | {same}/{total} |"
-        )
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, path, precision, kept in settings:
+            model = build_path(cfg, path, precision, kept, workdir, calibration)
+            start = time.perf_counter()
+            result = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
+            seconds = time.perf_counter() - start
+            detections = top_detections(model, sample)
+            reference = reference or detections
+            reference_seconds = reference_seconds or seconds
+            same_class, same_box, total = detection_agreement(detections, reference, BOX_IOU)
+            ap = result["bbox"]
+            rows.append(
+                f"| {name} | {ap['AP']:.2f} | {ap['AP50']:.2f} | {ap['AP75']:.2f} "
+                f"| {seconds:.1f} | {seconds / reference_seconds:.2f}x "
+                f"| {same_class}/{total} | {same_box}/{total} |"
+            )
     print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}")
-    print("| precision | AP | AP50 | AP75 | s (test set) | time vs fp32 | top-10 classes as fp32 |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| precision | AP | AP50 | AP75 | s (test set) | time vs {settings[0][0]} "
+        f"| top-10 classes as {settings[0][0]} | top-10 boxes at IoU >= {BOX_IOU} |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

@@ -207,6 +207,26 @@ def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
     assert cv2.imread(str(output / "a.jpg")).shape == (192, 256, 3)
 
 
+def test_demo_runs_an_exported_artefact_as_the_model(tiny_checkpoint, images, tmp_path):
+    from deformable_detr.export import export, load_model
+
+    config = str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml")
+    model, _ = load_model(config, [f"MODEL.WEIGHTS={tiny_checkpoint}"])
+    path, _ = export(model, torch.rand(3, 96, 128) * 255, "torchscript", str(tmp_path))
+    arguments = ["--config-file", config, "--input", str(images), "--output", str(tmp_path)]
+    arguments += ["--device", "cpu", "--opts", "MODEL.WEIGHTS", str(tiny_checkpoint)]
+    eager, _ = demo.setup(demo.parse_args(arguments))
+    exported, metadata = demo.setup(demo.parse_args(["--artefact", path, *arguments]))
+    assert metadata.thing_classes == ["circle", "square", "triangle"]
+    image = cv2.imread(str(images / "b.png"))  # 120x80: resized as the config says
+    expected, got = eager(image)["instances"], exported(image)["instances"]
+    assert got.image_size == expected.image_size == (120, 80)
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1e-3, rtol=0)
+    torch.testing.assert_close(got.scores, expected.scores, atol=1e-4, rtol=0)
+    with pytest.raises(SystemExit, match="cannot tell the format of artefact"):
+        demo.setup(demo.parse_args(["--artefact", str(tiny_checkpoint), *arguments]))
+
+
 def test_demo_no_input(tmp_path):
     with pytest.raises(SystemExit, match="no image matches"):
         demo.main(

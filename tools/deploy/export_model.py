@@ -10,7 +10,9 @@ ExportedProgram or an AOTInductor package, for any image size.
         --sample-image image.jpg MODEL.WEIGHTS=model_final.pth
 
 --precision bf16 exports bfloat16 inference (deformable_detr.precision) for
-torchscript, exported-program and aoti; ONNX stays float32. The artefact takes
+torchscript, exported-program and aoti; --precision int8 exports ONNX with int8
+convolutions and linear layers (deformable_detr.quantization), calibrated on the
+first --calibration-images images of the config's test set. The artefact takes
 one image (3, H, W) float32 in the config's input format,
 resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
 its pixels), scores (K,) and classes (K,) (see deformable_detr.export). The
@@ -24,9 +26,16 @@ import sys
 import numpy as np
 import torch
 
+from deformable_detr.build import load_config
 from deformable_detr.checkpoint import UnreadableCheckpointError
-from deformable_detr.export import FORMATS, MIN_SIZE, export, load_model
-from deformable_detr.precision import PRECISIONS, set_inference_precision
+from deformable_detr.export import (
+    EXPORT_PRECISIONS,
+    FORMATS,
+    MIN_SIZE,
+    check_precision,
+    export,
+    load_model,
+)
 
 
 def parse_args(argv=None):
@@ -41,9 +50,16 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=EXPORT_PRECISIONS,
         help="inference precision of the artefact (default: the config's "
-        "model.inference_precision); bf16 pays on GPUs and CPUs with AVX512-BF16 or AMX",
+        "model.inference_precision); bf16 pays on GPUs and CPUs with AVX512-BF16 or AMX; "
+        "int8 is for onnx",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=16,
+        help="int8: how many of the test set's images calibrate the activation ranges",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser.parse_args(argv)
@@ -83,10 +99,15 @@ def main(argv=None):
     try:
         output = writable_directory(args.output)
         model, input_format = load_model(args.config_file, args.opts)
-        if args.precision:
-            set_inference_precision(model, args.precision)
+        check_precision(args.format, args.precision or model.inference_precision)
+        calibration = []
+        if args.precision == "int8":
+            from deformable_detr.quantization import calibration_images
+
+            cfg = load_config(args.config_file, args.opts)
+            calibration = calibration_images(cfg, args.calibration_images)
         image = sample_image(args.sample_image, input_format)
-        path, usage = export(model, image, args.format, output)
+        path, usage = export(model, image, args.format, output, args.precision, calibration)
     except (ValueError, OSError, UnreadableCheckpointError) as e:
         sys.exit(f"export_model: {e}")
     print(f"wrote {path}")

@@ -27,6 +27,7 @@ __all__ = [
     "CONFIGURED",
     "build_model",
     "build_train_loader",
+    "build_test_loader",
     "configured_weights",
     "data_class_names",
     "input_format",
@@ -211,3 +212,13 @@ def build_train_loader(cfg) -> Tuple[object, int]:
     target = locate(target) if isinstance(target, str) else target
     kwargs = {k: instantiate(v) for k, v in node.items() if k not in ("_target_", "dataset")}
     return target(dataset=dataset, **kwargs), len(dataset)
+
+
+def build_test_loader(cfg):
+    """The data loader of the config's test set: dataloader.test of a LazyConfig,
+    DATASETS.TEST[0] of a yacs config."""
+    if is_yacs(cfg):
+        from detectron2.data import build_detection_test_loader
+
+        return build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
+    return instantiate(cfg.dataloader.test)

@@ -10,22 +10,33 @@ image, clipped to it, ``scores`` (K,) and ``classes`` (K,) int64, best first,
 K = min(test_topk, num_queries * num_classes): the Instances the eager model
 returns for that image, except that the empty boxes detector_postprocess drops
 are kept (a fixed K keeps the graph free of data-dependent shapes).
+
+Precisions: "fp32"; "bf16" (bfloat16 autocast, deformable_detr.precision) for
+torchscript, exported-program and aoti; "int8" for ONNX (static quantization
+calibrated on a few images, deformable_detr.quantization).
 """
 
 import os
-from typing import Callable, Dict, Sequence, Tuple
+import tempfile
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.modeling import detector_postprocess
+from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from .build import build_model, input_format, load_config
 from .meta_arch import DeformableDETR
-from .precision import full_precision, inference_autocast
+from .precision import PRECISIONS, full_precision, inference_autocast, set_inference_precision
 from .transformer import sizes_as_tensor
 
 __all__ = [
+    "EXPORT_PRECISIONS",
     "FORMATS",
+    "ArtefactDetector",
     "ImageToDetections",
+    "artefact_format",
+    "check_precision",
     "dynamic_image_shapes",
     "export",
     "load_artefact",
@@ -42,7 +53,8 @@ class ImageToDetections(nn.Module):
 
     def __init__(self, model: DeformableDETR):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        self.eval()
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """image: (3, H, W) float. Returns boxes (K, 4), scores (K,), classes (K,)."""
@@ -131,24 +143,78 @@ FORMATS: Dict[str, Tuple[str, Callable, str]] = {
 }
 
 
+EXPORT_PRECISIONS = PRECISIONS + ("int8",)
+INT8_FILE_NAME = "model_int8.onnx"
+
+
+def check_precision(fmt: str, precision: str) -> None:
+    """Raises ValueError, saying why, when format `fmt` cannot be exported at `precision`."""
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(
+            f"export precision {precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}"
+        )
+    if fmt == "onnx" and precision == "bf16":
+        raise ValueError(
+            "ONNX export at bf16: onnxruntime's CPU provider has no bfloat16 convolution, "
+            "so the graph would not load; export ONNX in fp32 or int8, or use torchscript, "
+            "exported-program or aoti for bf16"
+        )
+    if precision == "int8" and fmt != "onnx":
+        raise ValueError(
+            f"int8 export is for onnx (onnxruntime runs the quantized graph), not {fmt}; "
+            "use --format onnx, or fp32/bf16 for the other formats"
+        )
+
+
 def export(
-    model: DeformableDETR, image: torch.Tensor, fmt: str, output_dir: str
+    model: DeformableDETR,
+    image: torch.Tensor,
+    fmt: str,
+    output_dir: str,
+    precision: Optional[str] = None,
+    calibration_images: Sequence[torch.Tensor] = (),
 ) -> Tuple[str, str]:
     """Exports `model` in format `fmt` (a key of FORMATS), traced on `image` (3, H, W),
-    into output_dir. Returns the artefact's path and a line of Python that loads and runs it
-    on an `image` tensor."""
+    into output_dir, at `precision` (one of EXPORT_PRECISIONS; default the model's
+    inference_precision, which this sets). "int8" (ONNX only) quantizes the float32
+    graph, calibrated on `calibration_images` (each (3, H, W) as the artefact takes
+    them). Returns the artefact's path and a line of Python that loads and runs it on
+    an `image` tensor."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and model.inference_precision != "fp32":
-        raise ValueError(
-            f"ONNX export at inference_precision={model.inference_precision}: onnxruntime's "
-            "CPU provider has no bfloat16 convolution, so the graph would not load; export "
-            "ONNX in fp32, or use torchscript, exported-program or aoti for bf16"
-        )
+    precision = precision or model.inference_precision
+    check_precision(fmt, precision)
+    if precision == "int8" and len(calibration_images) == 0:
+        raise ValueError("int8 export needs calibration images (a few of the test set)")
+    float_precision = "fp32" if precision == "int8" else precision
+    if model.inference_precision != float_precision:
+        set_inference_precision(model, float_precision)
     file_name, save, usage = FORMATS[fmt]
+    if precision == "int8":
+        from .quantization import quantize_onnx
+
+        path = os.path.join(output_dir, INT8_FILE_NAME)
+        with tempfile.TemporaryDirectory() as scratch:
+            float32_path = os.path.join(scratch, file_name)
+            save(ImageToDetections(model), image, float32_path)
+            quantize_onnx(float32_path, path, calibration_images)
+        return path, usage.format(path=path)
     path = os.path.join(output_dir, file_name)
     save(ImageToDetections(model), image, path)
     return path, usage.format(path=path)
+
+
+def artefact_format(path: str) -> str:
+    """The format (a key of FORMATS) of an artefact by the ending of its name, as
+    `export` names them: .ts, .onnx, .pt2 (exported-program) and _aoti.pt2."""
+    endings = {fmt: file_name.replace("model", "", 1) for fmt, (file_name, _, _) in FORMATS.items()}
+    for fmt, ending in sorted(endings.items(), key=lambda item: -len(item[1])):
+        if path.endswith(ending):
+            return fmt
+    raise ValueError(
+        f"cannot tell the format of artefact {path!r} by its name; expected a name ending "
+        + ", ".join(f"{ending} ({fmt})" for fmt, ending in endings.items())
+    )
 
 
 def load_artefact(path: str, fmt: str) -> Callable:
@@ -164,6 +230,29 @@ def load_artefact(path: str, fmt: str) -> Callable:
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return lambda image: [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy()})]
+
+
+class ArtefactDetector:
+    """An exported artefact (a function image (3, H, W) -> boxes, scores, classes, as
+    load_artefact returns) in the eager model's interface for inference: a list of the
+    test mapper's dicts -> [{"instances": Instances}] in each image's original pixels
+    ("height", "width"), as detectron2's inference_on_dataset and evaluators take it."""
+
+    def __init__(self, artefact: Callable):
+        self.artefact = artefact
+
+    def __call__(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+        processed = []
+        for inputs in batched_inputs:
+            image = inputs["image"].float()
+            boxes, scores, classes = self.artefact(image)
+            height, width = image.shape[-2:]
+            result = Instances(
+                (height, width), pred_boxes=Boxes(boxes), scores=scores, pred_classes=classes
+            )
+            original = inputs.get("height", height), inputs.get("width", width)
+            processed.append({"instances": detector_postprocess(result, *original)})
+        return processed
 
 
 def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDETR, str]:

@@ -14,18 +14,20 @@ import contextlib
 import functools
 import logging
 import re
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 from torch import nn
 
 __all__ = [
     "FLOAT32_MODULES",
+    "detection_agreement",
     "PRECISIONS",
     "full_precision",
     "has_native_bfloat16",
     "inference_autocast",
     "keep_float32",
+    "module_name_pattern",
     "set_inference_precision",
 ]
 
@@ -42,6 +44,12 @@ FLOAT32_MODULES = ("sampling_offsets", "attention_weights", "reference_points", 
 
 
 def _check(precision: str) -> None:
+    if precision == "int8":
+        raise ValueError(
+            "inference precision 'int8' is for exported models: export ONNX with "
+            "tools/deploy/export_model.py --format onnx --precision int8 and run it on "
+            "onnxruntime (demo/demo.py --artefact, deformable_detr.export.ArtefactDetector)"
+        )
     if precision not in PRECISIONS:
         raise ValueError(
             f"inference precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
@@ -73,14 +81,22 @@ def _float32_forward(forward, *args, **kwargs):
         return forward(*args, **kwargs)
 
 
+def module_name_pattern(names: Sequence[str]):
+    """A regex that finds a qualified module name whose last part is one of `names`,
+    or an element of a ModuleList so named ("decoder.bbox_embed.2"); None for no names."""
+    if not names:
+        return None
+    return re.compile(rf"(^|\.)({'|'.join(map(re.escape, names))})(\.\d+)?$")
+
+
 def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_MODULES) -> int:
     """Makes every submodule named one of `names` (or an element of a ModuleList so
     named) run in float32 on float32 inputs inside an autocast region (its
     parameters and state_dict are unchanged). Returns how many modules it changed;
     applying it twice changes nothing."""
-    if not names:
+    pattern = module_name_pattern(names)
+    if pattern is None:
         return 0
-    pattern = re.compile(rf"(^|\.)({'|'.join(map(re.escape, names))})(\.\d+)?$")
     changed = 0
     for qualified_name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) or not pattern.search(qualified_name):
@@ -116,3 +132,21 @@ def set_inference_precision(
             )
     model.inference_precision = precision
     return model
+
+
+def detection_agreement(detections, reference, iou: float = 0.9) -> Tuple[int, int, int]:
+    """How far reduced-precision detections follow the float32 ones, over images:
+    `detections` and `reference` are lists of Instances (best first), one per image.
+    Returns (ranks where the class is the reference's, reference detections with a
+    detection of their class at IoU >= `iou` among `detections`, reference detections)."""
+    from detectron2.structures import pairwise_iou
+
+    same_class = same_box = total = 0
+    for got, expected in zip(detections, reference):
+        n = min(len(got), len(expected))
+        same_class += int((got.pred_classes[:n] == expected.pred_classes[:n]).sum())
+        overlap = pairwise_iou(expected.pred_boxes, got.pred_boxes)
+        overlap[expected.pred_classes[:, None] != got.pred_classes[None, :]] = 0
+        same_box += int((overlap >= iou).any(dim=1).sum())
+        total += len(expected)
+    return same_class, same_box, total
