@@ -9,8 +9,9 @@ onnxruntime runs the quantized convolutions and matrix products in int8. Weights
 saturate int16 at 8 bits. Quantized are the convolutions (backbone, input
 projections) and the linear layers with a constant weight, except those named by
 ``deformable_detr.precision.FLOAT32_MODULES`` (sampling offsets, attention weights,
-reference points, box heads: their outputs place samples and boxes) and the
-products of two activations (attention scores). Everything else (MSDA's sampling,
+reference points, box heads: their outputs place samples and boxes). The decoder
+self-attention stays float32 too: its products of two activations, and its
+in-projections, whose packed weight the graph splits at run time. Everything else (MSDA's sampling,
 normalizations, softmax, post-processing) stays float32. docs/benchmarks.md has the
 measurements behind the choice.
 """
