@@ -45,6 +45,7 @@ from deformable_detr.build import build_model, input_format, is_yacs, registered
 from deformable_detr.checkpoint import UnreadableCheckpointError
 from deformable_detr.data import synthetic
 from deformable_detr.data.coco_json import DatasetError, register_yacs_datasets
+from deformable_detr.data.dataset_mapper import detr_test_augmentation
 from deformable_detr.export import ArtefactDetector, artefact_format, load_artefact
 from deformable_detr.overrides import ConfigOverrideError, apply_overrides
 
@@ -111,10 +112,11 @@ def test_metadata(dataset_name: str):
 
 def test_augmentation(cfg) -> T.AugmentationList:
     """The resize of the config's test images: the LazyConfig test mapper's
-    augmentation, or yacs INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST as DefaultPredictor's."""
+    augmentation, or the yacs test mapper's (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)."""
     if is_yacs(cfg):
-        size = cfg.INPUT.MIN_SIZE_TEST
-        return T.AugmentationList([T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)])
+        return T.AugmentationList(
+            detr_test_augmentation(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        )
     augmentation = instantiate(cfg.dataloader.test.mapper.get("augmentation", None)) or []
     return T.AugmentationList(
         [augmentation] if isinstance(augmentation, T.Augmentation) else list(augmentation)

@@ -18,6 +18,7 @@ detection of their class among the path's 10 best with IoU >= 0.9.
 """
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -26,7 +27,7 @@ from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 
 from deformable_detr.build import build_model, load_config
-from deformable_detr.export import ArtefactDetector, export, load_artefact
+from deformable_detr.export import FORMATS, ArtefactDetector, export, load_artefact
 from deformable_detr.precision import (
     FLOAT32_MODULES,
     detection_agreement,
@@ -54,7 +55,10 @@ def parse_args(argv=None):
     parser.add_argument("--compare-images", type=int, default=20)
     parser.add_argument("--calibration-images", type=int, default=16)
     parser.add_argument(
-        "--rows", nargs="+", choices=[s[0] for s in SETTINGS], help="default: every row"
+        "--row",
+        action="append",
+        choices=[s[0] for s in SETTINGS],
+        help="a row to measure, once per row (--row fp32 --row 'ONNX fp32'); default: every row",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser.parse_args(argv)
@@ -62,10 +66,11 @@ def parse_args(argv=None):
 
 def build_path(cfg, path, precision, kept, workdir, calibration):
     """The model of one setting, as a callable on the test loader's batches."""
-    model = build_model(cfg, device="cpu")
     if path == "eager":
-        return set_inference_precision(model, precision, kept)
-    float32_path, _ = export(model, calibration[0], "onnx", workdir, "fp32")
+        return set_inference_precision(build_model(cfg, device="cpu"), precision, kept)
+    float32_path = os.path.join(workdir, FORMATS["onnx"][0])  # the ONNX rows share one export
+    if not os.path.exists(float32_path):
+        export(build_model(cfg, device="cpu"), calibration[0], "onnx", workdir, "fp32")
     onnx_path = float32_path
     if precision == "int8":
         onnx_path = f"{workdir}/model_int8_{len(kept)}.onnx"
@@ -84,7 +89,7 @@ def main(argv=None):
     loader = instantiate(cfg.dataloader.test)
     sample = [batch for _, batch in zip(range(args.compare_images), loader)]
     calibration = calibration_images(cfg, args.calibration_images)
-    settings = [s for s in SETTINGS if not args.rows or s[0] in args.rows]
+    settings = [s for s in SETTINGS if not args.row or s[0] in args.row]
     rows, reference, reference_seconds = [], None, None
     with tempfile.TemporaryDirectory() as workdir:
         for name, path, precision, kept in settings:

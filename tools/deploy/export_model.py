@@ -26,16 +26,9 @@ import sys
 import numpy as np
 import torch
 
-from deformable_detr.build import load_config
+from deformable_detr.build import build_model, input_format, load_config
 from deformable_detr.checkpoint import UnreadableCheckpointError
-from deformable_detr.export import (
-    EXPORT_PRECISIONS,
-    FORMATS,
-    MIN_SIZE,
-    check_precision,
-    export,
-    load_model,
-)
+from deformable_detr.export import EXPORT_PRECISIONS, FORMATS, MIN_SIZE, check_precision, export
 
 
 def parse_args(argv=None):
@@ -98,21 +91,21 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         output = writable_directory(args.output)
-        model, input_format = load_model(args.config_file, args.opts)
+        cfg = load_config(args.config_file, args.opts)
+        model = build_model(cfg, device="cpu")  # weights loaded strictly
         check_precision(args.format, args.precision or model.inference_precision)
         calibration = []
         if args.precision == "int8":
             from deformable_detr.quantization import calibration_images
 
-            cfg = load_config(args.config_file, args.opts)
             calibration = calibration_images(cfg, args.calibration_images)
-        image = sample_image(args.sample_image, input_format)
+        image = sample_image(args.sample_image, input_format(cfg))
         path, usage = export(model, image, args.format, output, args.precision, calibration)
     except (ValueError, OSError, UnreadableCheckpointError) as e:
         sys.exit(f"export_model: {e}")
     print(f"wrote {path}")
     print(
-        f"input: image (3, H, W) float32 0-255, {input_format}, H and W >= {MIN_SIZE}; "
+        f"input: image (3, H, W) float32 0-255, {input_format(cfg)}, H and W >= {MIN_SIZE}; "
         "outputs: boxes (K, 4) x1y1x2y2 pixels, scores (K,), classes (K,)"
     )
     print(f"load and run: {usage}")

@@ -21,8 +21,8 @@ from torch import nn
 
 __all__ = [
     "FLOAT32_MODULES",
-    "detection_agreement",
     "PRECISIONS",
+    "detection_agreement",
     "full_precision",
     "has_native_bfloat16",
     "inference_autocast",

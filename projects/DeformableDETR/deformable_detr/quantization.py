@@ -11,9 +11,9 @@ projections) and the linear layers with a constant weight, except those named by
 ``deformable_detr.precision.FLOAT32_MODULES`` (sampling offsets, attention weights,
 reference points, box heads: their outputs place samples and boxes). The decoder
 self-attention stays float32 too: its products of two activations, and its
-in-projections, whose packed weight the graph splits at run time. Everything else (MSDA's sampling,
-normalizations, softmax, post-processing) stays float32. docs/benchmarks.md has the
-measurements behind the choice.
+in-projections, whose packed weight the graph splits at run time. Everything else
+(MSDA's sampling, normalizations, softmax, post-processing) stays float32.
+docs/benchmarks.md has the measurements behind the choice.
 """
 
 import ast
