@@ -41,13 +41,13 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 from deformable_detr import load_yacs_config
-from deformable_detr.build import build_model, input_format, is_yacs, registered_dataset_name
-from deformable_detr.checkpoint import UnreadableCheckpointError
+from deformable_detr.checkpoint.checkpointer import UnreadableCheckpointError
+from deformable_detr.config.build import build_model, input_format, is_yacs, registered_dataset_name
+from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
 from deformable_detr.data import synthetic
 from deformable_detr.data.coco_json import DatasetError, register_yacs_datasets
 from deformable_detr.data.dataset_mapper import detr_test_augmentation
-from deformable_detr.export import ArtefactDetector, artefact_format, load_artefact
-from deformable_detr.overrides import ConfigOverrideError, apply_overrides
+from deformable_detr.export.artefacts import ArtefactDetector, artefact_format, load_artefact
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -204,6 +204,6 @@ if __name__ == "__main__":
     except (
         ConfigOverrideError,
         DatasetError,
-        UnreadableCheckpointError,  # also from DefaultPredictor (see deformable_detr.checkpoint)
+        UnreadableCheckpointError,  # also from DefaultPredictor (deformable_detr.checkpoint)
     ) as e:
         raise SystemExit(f"error: {e}")

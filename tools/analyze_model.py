@@ -13,7 +13,7 @@
 FLOPs come from fvcore's FlopCountAnalysis (detectron2's subclass, which traces
 detectron2 models with torch.jit): one "flop" per multiply-add, element-wise
 ops not counted, the MSDA op d2ext::ms_deform_attn counted by
-deformable_detr.flops (5 multiply-adds per channel per sampling point). The
+deformable_detr.export.flops (5 multiply-adds per channel per sampling point). The
 model has random weights (nothing is loaded) and runs in eval mode, on one
 --height x --width image (no resize), post-processing included.
 """
@@ -25,9 +25,9 @@ import sys
 import torch
 from fvcore.nn import flop_count_table
 
-from deformable_detr.build import build_model, load_config
+from deformable_detr.config.build import build_model, load_config
 from deformable_detr.data.coco_json import DatasetError
-from deformable_detr.flops import count_parameters, flop_count_analysis
+from deformable_detr.export.flops import count_parameters, flop_count_analysis
 
 
 def parse_args(argv=None):

@@ -22,7 +22,7 @@ layers, hidden_dim 256, 8 heads, FFN 1024, 4 points, dropout 0.1, 300 queries,
 --num-classes labels (80 by default, as configs/COCO), auxiliary losses on every
 decoder layer. Ours is configs/COCO/deformable_detr_r50*_50ep.py via LazyConfig
 with model.transformer.msda_backend overridden; HF's is built from it by
-deformable_detr.interop.hf_peer (so its attention and FFN dropouts are the official 0.1
+deformable_detr.checkpoint.hf_peer (so its attention and FFN dropouts are the official 0.1
 too, and the same backbone stages train), with its MSDA on the PyTorch
 grid_sample path (no hub kernels).
 
@@ -70,9 +70,9 @@ def build_ours(variant, backend, num_classes, device):
 
 
 def build_hf(variant, num_classes, device):
-    """HF's model shaped like ours (deformable_detr.interop.hf_peer), with our matcher
+    """HF's model shaped like ours (deformable_detr.checkpoint.hf_peer), with our matcher
     costs and loss weights."""
-    from deformable_detr.interop.hf_peer import build_hf_peer
+    from deformable_detr.checkpoint.hf_peer import build_hf_peer
 
     ours = build_ours(variant, "torch", num_classes, "cpu")
     model = build_hf_peer(
@@ -237,8 +237,8 @@ def deploy_runners(model, image, precision, workdir, calibration=()):
     bfloat16 convolution); int8: ONNX only, calibrated on `calibration` images."""
     import time
 
-    from deformable_detr.export import ImageToDetections, export
-    from deformable_detr.precision import set_inference_precision
+    from deformable_detr.export.artefacts import ImageToDetections, export
+    from deformable_detr.export.precision import set_inference_precision
 
     runners = {}
 

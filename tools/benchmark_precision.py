@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """AP and time of a trained model's inference at each precision, on its config's
 test set: the eager model in float32, in bfloat16 with the layers that place
-samples and boxes in float32 (deformable_detr.precision.FLOAT32_MODULES, the "bf16"
+samples and boxes in float32 (deformable_detr.export.precision.FLOAT32_MODULES, the "bf16"
 switch) and in bfloat16 everywhere; its ONNX export on onnxruntime in float32, in
 int8 with the same layers in float32 (the "int8" switch, calibrated on the first
 --calibration-images test images) and in int8 everywhere. The "everywhere" rows are
@@ -26,14 +26,14 @@ import torch
 from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 
-from deformable_detr.build import build_model, load_config
-from deformable_detr.export import FORMATS, ArtefactDetector, export, load_artefact
-from deformable_detr.precision import (
+from deformable_detr.config.build import build_model, load_config
+from deformable_detr.export.artefacts import FORMATS, ArtefactDetector, export, load_artefact
+from deformable_detr.export.precision import (
     FLOAT32_MODULES,
     detection_agreement,
     set_inference_precision,
 )
-from deformable_detr.quantization import calibration_images, quantize_onnx
+from deformable_detr.export.quantization import calibration_images, quantize_onnx
 
 # (row name, path, precision, layers kept in float32)
 SETTINGS = (

@@ -25,13 +25,13 @@ import sys
 
 import torch
 
-from deformable_detr.build import build_model, load_config
-from deformable_detr.checkpoint import load_weights_file
-from deformable_detr.interop.backbone_weights import (
+from deformable_detr.checkpoint.backbone_weights import (
     BACKBONE_SOURCES,
     check_fits,
     convert_backbone_state_dict,
 )
+from deformable_detr.checkpoint.checkpointer import load_weights_file
+from deformable_detr.config.build import build_model, load_config
 
 
 def main(argv=None):

@@ -14,11 +14,11 @@ inferred from the weights. HF ties every class head (and, without box
 refinement, every box head) to head 0 and saves one copy: those heads are
 filled from head 0, which is what HF computes with. The variant, class and key
 checks are those of tools/convert_official_checkpoint.py (both tools are
-deformable_detr.interop.converter).
+deformable_detr.checkpoint.converter).
 """
 
-from deformable_detr.interop.converter import main as convert_main
-from deformable_detr.interop.converter import read_hf
+from deformable_detr.checkpoint.converter import main as convert_main
+from deformable_detr.checkpoint.converter import read_hf
 
 
 def main(argv=None):

@@ -20,8 +20,8 @@ Every source key is accounted for: converted, a repeat of a shared head, or
 listed as unused; a model key the checkpoint cannot fill is an error.
 """
 
-from deformable_detr.interop.converter import main as convert_main
-from deformable_detr.interop.converter import read_official
+from deformable_detr.checkpoint.converter import main as convert_main
+from deformable_detr.checkpoint.converter import read_official
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ period, eval_period, eval_after_train, log_period, device, seed (a fixed one mak
 --resume after a kill end bit-identical to an uninterrupted run on the CPU).
 
 One run at a time per train.output_dir (train.lock in it). Weights files load as
-data only and checkpoints are written atomically (see deformable_detr.checkpoint).
+data only and checkpoints are written atomically (see deformable_detr.checkpoint.checkpointer).
 """
 
 import logging
@@ -34,28 +34,28 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
-from deformable_detr.build import build_model, build_train_loader, data_class_names
-from deformable_detr.checkpoint import (
+from deformable_detr.checkpoint.checkpointer import (
     BEST_CHECKPOINT,
     BestModelCheckpointer,
     DetrCheckpointer,
     UnreadableCheckpointError,
 )
+from deformable_detr.checkpoint.loading_rule import ClassNames, LoadingRule
+from deformable_detr.config.build import build_model, build_train_loader, data_class_names
+from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
 from deformable_detr.data.coco_json import DatasetError
-from deformable_detr.engine import DetrTrainer
-from deformable_detr.hooks import PeriodicCheckpointer
-from deformable_detr.output import (
+from deformable_detr.engine.hooks import PeriodicCheckpointer
+from deformable_detr.engine.output import (
     AtomicJSONWriter,
     DiskFullError,
     OutputDirInUseError,
     drop_metrics_from,
     lock_output_dir,
 )
-from deformable_detr.overrides import ConfigOverrideError, apply_overrides
-from deformable_detr.rng import preserved_rng_states
-from deformable_detr.schedule import resolve_schedule
-from deformable_detr.tta import with_test_time_augmentation
-from deformable_detr.weights import ClassNames, LoadingRule
+from deformable_detr.engine.rng import preserved_rng_states
+from deformable_detr.engine.trainer import DetrTrainer
+from deformable_detr.modeling.test_time_augmentation import with_test_time_augmentation
+from deformable_detr.solver.schedule import resolve_schedule
 
 logger = logging.getLogger("deformable_detr")
 

@@ -13,7 +13,7 @@ dataloader.train.total_batch_size = BATCH_SIZE
 model.num_classes = len(MetadataCatalog.get("coco_2017_train").thing_classes)
 # 50 epochs, lr / 10 after 40, checkpoints every epoch, evaluation every 5, at the
 # batch of dataloader.train.total_batch_size (184,824 iterations of 32 images on
-# train2017's 118,287); optimizer.lr is the lr at batch 32 (deformable_detr.schedule)
+# train2017's 118,287); optimizer.lr is the lr at batch 32 (deformable_detr.solver.schedule)
 lr_multiplier = epoch_step_multiplier(total_epochs=50, drop_epochs=40)
 train.epochs, train.checkpoint_epochs, train.eval_epochs = 50, 1, 5
 train.max_iter = train.checkpointer.period = train.eval_period = None

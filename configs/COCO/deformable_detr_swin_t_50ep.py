@@ -3,7 +3,7 @@
 from detectron2.config import LazyCall as L
 
 from deformable_detr.backbones import detector_param_groups
-from deformable_detr.optim import LrFactor
+from deformable_detr.solver.lr_factors import LrFactor
 
 from ..common.models.backbones import SWIN_FEATURES, SWIN_T, SWIN_T_WEIGHTS
 from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train

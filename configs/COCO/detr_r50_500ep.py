@@ -14,7 +14,7 @@ dataloader.train.total_batch_size = BATCH_SIZE
 model.num_classes = len(MetadataCatalog.get("coco_2017_train").thing_classes)
 optimizer.lr = 1e-4
 optimizer.params.lr_factor_func.backbone_multiplier = 0.1
-# in epochs, at the batch of dataloader.train.total_batch_size (deformable_detr.schedule):
+# in epochs, at the batch of dataloader.train.total_batch_size (deformable_detr.solver.schedule):
 # 924,118 iterations at batch 64; optimizer.lr is the lr at batch 64
 lr_multiplier = epoch_step_multiplier(total_epochs=500, drop_epochs=400)
 train.epochs, train.checkpoint_epochs, train.eval_epochs = 500, 1, 10

@@ -4,7 +4,7 @@ import torch
 from detectron2.config import LazyCall as L
 from detectron2.solver.build import get_default_optimizer_params
 
-from deformable_detr.optim import LrFactor
+from deformable_detr.solver.lr_factors import LrFactor
 
 AdamW = L(torch.optim.AdamW)(
     params=L(get_default_optimizer_params)(

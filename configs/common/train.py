@@ -6,14 +6,14 @@ train = dict(
     # With epochs set, max_iter, checkpointer.period and eval_period left None follow from
     # epochs, checkpoint_epochs and eval_epochs at any dataloader.train.total_batch_size, and
     # optimizer.lr, the lr at lr_reference_batch_size, is scaled by lr_scaling ("sqrt",
-    # "linear" or "none") to the batch (deformable_detr.schedule).
+    # "linear" or "none") to the batch (deformable_detr.solver.schedule).
     epochs=None,
     checkpoint_epochs=None,
     eval_epochs=None,
     lr_reference_batch_size=None,
     lr_scaling="sqrt",
     # fine-tuning: also re-initialise class heads of the same class count when the
-    # checkpoint does not record its classes (deformable_detr.weights)
+    # checkpoint does not record its classes (deformable_detr.checkpoint.loading_rule)
     reinit_class_heads=False,
     amp=dict(enabled=False, dtype="float16"),  # dtype: "float16" or "bfloat16"
     clip_max_norm=0.1,
@@ -23,9 +23,10 @@ train = dict(
     eval_after_train=True,  # False: no evaluation at the end (eval_period 0 then means none at all)
     log_period=20,
     seed=-1,  # < 0: a new random seed each run; a fixed seed makes --resume continue bit-exactly
-    # evaluation with test-time augmentation (deformable_detr.tta): every min size, each
-    # with and without a horizontal flip, merged per class by weighted box fusion ("wbf")
-    # or NMS ("nms") of the detections overlapping by more than iou_threshold. The paper's
+    # evaluation with test-time augmentation (deformable_detr.modeling.test_time_augmentation):
+    # every min size, each with and without a horizontal flip, merged per class by weighted
+    # box fusion ("wbf") or NMS ("nms") of the detections overlapping by more than
+    # iou_threshold. The paper's
     # Table 3 uses flip and multi-scale testing without giving sizes; these are
     # detectron2's TEST.AUG.
     test_aug=dict(

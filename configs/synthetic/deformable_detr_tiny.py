@@ -71,7 +71,8 @@ dataloader.test = L(build_detection_test_loader)(
 dataloader.evaluator = L(DetrCOCOEvaluator)(dataset_name=VAL)
 
 # about 15 minutes on a 2-core CPU: 4.5 epochs (1125 iterations at batch 8), lr / 10
-# after 4, evaluation at the end; optimizer.lr is the lr at batch 8 (deformable_detr.schedule)
+# after 4, evaluation at the end; optimizer.lr is the lr at batch 8
+# (deformable_detr.solver.schedule)
 lr_multiplier = epoch_step_multiplier(total_epochs=4.5, drop_epochs=4)
 train.epochs, train.max_iter = 4.5, None
 train.lr_reference_batch_size = BATCH_SIZE

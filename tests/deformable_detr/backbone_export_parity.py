@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from deformable_detr.export import export, load_artefact
+from deformable_detr.export.artefacts import export, load_artefact
 
 from .backbone_configs import shrunk_model
 from .export_parity import EXPORT_SIZE, RUN_SIZES, compare

@@ -14,7 +14,7 @@ import tempfile
 
 import torch
 
-from deformable_detr.export import export, load_artefact
+from deformable_detr.export.artefacts import export, load_artefact
 
 from .tiny_model import build_model
 

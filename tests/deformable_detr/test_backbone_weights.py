@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from deformable_detr.interop.backbone_weights import (
+from deformable_detr.checkpoint.backbone_weights import (
     backbone_keys_without_pretraining,
     check_fits,
     convert_backbone_state_dict,

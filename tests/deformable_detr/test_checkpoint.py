@@ -1,4 +1,4 @@
-"""deformable_detr.checkpoint: weights files load as data only (.pth, model-zoo
+"""deformable_detr.checkpoint.checkpointer: weights files load as data only (.pth, model-zoo
 .pkl, .safetensors), unreadable files give one clear line, checkpoints are
 written whole and finite, and resume skips an unreadable checkpoint."""
 
@@ -13,7 +13,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from safetensors.torch import save_file
 
 import deformable_detr  # noqa: F401  (makes DetectionCheckpointer load data only)
-from deformable_detr.checkpoint import (
+from deformable_detr.checkpoint.checkpointer import (
     BestModelCheckpointer,
     DetrCheckpointer,
     UnreadableCheckpointError,

@@ -10,7 +10,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from deformable_detr import load_yacs_config
-from deformable_detr.schedule import resolve_schedule
+from deformable_detr.solver.schedule import resolve_schedule
 
 COCO_TRAIN_IMAGES = 118_287
 

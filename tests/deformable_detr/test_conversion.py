@@ -11,9 +11,9 @@ import pytest
 import torch
 import torchvision
 
-from deformable_detr.interop import converter
-from deformable_detr.interop.hf_peer import build_hf_peer
-from deformable_detr.interop.state_dicts import (
+from deformable_detr.checkpoint import converter
+from deformable_detr.checkpoint.hf_peer import build_hf_peer
+from deformable_detr.checkpoint.state_dicts import (
     Variant,
     coco_raw_class_ids,
     convert_hf_state_dict,

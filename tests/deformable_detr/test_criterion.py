@@ -5,8 +5,8 @@ import pytest
 import torch
 from detectron2.utils import comm
 
-from deformable_detr.criterion import SetCriterion
-from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.modeling.criterion import SetCriterion
+from deformable_detr.modeling.matcher import HungarianMatcher
 
 UNIT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 1.0, "loss_giou": 1.0}
 PAPER_WEIGHTS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}

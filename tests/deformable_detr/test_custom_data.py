@@ -11,7 +11,7 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from deformable_detr.build import build_model, data_class_names, load_config
+from deformable_detr.config.build import build_model, data_class_names, load_config
 from deformable_detr.data.coco_json import DatasetError, coco_json_dataset, register_coco_json
 
 from ..train_net_runs import ROOT, train_net
@@ -238,9 +238,9 @@ def test_r50_custom_config_takes_converted_coco_weights(coco_folder, tmp_path, c
     (80 classes, detectron2's names): the heads re-initialised, the rest loaded."""
     import logging
 
-    from deformable_detr.checkpoint import DetrCheckpointer
-    from deformable_detr.interop.state_dicts import coco_class_names
-    from deformable_detr.weights import LoadingRule
+    from deformable_detr.checkpoint.checkpointer import DetrCheckpointer
+    from deformable_detr.checkpoint.loading_rule import LoadingRule
+    from deformable_detr.checkpoint.state_dicts import coco_class_names
 
     coco_config = load_config(str(ROOT / "configs/COCO/deformable_detr_r50_50ep.py"))
     coco = build_model(coco_config, weights=None, device="cpu")
@@ -250,7 +250,7 @@ def test_r50_custom_config_takes_converted_coco_weights(coco_folder, tmp_path, c
     model = build_model(cfg, weights=None, device="cpu").train()
     checkpointer = DetrCheckpointer(model)
     checkpointer.loading_rule = LoadingRule(strict=False, class_names=data_class_names(cfg))
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.weights"):
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.checkpoint.loading_rule"):
         checkpointer.load(str(path))
     assert "the checkpoint's class heads have 80 classes (person, bicycle," in caplog.text
     state, loaded = coco.state_dict(), model.state_dict()

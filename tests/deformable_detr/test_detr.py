@@ -13,10 +13,10 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_convert, generalized_box_iou
 
-from deformable_detr.criterion import SetCriterion
-from deformable_detr.detr import DETR
-from deformable_detr.matcher import HungarianMatcher
-from deformable_detr.schedule import resolve_schedule
+from deformable_detr.modeling.criterion import SetCriterion
+from deformable_detr.modeling.matcher import HungarianMatcher
+from deformable_detr.modeling.meta_arch.detr import DETR
+from deformable_detr.solver.schedule import resolve_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 COCO_TRAIN_IMAGES = 118_287

@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.utils.events import EventStorage
 
-from deformable_detr.engine import DetrTrainer
+from deformable_detr.engine.trainer import DetrTrainer
 
 from .tiny_model import build_model, detection_batch
 

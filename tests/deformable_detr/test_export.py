@@ -1,4 +1,4 @@
-"""deformable_detr.export and tools/deploy/export_model.py: every format, every
+"""deformable_detr.export.artefacts and tools/deploy/export_model.py: every format, every
 variant, parity with the eager model at image sizes other than the export size
 (each format exported in a fresh process), and the tool's errors."""
 
@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from deformable_detr.build import build_model as build_configured_model
-from deformable_detr.build import load_config
-from deformable_detr.export import ImageToDetections, load_artefact, load_model
+from deformable_detr.config.build import build_model as build_configured_model
+from deformable_detr.config.build import load_config
+from deformable_detr.export.artefacts import ImageToDetections, load_artefact, load_model
 
 from ..scripts import ROOT, load_script
 from .tiny_model import VARIANTS, build_model

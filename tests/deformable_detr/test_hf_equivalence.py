@@ -23,8 +23,8 @@ import torch
 from detectron2.structures import Boxes
 from transformers import DeformableDetrImageProcessor  # a test requirement (requirements.txt)
 
-from deformable_detr.interop.hf_peer import build_hf_peer
-from deformable_detr.interop.state_dicts import (
+from deformable_detr.checkpoint.hf_peer import build_hf_peer
+from deformable_detr.checkpoint.state_dicts import (
     coco_raw_class_ids,
     convert_hf_state_dict,
     load_conversion,

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from deformable_detr.matcher import HungarianMatcher
+from deformable_detr.modeling.matcher import HungarianMatcher
 
 NUM_CLASSES = 5
 COST_CLASS, COST_BBOX, COST_GIOU = 2.0, 5.0, 2.0

@@ -1,4 +1,4 @@
-"""deformable_detr.output: atomic file replacement, metrics.json appended
+"""deformable_detr.engine.output: atomic file replacement, metrics.json appended
 atomically, and the one-training-per-directory lock."""
 
 import json
@@ -9,7 +9,7 @@ import time
 import pytest
 from detectron2.utils.events import EventStorage
 
-from deformable_detr.output import (
+from deformable_detr.engine.output import (
     AtomicJSONWriter,
     OutputDirInUseError,
     atomic_write,

@@ -1,7 +1,7 @@
 import pytest
 from detectron2.config import LazyConfig
 
-from deformable_detr.overrides import ConfigOverrideError, apply_overrides
+from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
 
 from ..train_net_runs import CONFIG
 

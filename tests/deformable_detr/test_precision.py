@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from deformable_detr.export import export, load_artefact
-from deformable_detr.precision import (
+from deformable_detr.export.artefacts import export, load_artefact
+from deformable_detr.export.precision import (
     has_native_bfloat16,
     inference_autocast,
     keep_float32,
@@ -59,7 +59,7 @@ def test_bad_precision_is_named():
 
 
 def test_emulated_bfloat16_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.precision"):
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.export.precision"):
         set_inference_precision(build_model("multi_scale"), "bf16")
     warned = "without AVX512-BF16 or AMX" in caplog.text
     assert warned == (not has_native_bfloat16())

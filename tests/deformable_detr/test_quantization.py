@@ -1,4 +1,4 @@
-"""int8 inference on ONNX Runtime (deformable_detr.quantization): which layers are
+"""int8 inference on ONNX Runtime (deformable_detr.export.quantization): which layers are
 quantized, the exported int8 model's AP on the synthetic set against float32, the
 artefact's detectron2 interface, and the errors of the paths that cannot run."""
 
@@ -11,21 +11,21 @@ import torch
 from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 
-from deformable_detr.build import build_model as build_configured_model
-from deformable_detr.build import load_config
-from deformable_detr.export import (
+from deformable_detr.config.build import build_model as build_configured_model
+from deformable_detr.config.build import load_config
+from deformable_detr.export.artefacts import (
     ArtefactDetector,
     ImageToDetections,
     export,
     load_artefact,
 )
-from deformable_detr.precision import (
+from deformable_detr.export.precision import (
     FLOAT32_MODULES,
     detection_agreement,
     module_name_pattern,
     set_inference_precision,
 )
-from deformable_detr.quantization import (
+from deformable_detr.export.quantization import (
     QUANTIZED_OPS,
     _module_names,
     calibration_images,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deformable_detr.data import build_resumable_train_loader
-from deformable_detr.rng import preserved_rng_states, restore_rng_states, rng_states
+from deformable_detr.engine.rng import preserved_rng_states, restore_rng_states, rng_states
 
 
 def _dataset(size=13):

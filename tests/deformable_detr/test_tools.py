@@ -1,4 +1,5 @@
-"""tools/plot_metrics.py, tools/analyze_model.py, the FLOP handles of deformable_detr.flops, and
+"""tools/plot_metrics.py, tools/analyze_model.py, the FLOP handles of
+deformable_detr.export.flops, and
 demo/demo.py on a randomly initialized synthetic-config checkpoint (yacs path in
 process, LazyConfig path in a subprocess with its own dataset root)."""
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import d2ext
-from deformable_detr.flops import MSDA_OP, flop_count_handles, msda_flops
+from deformable_detr.export.flops import MSDA_OP, flop_count_handles, msda_flops
 
 from ..scripts import ROOT, load_script
 from .coco_folder import write_coco_folder
@@ -208,7 +209,7 @@ def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
 
 
 def test_demo_runs_an_exported_artefact_as_the_model(tiny_checkpoint, images, tmp_path):
-    from deformable_detr.export import export, load_model
+    from deformable_detr.export.artefacts import export, load_model
 
     config = str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml")
     model, _ = load_model(config, [f"MODEL.WEIGHTS={tiny_checkpoint}"])

@@ -13,8 +13,11 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from deformable_detr import load_yacs_config
-from deformable_detr.box_fusion import weighted_boxes_fusion
-from deformable_detr.tta import DeformableDETRWithTTA, with_test_time_augmentation
+from deformable_detr.modeling.box_fusion import weighted_boxes_fusion
+from deformable_detr.modeling.test_time_augmentation import (
+    DeformableDETRWithTTA,
+    with_test_time_augmentation,
+)
 
 from ..scripts import ROOT
 from ..train_net_runs import MULTISCALE_CONFIG as MULTISCALE

@@ -1,4 +1,5 @@
-"""deformable_detr.weights and deformable_detr.build: strict loading for evaluation
+"""deformable_detr.checkpoint.loading_rule and deformable_detr.config.build: strict loading for
+evaluation
 and inference (one error naming what does not fit), lenient loading with an exact
 report for training, and class heads re-initialised when the classes differ."""
 
@@ -11,10 +12,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 from safetensors.torch import save_file
 
 import deformable_detr  # noqa: F401  (installs the loading rule)
-from deformable_detr.build import build_model as build_configured_model
-from deformable_detr.build import load_config
-from deformable_detr.checkpoint import DetrCheckpointer, UnreadableCheckpointError
-from deformable_detr.weights import LoadingRule, WeightsMismatchError
+from deformable_detr.checkpoint.checkpointer import DetrCheckpointer, UnreadableCheckpointError
+from deformable_detr.checkpoint.loading_rule import LoadingRule, WeightsMismatchError
+from deformable_detr.config.build import build_model as build_configured_model
+from deformable_detr.config.build import load_config
 
 from ..scripts import ROOT
 from .tiny_model import build_model
@@ -83,7 +84,7 @@ def test_fine_tuning_reinitialises_every_class_head_of_another_class_count(
     model = build_model(variant, num_classes=2).train()
     checkpointer = DetrCheckpointer(model)
     checkpointer.loading_rule = LoadingRule(strict=False, class_names=["bar", "ring"])
-    with caplog.at_level(logging.INFO, logger="deformable_detr.weights"):
+    with caplog.at_level(logging.INFO, logger="deformable_detr.checkpoint.loading_rule"):
         checkpointer.load(path)
     heads = _class_head_keys(model)
     # two-stage: one head per decoder layer plus the encoder's
@@ -109,7 +110,7 @@ def test_other_class_names_of_the_same_count_reinitialise_the_heads(tmp_path, ca
         model.class_embed[0].bias.fill_(5.0)
     checkpointer = DetrCheckpointer(model)
     checkpointer.loading_rule = LoadingRule(strict=False, class_names=["bar", "ring"])
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.weights"):
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.checkpoint.loading_rule"):
         checkpointer.load(path)
     torch.testing.assert_close(model.class_embed[0].bias, torch.full((2,), PRIOR_BIAS))
     assert not torch.equal(model.class_embed[0].weight, source.class_embed[0].weight)
@@ -127,7 +128,7 @@ def test_unrecorded_classes_are_kept_with_a_warning_or_reinitialised_on_request(
     source = build_model("multi_scale", num_classes=2)
     path = _save(tmp_path / "m.pth", source)  # no class names recorded
     model = build_model("multi_scale", num_classes=2).train()
-    with caplog.at_level(logging.WARNING, logger="deformable_detr.weights"):
+    with caplog.at_level(logging.WARNING, logger="deformable_detr.checkpoint.loading_rule"):
         DetrCheckpointer(model).load(path)
     assert torch.equal(model.class_embed[0].weight, source.class_embed[0].weight)
     assert "kept the checkpoint's 2-class heads" in caplog.text
@@ -156,7 +157,7 @@ def test_a_backbone_checkpoint_loads_leniently_with_a_report(tmp_path, caplog):
     backbone = {k: v for k, v in source.state_dict().items() if k.startswith("backbone.")}
     torch.save({"model": backbone}, tmp_path / "backbone.pth")
     model = build_model("multi_scale").train()
-    with caplog.at_level(logging.INFO, logger="deformable_detr.weights"):
+    with caplog.at_level(logging.INFO, logger="deformable_detr.checkpoint.loading_rule"):
         DetectionCheckpointer(model).load(str(tmp_path / "backbone.pth"))
     assert torch.equal(
         model.state_dict()["backbone.res5.0.conv1.weight"], backbone["backbone.res5.0.conv1.weight"]

@@ -4,11 +4,11 @@ import torch
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.structures import Boxes, Instances
 
-from deformable_detr.criterion import SetCriterion
-from deformable_detr.matcher import HungarianMatcher
-from deformable_detr.meta_arch import DeformableDETR
-from deformable_detr.position_encoding import PositionEmbeddingSine
-from deformable_detr.transformer import DeformableTransformer
+from deformable_detr.modeling.criterion import SetCriterion
+from deformable_detr.modeling.deformable_transformer import DeformableTransformer
+from deformable_detr.modeling.matcher import HungarianMatcher
+from deformable_detr.modeling.meta_arch.deformable_detr import DeformableDETR
+from deformable_detr.modeling.position_encoding import PositionEmbeddingSine
 
 VARIANTS = {
     "single_scale": dict(
@@ -100,7 +100,7 @@ def build_model(
 def build_model_and_hf_peer(variant, num_classes=5, num_queries=12):
     """A tiny transformer on ResNet-50 with HF's 32 GroupNorm groups, and HF
     transformers' model shaped like it (random weights of its own)."""
-    from deformable_detr.interop.hf_peer import build_hf_peer
+    from deformable_detr.checkpoint.hf_peer import build_hf_peer
 
     torch.manual_seed(0)
     ours = build_model(

@@ -11,9 +11,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
 from detectron2.data.datasets import register_coco_instances
 
 from deformable_detr import output
-from deformable_detr.checkpoint import DetrCheckpointer
+from deformable_detr.checkpoint.checkpointer import DetrCheckpointer
 from deformable_detr.data import DetrDatasetMapper, detection_dataset_dicts
-from deformable_detr.output import DiskFullError
+from deformable_detr.engine.output import DiskFullError
 
 from ..train_net_runs import command, run
 from .faulty_train_net import disk_full_open

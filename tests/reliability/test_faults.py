@@ -244,7 +244,7 @@ def _default_predictor_refuses(weights):
     from detectron2.engine import DefaultPredictor
 
     from deformable_detr import load_yacs_config
-    from deformable_detr.checkpoint import UnreadableCheckpointError
+    from deformable_detr.checkpoint.checkpointer import UnreadableCheckpointError
 
     cfg = load_yacs_config(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"), [])
     cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = str(weights), "cpu"

@@ -8,7 +8,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from safetensors.torch import save_file
 
-from deformable_detr.weights import WeightsMismatchError
+from deformable_detr.checkpoint.loading_rule import WeightsMismatchError
 
 from ..train_net_runs import CONFIG, ROOT, train_net
 

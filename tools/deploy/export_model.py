@@ -9,13 +9,13 @@ ExportedProgram or an AOTInductor package, for any image size.
         --config-file configs/COCO/deformable_detr_r50_50ep.yaml --format aoti --output exported/ \\
         --sample-image image.jpg MODEL.WEIGHTS=model_final.pth
 
---precision bf16 exports bfloat16 inference (deformable_detr.precision) for
+--precision bf16 exports bfloat16 inference (deformable_detr.export.precision) for
 torchscript, exported-program and aoti; --precision int8 exports ONNX with int8
-convolutions and linear layers (deformable_detr.quantization), calibrated on the
+convolutions and linear layers (deformable_detr.export.quantization), calibrated on the
 first --calibration-images images of the config's test set. The artefact takes
 one image (3, H, W) float32 in the config's input format,
 resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
-its pixels), scores (K,) and classes (K,) (see deformable_detr.export). The
+its pixels), scores (K,) and classes (K,) (see deformable_detr.export.artefacts). The
 sample image (--sample-image, else a generated one) only drives the tracing.
 """
 
@@ -26,9 +26,15 @@ import sys
 import numpy as np
 import torch
 
-from deformable_detr.build import build_model, input_format, load_config
-from deformable_detr.checkpoint import UnreadableCheckpointError
-from deformable_detr.export import EXPORT_PRECISIONS, FORMATS, MIN_SIZE, check_precision, export
+from deformable_detr.checkpoint.checkpointer import UnreadableCheckpointError
+from deformable_detr.config.build import build_model, input_format, load_config
+from deformable_detr.export.artefacts import (
+    EXPORT_PRECISIONS,
+    FORMATS,
+    MIN_SIZE,
+    check_precision,
+    export,
+)
 
 
 def parse_args(argv=None):
@@ -96,7 +102,7 @@ def main(argv=None):
         check_precision(args.format, args.precision or model.inference_precision)
         calibration = []
         if args.precision == "int8":
-            from deformable_detr.quantization import calibration_images
+            from deformable_detr.export.quantization import calibration_images
 
             calibration = calibration_images(cfg, args.calibration_images)
         image = sample_image(args.sample_image, input_format(cfg))

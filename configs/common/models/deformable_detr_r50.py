@@ -3,11 +3,11 @@
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from deformable_detr.criterion import SetCriterion
-from deformable_detr.matcher import HungarianMatcher
-from deformable_detr.meta_arch import DeformableDETR
-from deformable_detr.position_encoding import PositionEmbeddingSine
-from deformable_detr.transformer import DeformableTransformer
+from deformable_detr.modeling.criterion import SetCriterion
+from deformable_detr.modeling.deformable_transformer import DeformableTransformer
+from deformable_detr.modeling.matcher import HungarianMatcher
+from deformable_detr.modeling.meta_arch.deformable_detr import DeformableDETR
+from deformable_detr.modeling.position_encoding import PositionEmbeddingSine
 
 model = L(DeformableDETR)(
     backbone=L(ResNet)(
@@ -54,7 +54,7 @@ model = L(DeformableDETR)(
     pixel_std=[58.395, 57.120, 57.375],
     aux_loss=True,
     test_topk=100,
-    # "bf16": inference under bfloat16 autocast (deformable_detr.precision)
+    # "bf16": inference under bfloat16 autocast (deformable_detr.export.precision)
     inference_precision="fp32",
     prior_prob=0.01,
 )

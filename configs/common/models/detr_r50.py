@@ -5,11 +5,11 @@
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 
-from deformable_detr.criterion import SetCriterion
-from deformable_detr.detr import DETR
-from deformable_detr.detr_transformer import DetrTransformer
-from deformable_detr.matcher import HungarianMatcher
-from deformable_detr.position_encoding import PositionEmbeddingSine
+from deformable_detr.modeling.criterion import SetCriterion
+from deformable_detr.modeling.detr_transformer import DetrTransformer
+from deformable_detr.modeling.matcher import HungarianMatcher
+from deformable_detr.modeling.meta_arch.detr import DETR
+from deformable_detr.modeling.position_encoding import PositionEmbeddingSine
 
 model = L(DETR)(
     backbone=L(ResNet)(

@@ -1,16 +1,20 @@
 """Deformable DETR for detectron2. Importing this package registers the
-DeformableDETR meta-architecture and the synthetic shapes datasets (generated on
-first use), and makes detectron2's checkpointers load weights files as data only
-(see deformable_detr.checkpoint) and by the loading rule of deformable_detr.weights
-(strict for evaluation and inference, lenient with a report for training)."""
+DeformableDETR and DETR meta-architectures and the synthetic shapes datasets
+(generated on first use), and makes detectron2's checkpointers load weights files
+as data only and by the loading rule (deformable_detr.checkpoint: strict for
+evaluation and inference, lenient with a report for training).
 
-from . import data  # noqa: F401  (registers the synthetic datasets)
-from .checkpoint import load_weights_as_data
+The package is laid out as detectron2 is: modeling/, solver/, engine/,
+checkpoint/, config/, export/, data/, and study/ (the claims study)."""
+
+from . import _moved_modules, data  # noqa: F401  (data registers the synthetic datasets)
+from .checkpoint.checkpointer import load_weights_as_data
+from .checkpoint.loading_rule import install_loading_rule
 from .config import add_deformable_detr_config, load_yacs_config
-from .meta_arch import DeformableDETR
-from .weights import install_loading_rule
+from .modeling import DETR, DeformableDETR
 
 load_weights_as_data()
 install_loading_rule()
+_moved_modules.install()
 
-__all__ = ["DeformableDETR", "add_deformable_detr_config", "load_yacs_config"]
+__all__ = ["DETR", "DeformableDETR", "add_deformable_detr_config", "load_yacs_config"]

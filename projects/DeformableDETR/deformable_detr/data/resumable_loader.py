@@ -22,7 +22,7 @@ from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset
 
-from ..rng import seeded_rng
+from ..engine.rng import seeded_rng
 
 __all__ = ["ResumableTrainLoader", "build_resumable_train_loader"]
 

@@ -22,7 +22,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
 from torch import nn
 
-from ..output import atomic_write
+from ..engine.output import atomic_write
 
 __all__ = ["object_crops", "pretrain_backbone"]
 

@@ -1,5 +1,5 @@
 """Measurements of a trained contestant for the study's table: parameters, FLOPs
-(fvcore, with the MSDA rule of deformable_detr.flops) on the first validation
+(fvcore, with the MSDA rule of deformable_detr.export.flops) on the first validation
 image, inference images/s at batch 1 and training seconds per epoch."""
 
 import itertools
@@ -11,8 +11,8 @@ from typing import Dict
 import torch
 from detectron2.config import instantiate
 
-from ..build import build_model
-from ..flops import count_parameters, flop_count_analysis
+from ..config.build import build_model
+from ..export.flops import count_parameters, flop_count_analysis
 from .results import median_iteration_seconds
 from .runner import FINAL_CHECKPOINT
 

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional
 
 from ..data.shapes_benchmark import QUICK as QUICK_DATASET
 from ..data.shapes_benchmark import QUICK_DATASET_NAMES
-from ..schedule import iterations
+from ..solver.schedule import iterations
 
 
 @dataclass(frozen=True)

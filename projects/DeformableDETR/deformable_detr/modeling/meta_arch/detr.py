@@ -11,10 +11,10 @@ from detectron2.structures import ImageList
 from torch import nn
 from torchvision.ops import box_convert
 
-from .criterion import CLASS_LOSSES
-from .detector import SetPredictionDetector
-from .detr_transformer import DetrTransformer
-from .meta_arch import MLP
+from ..criterion import CLASS_LOSSES
+from ..detr_transformer import DetrTransformer
+from .deformable_detr import MLP
+from .set_prediction import SetPredictionDetector
 
 __all__ = ["DETR"]
 

@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 from torchvision.ops import box_convert
 
-from .precision import full_precision, inference_autocast
+from ...export.precision import full_precision, inference_autocast
 
 __all__ = ["SetPredictionDetector"]
 
@@ -22,7 +22,7 @@ class SetPredictionDetector(nn.Module):
     "pred_logits" (N, Q, K) and "pred_boxes" (N, Q, 4) normalized (cx, cy, w, h)
     (plus what its criterion takes). Inference here scores classes with a sigmoid
     (focal-loss heads); a softmax head with a no-object class overrides select_topk.
-    Inference runs at `inference_precision` ("fp32" or "bf16", deformable_detr.precision).
+    Inference runs at `inference_precision` ("fp32" or "bf16", deformable_detr.export.precision).
     """
 
     inference_precision = "fp32"

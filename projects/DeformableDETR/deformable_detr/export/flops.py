@@ -1,7 +1,7 @@
 """FLOP counting of the MSDA op for fvcore's (jit-tracing) FlopCountAnalysis.
 
     from detectron2.utils.analysis import FlopCountAnalysis
-    from deformable_detr.flops import flop_count_handles
+    from .flops import flop_count_handles
     flops = FlopCountAnalysis(model, inputs).set_op_handle(**flop_count_handles())
 
 Convention (fvcore's): one "flop" is one multiply-add. Per output channel d of

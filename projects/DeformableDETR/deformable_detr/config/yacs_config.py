@@ -31,7 +31,7 @@ def add_deformable_detr_config(cfg: CN) -> None:
     dd.PRIOR_PROB = 0.01
     dd.AUX_LOSS = True
     dd.TEST_TOPK = 100
-    # "fp32", or "bf16": bfloat16 autocast at inference (deformable_detr.precision)
+    # "fp32", or "bf16": bfloat16 autocast at inference (deformable_detr.export.precision)
     dd.INFERENCE_PRECISION = "fp32"
     dd.MSDA_BACKEND = "auto"
     # matcher costs and loss weights

@@ -11,9 +11,9 @@ K = min(test_topk, num_queries * num_classes): the Instances the eager model
 returns for that image, except that the empty boxes detector_postprocess drops
 are kept (a fixed K keeps the graph free of data-dependent shapes).
 
-Precisions: "fp32"; "bf16" (bfloat16 autocast, deformable_detr.precision) for
+Precisions: "fp32"; "bf16" (bfloat16 autocast, deformable_detr.export.precision) for
 torchscript, exported-program and aoti; "int8" for ONNX (static quantization
-calibrated on a few images, deformable_detr.quantization).
+calibrated on a few images, deformable_detr.export.quantization).
 """
 
 import os
@@ -25,10 +25,10 @@ from detectron2.modeling import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from .build import build_model, input_format, load_config
-from .meta_arch import DeformableDETR
+from ..config.build import build_model, input_format, load_config
+from ..modeling.deformable_transformer import sizes_as_tensor
+from ..modeling.meta_arch.deformable_detr import DeformableDETR
 from .precision import PRECISIONS, full_precision, inference_autocast, set_inference_precision
-from .transformer import sizes_as_tensor
 
 __all__ = [
     "EXPORT_PRECISIONS",
@@ -258,7 +258,7 @@ class ArtefactDetector:
 def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDETR, str]:
     """The model of a LazyConfig .py (overrides key=value, weights train.init_checkpoint)
     or yacs .yaml (overrides KEY VALUE or KEY=VALUE, weights MODEL.WEIGHTS) file, on the
-    CPU in eval mode with its weights loaded strictly (deformable_detr.build), and its
+    CPU in eval mode with its weights loaded strictly (deformable_detr.config.build), and its
     input format ("RGB" or "BGR").
 
     Raises:

@@ -6,7 +6,7 @@ from detectron2.modeling.backbone import ResNet
 from detectron2.modeling.backbone.resnet import BottleneckBlock
 from torch import nn
 
-from ..meta_arch import DeformableDETR
+from ..modeling.meta_arch.deformable_detr import DeformableDETR
 
 __all__ = ["build_hf_peer"]
 
@@ -40,7 +40,7 @@ def build_hf_peer(model: DeformableDETR, **config_overrides) -> nn.Module:
     """An untrained transformers DeformableDetrForObjectDetection shaped like
     `model`: same backbone stages, levels, layers, heads, points, queries and
     classes. Its weights are random: convert them into `model` with
-    deformable_detr.interop.state_dicts.convert_hf_state_dict to compare the two.
+    deformable_detr.checkpoint.state_dicts.convert_hf_state_dict to compare the two.
     config_overrides go to DeformableDetrConfig (HF's loss and matcher settings).
 
     HF freezes its backbone by name, and with a transformers ResNet that test

@@ -12,12 +12,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
-from .criterion import SetCriterion
-from .detector import SetPredictionDetector
-from .matcher import HungarianMatcher
-from .position_encoding import PositionEmbeddingSine
-from .precision import set_inference_precision
-from .transformer import DeformableTransformer, refine_box
+from ...export.precision import set_inference_precision
+from ..criterion import SetCriterion
+from ..deformable_transformer import DeformableTransformer, refine_box
+from ..matcher import HungarianMatcher
+from ..position_encoding import PositionEmbeddingSine
+from .set_prediction import SetPredictionDetector
 
 __all__ = ["DeformableDETR", "MLP"]
 
@@ -98,7 +98,7 @@ class DeformableDETR(SetPredictionDetector):
             prior_prob: initial foreground probability of the class heads.
             refined_box_size_bias: initial bias of the predicted box size logits (w, h).
             inference_precision: "fp32", or "bf16" (bfloat16 autocast with the layers
-                that place samples and boxes in float32; deformable_detr.precision).
+                that place samples and boxes in float32; deformable_detr.export.precision).
         """
         super().__init__()
         if two_stage != transformer.two_stage:

@@ -35,7 +35,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from torch import nn
 
-from .checkpoint import UnreadableCheckpointError
+from .checkpointer import UnreadableCheckpointError
 
 __all__ = [
     "CLASS_NAMES_KEY",

@@ -2,7 +2,7 @@
 (``--eval-only``), demo/demo.py, export, the converters and the tests, as
 detectron2's ``instantiate(cfg.model)`` + ``DetectionCheckpointer(model).load(path)``.
 
-Loading follows :mod:`deformable_detr.weights`: strict for evaluation and
+Loading follows :mod:`deformable_detr.checkpoint.loading_rule`: strict for evaluation and
 inference (the default here), lenient with a report for training.
 """
 
@@ -14,14 +14,14 @@ from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 from torch import nn
 
-from .checkpoint import DetrCheckpointer, load_weights_file
-from .data.coco_json import (
+from ..checkpoint.checkpointer import DetrCheckpointer, load_weights_file
+from ..checkpoint.loading_rule import LoadingRule, recorded_class_names
+from ..data.coco_json import (
     DatasetError,
     check_same_classes,
     coco_json_classes,
     warn_classes_without_training_boxes,
 )
-from .weights import LoadingRule, recorded_class_names
 
 __all__ = [
     "CONFIGURED",
@@ -49,7 +49,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
         from .overrides import apply_overrides
 
         return apply_overrides(LazyConfig.load(config_file), list(opts))
-    from .config import load_yacs_config
+    from .yacs_config import load_yacs_config
 
     pairs = list(opts)
     if any("=" in opt for opt in pairs):
@@ -205,7 +205,7 @@ def _has_key(node, key: str) -> bool:
 
 def build_train_loader(cfg) -> Tuple[object, int]:
     """(data loader, number of training images) of cfg.dataloader.train, whose dataset
-    is built once (it is counted for the schedule, see deformable_detr.schedule)."""
+    is built once (it is counted for the schedule, see deformable_detr.solver.schedule)."""
     node = cfg.dataloader.train
     dataset = instantiate(node.dataset)
     target = node._target_

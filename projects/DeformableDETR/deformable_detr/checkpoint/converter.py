@@ -11,8 +11,8 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from ..checkpoint import UnreadableCheckpointError, load_weights_file
-from ..weights import CLASS_NAMES_KEY
+from .checkpointer import UnreadableCheckpointError, load_weights_file
+from .loading_rule import CLASS_NAMES_KEY
 from .state_dicts import (
     Conversion,
     coco_class_names,
@@ -41,8 +41,8 @@ OFFICIAL_HINT = (
 
 def build_model(config_file: str, opts: List[str]) -> torch.nn.Module:
     """The model of a LazyConfig (.py) or yacs (.yaml) config, on the CPU, without weights."""
-    from ..build import build_model as build_configured_model
-    from ..build import load_config
+    from ..config.build import build_model as build_configured_model
+    from ..config.build import load_config
 
     return build_configured_model(load_config(config_file, opts), weights=None, device="cpu")
 

@@ -2,7 +2,7 @@
 GeneralizedRCNNWithTTA: the model runs on the image at several sizes, each with
 and without a horizontal flip, and the detections are merged per class.
 
-Merging is weighted box fusion by default (deformable_detr.box_fusion): the
+Merging is weighted box fusion by default (deformable_detr.modeling.box_fusion): the
 repeats of an object across augmentations become one box, the score-weighted
 mean of theirs, so the views' localisation errors average out, and an object
 found by few views scores less. Per-class NMS (detectron2's choice for its R-CNN

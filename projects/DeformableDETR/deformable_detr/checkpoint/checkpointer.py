@@ -24,7 +24,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-from .output import atomic_write
+from ..engine.output import atomic_write
 
 __all__ = [
     "BEST_CHECKPOINT",

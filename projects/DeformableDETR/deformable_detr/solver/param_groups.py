@@ -8,7 +8,7 @@ from detectron2.layers.batch_norm import LayerNorm as ChannelLayerNorm
 from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 from detectron2.solver.build import reduce_param_groups
 
-from ..optim import LrFactor
+from .lr_factors import LrFactor
 
 __all__ = ["LayerDecayLrFactor", "detector_param_groups"]
 

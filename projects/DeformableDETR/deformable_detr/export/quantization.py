@@ -8,7 +8,7 @@ onnxruntime runs the quantized convolutions and matrix products in int8. Weights
 7 bits (``reduce_range``): CPUs without VNNI multiply uint8 by int8 in pairs that
 saturate int16 at 8 bits. Quantized are the convolutions (backbone, input
 projections) and the linear layers with a constant weight, except those named by
-``deformable_detr.precision.FLOAT32_MODULES`` (sampling offsets, attention weights,
+``deformable_detr.export.precision.FLOAT32_MODULES`` (sampling offsets, attention weights,
 reference points, box heads: their outputs place samples and boxes). The decoder
 self-attention stays float32 too: its products of two activations, and its
 in-projections, whose packed weight the graph splits at run time. Everything else
@@ -22,7 +22,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .build import build_test_loader
+from ..config.build import build_test_loader
 from .precision import FLOAT32_MODULES, module_name_pattern
 
 __all__ = ["QUANTIZED_OPS", "calibration_images", "quantizable_nodes", "quantize_onnx"]
@@ -93,7 +93,7 @@ def quantize_onnx(
     float32_modules: Sequence[str] = FLOAT32_MODULES,
 ) -> int:
     """Writes the int8 model of the float32 ONNX file `source` (from
-    deformable_detr.export) to `destination`, calibrated on `images` (each (3, H, W)
+    deformable_detr.export.artefacts) to `destination`, calibrated on `images` (each (3, H, W)
     float32 0-255, as the artefact takes them). Returns how many nodes run in int8."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static

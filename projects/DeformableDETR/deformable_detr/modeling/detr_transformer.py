@@ -5,7 +5,7 @@ added to queries and keys of every attention."""
 import torch
 from torch import nn
 
-from .transformer import FeedForward, _clones
+from .deformable_transformer import FeedForward, _clones
 
 
 class DetrEncoderLayer(nn.Module):

@@ -1,0 +1,96 @@
+"""The package layout: configs dumped before the modules moved still load (their
+old ``_target_`` paths import, with a FutureWarning, as the very same objects)."""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+import warnings
+
+import pytest
+from detectron2.config import LazyConfig, instantiate
+
+import deformable_detr
+from deformable_detr._moved_modules import MOVED_MODULES
+
+DUMPED = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "dumped_configs", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", DUMPED, ids=os.path.basename)
+def test_a_config_dumped_before_the_move_builds_its_model(path):
+    cfg = LazyConfig.load(path)
+    if cfg.model.get("num_classes", 0) is None:
+        cfg.model.num_classes = 3
+    model = instantiate(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert not type(model).__module__.startswith("deformable_detr.") or (
+        type(model).__module__.startswith("deformable_detr.modeling.")
+    )
+
+
+def test_every_old_module_path_warns_and_gives_the_new_objects():
+    # a fresh process: each old path warns once per process, at its first import
+    code = (
+        "import warnings, importlib\n"
+        "import deformable_detr\n"
+        "from deformable_detr._moved_modules import MOVED_MODULES\n"
+        "for old_name, new_names in sorted(MOVED_MODULES.items()):\n"
+        "    with warnings.catch_warnings(record=True) as caught:\n"
+        "        warnings.simplefilter('always')\n"
+        "        old = importlib.import_module('deformable_detr.' + old_name)\n"
+        "    moved = [w for w in caught if old_name + ' has moved to' in str(w.message)]\n"
+        "    assert moved and moved[0].category is FutureWarning, old_name\n"
+        "    for name in new_names:\n"
+        "        new = importlib.import_module('deformable_detr.' + name)\n"
+        "        for attr in getattr(new, '__all__', ()):\n"
+        "            assert getattr(old, attr) is getattr(new, attr), (old_name, attr)\n"
+        "print(len(MOVED_MODULES))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout) == len(MOVED_MODULES)
+
+
+def test_the_new_modules_keep_their_own_spec_after_an_old_import():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import deformable_detr.meta_arch as old  # noqa: F401
+    from deformable_detr.modeling.meta_arch import deformable_detr as new
+
+    assert old is new and new.__spec__.name == "deformable_detr.modeling.meta_arch.deformable_detr"
+    assert deformable_detr.DeformableDETR is new.DeformableDETR
+
+
+PACKAGE_DIR = os.path.dirname(deformable_detr.__file__)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(PACKAGE_DIR)))
+
+
+def _package_modules():
+    found = set()
+    for folder, _, files in os.walk(PACKAGE_DIR):
+        for name in files:
+            if name.endswith(".py") and not name.startswith("_"):
+                found.add(os.path.relpath(os.path.join(folder, name), PACKAGE_DIR))
+    return found
+
+
+def test_the_package_readme_table_names_every_module_and_no_other():
+    with open(os.path.join(REPO, "projects", "DeformableDETR", "README.md")) as f:
+        text = f.read()
+    table = text[text.index("| module | what |") :].split("\n\n")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = {path for row in rows for path in re.findall(r"`([\w/]+\.py)`", row.split("|")[1])}
+    assert named == _package_modules()
+
+
+def test_the_root_readme_layout_names_every_folder_of_the_package():
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    folders = {
+        name
+        for name in os.listdir(PACKAGE_DIR)
+        if os.path.isfile(os.path.join(PACKAGE_DIR, name, "__init__.py"))
+    }
+    layout = text[text.index("projects/DeformableDETR/deformable_detr/ ") :]
+    assert folders == set(re.findall(r"^  (\w+)/ ", layout, re.M))
