@@ -1,7 +1,9 @@
 # Multi-scale Deformable DETR, R-50, 50 epochs on COCO: the paper's recipe.
+from detectron2.config import LazyCall as L
 from detectron2.data import MetadataCatalog
 
-from ..common.coco_schedule import epoch_step_multiplier
+from deformable_detr.solver.schedule import epoch_step_multiplier
+
 from ..common.data.coco_detr import dataloader
 from ..common.models.deformable_detr_r50 import model
 from ..common.optim import AdamW as optimizer
@@ -14,9 +16,9 @@ model.num_classes = len(MetadataCatalog.get("coco_2017_train").thing_classes)
 # 50 epochs, lr / 10 after 40, checkpoints every epoch, evaluation every 5, at the
 # batch of dataloader.train.total_batch_size (184,824 iterations of 32 images on
 # train2017's 118,287); optimizer.lr is the lr at batch 32 (deformable_detr.solver.schedule)
-lr_multiplier = epoch_step_multiplier(total_epochs=50, drop_epochs=40)
 train.epochs, train.checkpoint_epochs, train.eval_epochs = 50, 1, 5
 train.max_iter = train.checkpointer.period = train.eval_period = None
+lr_multiplier = L(epoch_step_multiplier)(total_epochs=train.epochs, drop_epochs=40)
 train.lr_reference_batch_size = BATCH_SIZE
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/deformable_detr_r50_50ep"

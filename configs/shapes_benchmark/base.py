@@ -1,22 +1,20 @@
 # What every contestant of the shapes benchmark study shares: data, batch,
 # backbone (a half-width ResNet-18 with batch norm, pretrained on the benchmark's
 # object crops by tools/study.py: nothing is downloaded), transformer width and
-# depth, the schedule rule (constant lr, /10 after 80% of the epochs, evaluation
-# and a checkpoint every epoch) and the loop. Only what the papers vary differs
-# between the configs of this directory.
+# depth, the schedule rule (in epochs: constant lr, /10 after 80% of the epochs,
+# evaluation and a checkpoint every epoch) and the loop. Only what the papers vary
+# differs between the configs of this directory.
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
+from deformable_detr.solver.schedule import epoch_step_multiplier
 from deformable_detr.study.backbone_pretraining import pretrain_backbone
-from deformable_detr.study.plan import epoch_schedule as study_schedule
 
 from ..common.data.shapes_benchmark import TRAIN, VAL, dataloader
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
-NUM_TRAIN_IMAGES = 600  # deformable_detr.data.shapes_benchmark's default num_train
 NUM_CLASSES = 8
 HIDDEN_DIM = 128
 NUM_HEADS = 4
@@ -81,29 +79,26 @@ def set_transformer_size(model):
 
 
 # Batch 2 at the papers' learning rates: in a short schedule, more (smaller) steps
-# train further for the same compute (docs/study.md: AP after 2 epochs of
-# multi-scale Deformable DETR was 0.3 at batch 8, 1.0 at batch 4, 2.1 at batch 2)
+# train further for the same compute (docs/study.md). optimizer.lr is the lr at batch 2,
+# scaled to another dataloader.train.total_batch_size (deformable_detr.solver.schedule).
 BATCH_SIZE = 2
 dataloader.train.total_batch_size = BATCH_SIZE
+train.lr_reference_batch_size = BATCH_SIZE
 
 
-def epoch_schedule(epochs: int, batch_size: int = BATCH_SIZE, num_images: int = NUM_TRAIN_IMAGES):
-    """(max_iter, iterations per epoch, lr_multiplier) of the study's schedule rule."""
-    max_iter, per_epoch, drop = study_schedule(epochs, num_images, batch_size)
-    return (
-        max_iter,
-        per_epoch,
-        L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[drop], num_updates=max_iter),
-    )
+def study_schedule(epochs: float):
+    """lr_multiplier of the study's rule for a run of `epochs` (train.epochs): the lr
+    divided by 10 after 80% of them."""
+    return L(epoch_step_multiplier)(total_epochs=epochs, drop_epochs=0.8 * epochs)
 
 
-# the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x. With 600
-# images, about 130 minutes for the whole study on 2 CPU cores (docs/study.md).
+# the Deformable DETR variants, DETR+ and Faster R-CNN; DETR gets 10x. Iterations follow
+# from the generated training images at the batch (docs/study.md).
 EPOCHS = 5
-train.max_iter, ITERS_PER_EPOCH, lr_multiplier = epoch_schedule(EPOCHS)
+train.epochs, train.checkpoint_epochs, train.eval_epochs = EPOCHS, 1, 1
+train.max_iter = train.checkpointer.period = train.eval_period = None
+lr_multiplier = study_schedule(train.epochs)
 train.device = "cpu"
 train.init_checkpoint = PRETRAINED_BACKBONE
-train.eval_period = ITERS_PER_EPOCH
-train.checkpointer.period = ITERS_PER_EPOCH
 train.checkpointer.max_to_keep = 2
 train.log_period = 20

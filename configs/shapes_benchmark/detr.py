@@ -6,9 +6,9 @@ from .base import (
     EPOCHS,
     backbone,
     dataloader,
-    epoch_schedule,
     optimizer,
     set_transformer_size,
+    study_schedule,
     train,
 )
 
@@ -16,5 +16,6 @@ model.backbone = backbone
 model.backbone.out_features = ["res5"]
 model = set_transformer_size(model)
 optimizer.lr = 1e-4
-train.max_iter, _, lr_multiplier = epoch_schedule(10 * EPOCHS)
+train.epochs = 10 * EPOCHS
+lr_multiplier = study_schedule(train.epochs)
 train.output_dir = "./output/shapes_benchmark/detr"

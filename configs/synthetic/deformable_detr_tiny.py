@@ -15,8 +15,8 @@ from deformable_detr.data import (
     detection_dataset_dicts,
 )
 from deformable_detr.data.synthetic import DATASET_NAMES
+from deformable_detr.solver.schedule import epoch_step_multiplier
 
-from ..common.coco_schedule import epoch_step_multiplier
 from ..common.models.deformable_detr_r50 import model
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
@@ -70,11 +70,11 @@ dataloader.test = L(build_detection_test_loader)(
 )
 dataloader.evaluator = L(DetrCOCOEvaluator)(dataset_name=VAL)
 
-# about 15 minutes on a 2-core CPU: 4.5 epochs (1125 iterations at batch 8), lr / 10
-# after 4, evaluation at the end; optimizer.lr is the lr at batch 8
-# (deformable_detr.solver.schedule)
-lr_multiplier = epoch_step_multiplier(total_epochs=4.5, drop_epochs=4)
+# 4.5 epochs (1125 iterations at batch 8), lr / 10 after 4, evaluation at the end;
+# optimizer.lr is the lr at batch 8 (deformable_detr.solver.schedule). Its time and AP
+# on a CPU: docs/benchmarks.md
 train.epochs, train.max_iter = 4.5, None
+lr_multiplier = L(epoch_step_multiplier)(total_epochs=train.epochs, drop_epochs=4)
 train.lr_reference_batch_size = BATCH_SIZE
 train.device = "cpu"
 train.eval_period = 0

@@ -1,6 +1,7 @@
 """Every config instantiates; the yacs route (DefaultPredictor) builds the same
 model as the LazyConfig route."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from deformable_detr import load_yacs_config
-from deformable_detr.solver.schedule import resolve_schedule
+from deformable_detr.solver.schedule import epoch_step_multiplier, resolve_schedule
 
 COCO_TRAIN_IMAGES = 118_287
 
@@ -114,3 +115,58 @@ def test_an_explicit_max_iter_wins_over_epochs():
     resolve_schedule(cfg, 2000)
     assert cfg.train.max_iter == 7 and cfg.train.checkpointer.period == 500
     assert cfg.optimizer.lr == pytest.approx(4e-4 / 2)
+
+
+def _drop_iteration(cfg) -> int:
+    """The first iteration at which cfg.lr_multiplier is below 1 (max_iter if none)."""
+    scheduler = instantiate(cfg.lr_multiplier)
+    max_iter = cfg.train.max_iter
+    return next((i for i in range(max_iter) if scheduler(i / max_iter) < 1.0), max_iter)
+
+
+@pytest.mark.parametrize(
+    "config, num_images, batch_size, epochs, drop_epochs, max_iter",
+    [
+        # README: 184,824 iterations on train2017's 118,287 images at batch 32
+        ("COCO/deformable_detr_r50_50ep.py", COCO_TRAIN_IMAGES, 32, 50, 40, 184_824),
+        ("COCO/detr_r50_500ep.py", COCO_TRAIN_IMAGES, 64, 500, 400, 924_118),
+        # README: 1125 iterations at batch 8 of the 2000 generated images
+        ("synthetic/deformable_detr_tiny.py", 2000, 8, 4.5, 4, 1125),
+        ("custom/deformable_detr_r50_custom.py", 1000, 32, 50, 40, None),
+        ("custom/deformable_detr_tiny_custom.py", 1000, 8, 4.5, 4, None),
+        # docs/study.md: 5 epochs (DETR 50) of 300 iterations, the lr / 10 after 80%
+        ("shapes_benchmark/deformable_detr_two_stage.py", 600, 2, 5, 4, 1500),
+        ("shapes_benchmark/detr.py", 600, 2, 50, 40, 15_000),
+        ("shapes_benchmark/faster_rcnn_fpn.py", 600, 2, 5, 4, 1500),
+    ],
+)
+def test_every_config_family_states_its_schedule_in_epochs(
+    config, num_images, batch_size, epochs, drop_epochs, max_iter
+):
+    cfg = LazyConfig.load(str(CONFIGS / config))
+    assert cfg.train.epochs == epochs and cfg.dataloader.train.total_batch_size == batch_size
+    resolve_schedule(cfg, num_images)
+    if max_iter is not None:
+        assert cfg.train.max_iter == max_iter
+    assert cfg.train.max_iter == math.ceil(epochs * num_images / batch_size)
+    # the drop is a fraction of the run, exact to 1e-6 of it
+    assert _drop_iteration(cfg) == pytest.approx(drop_epochs / epochs * cfg.train.max_iter, abs=1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 8])
+def test_the_study_schedule_follows_the_batch(batch_size):
+    """dataloader.train.total_batch_size rescales a study config's iterations,
+    evaluation and checkpoint periods and lr drop, and scales its lr from batch 2."""
+    cfg = LazyConfig.load(str(CONFIGS / "shapes_benchmark" / "deformable_detr.py"))
+    cfg = LazyConfig.apply_overrides(cfg, [f"dataloader.train.total_batch_size={batch_size}"])
+    resolve_schedule(cfg, 600)
+    per_epoch = math.ceil(600 / batch_size)
+    assert cfg.train.eval_period == cfg.train.checkpointer.period == per_epoch
+    assert cfg.train.max_iter == 5 * per_epoch
+    assert _drop_iteration(cfg) == pytest.approx(4 * per_epoch, abs=1)
+    assert cfg.optimizer.lr == pytest.approx(2e-4 * (batch_size / 2) ** 0.5)
+
+
+def test_an_lr_drop_outside_the_run_is_an_error():
+    with pytest.raises(ValueError, match="lr drop after 40 of 12 epochs"):
+        epoch_step_multiplier(total_epochs=12, drop_epochs=40)

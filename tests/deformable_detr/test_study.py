@@ -5,18 +5,17 @@ the CSV/JSON, table and plot written), skipping finished runs and continuing an
 interrupted one from its checkpoint."""
 
 import csv
-import inspect
 import json
-import math
 import subprocess
 import sys
 
 import pytest
 import torch
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
 
-from deformable_detr.data.shapes_benchmark import generate_benchmark_dataset
-from deformable_detr.study import CONTESTANTS, QUICK, epoch_schedule
+from deformable_detr.data.shapes_benchmark import QUICK as QUICK_DATASET
+from deformable_detr.solver.schedule import resolve_schedule
+from deformable_detr.study import CONTESTANTS, QUICK
 from deformable_detr.study.plan import select
 from deformable_detr.study.results import METRICS, read_evaluations, table
 
@@ -24,29 +23,20 @@ from ..scripts import ROOT
 from ..train_net_runs import environment
 
 
-def test_epoch_schedule():
-    assert epoch_schedule(10, 1000, 8) == (1250, 125, 1000)
-    assert epoch_schedule(1, 4, 1) == (4, 4, 3)
-
-
 def test_benchmark_configs_follow_the_schedule_rule():
     """DETR gets 10x the epochs of the others; every run evaluates and checkpoints
-    once per epoch and drops the lr after 80% of its iterations."""
+    once per epoch and drops the lr after 80% of its epochs (the iterations follow
+    from the data at train time: tests/deformable_detr/test_configs.py)."""
     epochs = {}
     for contestant in CONTESTANTS:
         cfg = LazyConfig.load(str(ROOT / "configs" / contestant.config))
-        per_epoch = cfg.train.eval_period
-        assert cfg.train.checkpointer.period == per_epoch
-        assert cfg.lr_multiplier.milestones == [int(0.8 * cfg.train.max_iter)]
-        epochs[contestant.name] = cfg.train.max_iter / per_epoch
+        assert cfg.train.checkpoint_epochs == cfg.train.eval_epochs == 1
+        assert cfg.train.max_iter is cfg.train.eval_period is cfg.train.checkpointer.period is None
+        scheduler = instantiate(cfg.lr_multiplier)
+        assert scheduler(0.799) == 1.0 and scheduler(0.801) == pytest.approx(0.1)
+        epochs[contestant.name] = cfg.train.epochs
     assert epochs.pop("detr") == 10 * epochs["deformable_detr"]
     assert len(set(epochs.values())) == 1
-
-
-def test_benchmark_configs_count_the_generated_training_images():
-    generated = inspect.signature(generate_benchmark_dataset).parameters["num_train"].default
-    cfg = LazyConfig.load(str(ROOT / "configs" / "shapes_benchmark" / "deformable_detr.py"))
-    assert cfg.train.eval_period == math.ceil(generated / cfg.dataloader.train.total_batch_size)
 
 
 def test_quick_overrides_apply_to_every_config():
@@ -55,7 +45,9 @@ def test_quick_overrides_apply_to_every_config():
         cfg = LazyConfig.apply_overrides(cfg, QUICK.overrides(contestant.name))
         assert cfg.dataloader.train.dataset.dataset_name == QUICK.train_dataset
         assert cfg.dataloader.evaluator.dataset_name == QUICK.val_dataset
+        resolve_schedule(cfg, QUICK_DATASET["num_train"])
         assert cfg.train.max_iter == (8 if contestant.name == "detr" else 4)
+        assert cfg.train.eval_period == cfg.train.checkpointer.period == 4
 
 
 def test_unknown_contestant_is_named():

@@ -1,5 +1,6 @@
 """The schedule follows the batch the user sets: a config states its length in
-epochs (train.epochs) and the learning rate for a reference batch
+epochs (train.epochs), its lr drop in epochs (epoch_step_multiplier) and the
+learning rate for a reference batch
 (optimizer.lr at train.lr_reference_batch_size); when training starts, the
 iterations come from the number of training images and
 dataloader.train.total_batch_size, and the learning rate from the rule
@@ -18,9 +19,32 @@ config or on the command line is kept as it is.
 import math
 from typing import Dict
 
-__all__ = ["LR_SCALING", "iterations", "resolve_schedule", "scaled_lr"]
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+__all__ = ["LR_SCALING", "epoch_step_multiplier", "iterations", "resolve_schedule", "scaled_lr"]
 
 LR_SCALING = ("sqrt", "linear", "none")
+# steps of epoch_step_multiplier's schedule: it drops the lr within 1e-6 of the run's length
+_RESOLUTION = 1_000_000
+
+
+def epoch_step_multiplier(
+    total_epochs: float, drop_epochs: float, factor: float = 0.1
+) -> MultiStepParamScheduler:
+    """The lr multiplier of a step schedule in epochs: 1, then `factor` from
+    `drop_epochs` of `total_epochs` on. It sees the fraction of training done
+    (detectron2's LRMultiplier), so the drop stays at the same fraction of the run
+    at any batch size, number of images or train.epochs."""
+    if not 0 < drop_epochs < total_epochs:
+        raise ValueError(
+            f"lr drop after {drop_epochs} of {total_epochs} epochs; expected "
+            "0 < drop_epochs < total_epochs"
+        )
+    return MultiStepParamScheduler(
+        values=[1.0, factor],
+        milestones=[int(drop_epochs / total_epochs * _RESOLUTION)],
+        num_updates=_RESOLUTION,
+    )
 
 
 def iterations(epochs: float, num_images: int, batch_size: int) -> int:

@@ -1,11 +1,9 @@
-"""What the study runs: the contestants, the schedule rule, and the toy size of --quick."""
+"""What the study runs: the contestants and the toy size of --quick."""
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..data.shapes_benchmark import QUICK as QUICK_DATASET
 from ..data.shapes_benchmark import QUICK_DATASET_NAMES
-from ..solver.schedule import iterations
 
 
 @dataclass(frozen=True)
@@ -42,22 +40,14 @@ CONTESTANTS = (
 )
 
 
-def epoch_schedule(epochs: int, num_images: int, batch_size: int):
-    """The study's schedule rule: (max_iter, iterations per epoch, the iteration
-    from which the lr is divided by 10, i.e. after 80% of the iterations)."""
-    per_epoch = iterations(1, num_images, batch_size)
-    max_iter = epochs * per_epoch
-    return max_iter, per_epoch, max(1, int(0.8 * max_iter))
-
-
 @dataclass(frozen=True)
 class StudySize:
     """A size other than the configs' own: datasets, batch and epochs per
-    contestant (`epochs[name]`, else `default_epochs`)."""
+    contestant (`epochs[name]`, else `default_epochs`); iterations, evaluation and
+    checkpoint periods follow from the configs' epoch schedule at this batch."""
 
     train_dataset: str
     val_dataset: str
-    num_train_images: int
     batch_size: int
     default_epochs: int
     epochs: Dict[str, int] = field(default_factory=dict)
@@ -74,27 +64,20 @@ class StudySize:
 
     def overrides(self, name: str) -> List[str]:
         """key=value overrides that train contestant `name` at this size."""
-        epochs = self.epochs.get(name, self.default_epochs)
-        max_iter, per_epoch, drop = epoch_schedule(epochs, self.num_train_images, self.batch_size)
         return [
             f"dataloader.train.dataset.dataset_dicts.names={self.train_dataset}",
             f"dataloader.test.dataset.names={self.val_dataset}",
             f"dataloader.train.total_batch_size={self.batch_size}",
-            f"train.max_iter={max_iter}",
-            f"lr_multiplier.milestones=[{drop}]",
-            f"lr_multiplier.num_updates={max_iter}",
-            f"train.eval_period={per_epoch}",
-            f"train.checkpointer.period={per_epoch}",
+            f"train.epochs={self.epochs.get(name, self.default_epochs)}",
             "train.log_period=1",
         ]
 
 
-# The whole pipeline at toy size (tests/CI): 4 iterations per epoch (so that
-# detectron2's IterationTimer, which skips 3, times one), DETR 2 epochs.
+# The whole pipeline at toy size (tests/CI): 4 training images at batch 1, 4 iterations
+# per epoch (so that detectron2's IterationTimer, which skips 3, times one), DETR 2 epochs.
 QUICK = StudySize(
     train_dataset=QUICK_DATASET_NAMES[0],
     val_dataset=QUICK_DATASET_NAMES[1],
-    num_train_images=QUICK_DATASET["num_train"],
     batch_size=1,
     default_epochs=1,
     epochs={"detr": 2},

@@ -7,8 +7,10 @@ import json
 import os
 from typing import List, Optional, Tuple
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
+from ..config.build import load_config
+from ..solver.schedule import resolve_schedule
 from . import results, runner
 from .measure import measure
 from .plan import BASE_CONFIG, StudySize, select
@@ -60,7 +62,7 @@ def pretrained_backbone(configs_dir: str, output_dir: str, size: Optional[StudyS
         *(size.pretraining_overrides() if size else []),
         f"backbone_pretraining.output_path={path}",
     ]
-    cfg = _config(os.path.join(configs_dir, BASE_CONFIG), tuple(overrides))
+    cfg = load_config(os.path.join(configs_dir, BASE_CONFIG), overrides)
     record = instantiate(cfg.backbone_pretraining)
     print(f"[study] backbone pretrained: {record}", flush=True)
     return path
@@ -68,8 +70,11 @@ def pretrained_backbone(configs_dir: str, output_dir: str, size: Optional[StudyS
 
 @functools.lru_cache(maxsize=None)
 def _config(config_file: str, overrides: Tuple[str, ...]):
-    """The contestant's config with the overrides, loaded once per study (read only)."""
-    return LazyConfig.apply_overrides(LazyConfig.load(config_file), list(overrides))
+    """The contestant's config with the overrides and its schedule in iterations, as
+    its training resolves it (for its training images), loaded once per study (read only)."""
+    cfg = load_config(config_file, overrides)
+    resolve_schedule(cfg, len(instantiate(cfg.dataloader.train.dataset)))
+    return cfg
 
 
 def collect(configs_dir: str, output_dir: str, size: Optional[StudySize]) -> List[dict]:
