@@ -6,6 +6,7 @@ interrupted one from its checkpoint."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from deformable_detr.data.shapes_benchmark import QUICK as QUICK_DATASET
 from deformable_detr.solver.schedule import resolve_schedule
-from deformable_detr.study import CONTESTANTS, QUICK
+from deformable_detr.study import CONTESTANTS, QUICK, runner, study
 from deformable_detr.study.plan import select
 from deformable_detr.study.results import METRICS, read_evaluations, table
 
@@ -48,6 +49,52 @@ def test_quick_overrides_apply_to_every_config():
         resolve_schedule(cfg, QUICK_DATASET["num_train"])
         assert cfg.train.max_iter == (8 if contestant.name == "detr" else 4)
         assert cfg.train.eval_period == cfg.train.checkpointer.period == 4
+
+
+def test_a_rerun_study_skips_finished_runs_and_continues_an_interrupted_one(
+    tmp_path, monkeypatch, capsys
+):
+    """Of three runs, the finished one (its last checkpoint is the final one) is not
+    trained again; the interrupted one is started with --resume in its own directory,
+    its checkpoints in place, so the training continues from the last one; the missing
+    one is started (--resume starts a run without checkpoints from scratch)."""
+    output = tmp_path / "study"
+    finished, interrupted = output / "runs" / "detr", output / "runs" / "detr_plus"
+    for run_dir, last in ((finished, "model_final.pth"), (interrupted, "model_0000299.pth")):
+        run_dir.mkdir(parents=True)
+        (run_dir / "last_checkpoint").write_text(last)
+    started = []
+
+    def train_net(command):  # what tools/lazyconfig_train_net.py leaves behind
+        run_dir = next(a for a in command if a.startswith("train.output_dir=")).split("=", 1)[1]
+        last = os.path.join(run_dir, "last_checkpoint")
+        started.append((command, open(last).read() if os.path.exists(last) else None))
+        os.makedirs(run_dir, exist_ok=True)
+        with open(last, "w") as f:
+            f.write(runner.FINAL_CHECKPOINT)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", train_net)
+    pretrained = str(tmp_path / "pretrained.pth")
+    monkeypatch.setattr(study, "pretrained_backbone", lambda *args: pretrained)
+    monkeypatch.setattr(study, "_config", lambda *args: None)
+    monkeypatch.setattr(study, "measure", lambda *args: {})
+    monkeypatch.setattr(study, "write_outputs", lambda *args: [])
+    configs, only = str(ROOT / "configs"), ["detr", "detr_plus", "deformable_detr"]
+    study.run_study(configs, "train_net.py", str(output), only=only)
+
+    assert "DETR (complete, not retrained)" in capsys.readouterr().out
+    expected = [
+        ("detr_plus", "model_0000299.pth"),  # continued from its last checkpoint
+        ("deformable_detr", None),  # started
+    ]
+    assert len(started) == len(expected)
+    for (command, last_checkpoint), (name, expected_last) in zip(started, expected):
+        config = next(c.config for c in CONTESTANTS if c.name == name)
+        assert command[1:5] == ["train_net.py", "--config-file", f"{configs}/{config}", "--resume"]
+        assert f"train.output_dir={output / 'runs' / name}" in command
+        assert f"train.init_checkpoint={pretrained}" in command
+        assert last_checkpoint == expected_last
 
 
 def test_unknown_contestant_is_named():
