@@ -1,5 +1,6 @@
 # Deformable DETR with iterative bounding-box refinement.
+from ..common.models.variants import box_refine
 from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.with_box_refine = True
+model = box_refine(model)
 train.output_dir = "./output/deformable_detr_r50_box_refine_50ep"

@@ -1,8 +1,7 @@
 # Single-scale Deformable DETR: the stride-32 level only.
 # The backbone and its recipe: deformable_detr_x101_50ep.py.
+from ..common.models.variants import single_scale
 from .deformable_detr_x101_50ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.backbone.out_features = ["res5"]
-model.in_features = ["res5"]
-model.num_feature_levels = 1
+model = single_scale(model)
 train.output_dir = "./output/deformable_detr_x101_single_scale_50ep"

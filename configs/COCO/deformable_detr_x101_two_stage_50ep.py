@@ -1,7 +1,7 @@
-# Two-stage Deformable DETR (with box refinement, as in the paper).
+# Two-stage Deformable DETR (with iterative bounding-box refinement, as in the paper).
 # The backbone and its recipe: deformable_detr_x101_50ep.py.
+from ..common.models.variants import two_stage
 from .deformable_detr_x101_50ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.with_box_refine = True
-model.two_stage = True
+model = two_stage(model)
 train.output_dir = "./output/deformable_detr_x101_two_stage_50ep"
