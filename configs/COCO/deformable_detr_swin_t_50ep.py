@@ -2,8 +2,8 @@
 # Swin-T (official ImageNet-1k weights).
 from detectron2.config import LazyCall as L
 
-from deformable_detr.backbones import detector_param_groups
 from deformable_detr.solver.lr_factors import LrFactor
+from deformable_detr.solver.param_groups import detector_param_groups
 
 from ..common.models.backbones import SWIN_FEATURES, SWIN_T, SWIN_T_WEIGHTS
 from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train

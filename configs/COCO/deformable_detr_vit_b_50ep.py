@@ -2,7 +2,7 @@
 # ViT-B with ViTDet's simple feature pyramid (MAE weights).
 from detectron2.config import LazyCall as L
 
-from deformable_detr.backbones import LayerDecayLrFactor, detector_param_groups
+from deformable_detr.solver.param_groups import LayerDecayLrFactor, detector_param_groups
 
 from ..common.models.backbones import VIT_B, VIT_B_FEATURES, VIT_B_WEIGHTS
 from .deformable_detr_r50_50ep import dataloader, lr_multiplier, model, optimizer, train

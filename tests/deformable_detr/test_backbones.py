@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import instantiate
 from detectron2.modeling.backbone import BottleneckBlock
+from detectron2.solver import get_default_optimizer_params
 
 from deformable_detr.backbones import TorchvisionDeformBottleneckBlock, TorchvisionDeformConv
 
@@ -102,9 +103,13 @@ def test_config_trains_a_step_on_the_paper_levels(backbone, variant):
 # ------------------------------------------------------------------ optimizer rules
 def _hyperparameters(cfg, model):
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
+    return _by_name(instantiate(cfg.optimizer).param_groups, model)
+
+
+def _by_name(param_groups, model):
+    """{name: (lr, weight decay)} of the model's trainable parameters."""
     by_param = {}
-    for group in optimizer.param_groups:
+    for group in param_groups:
         for param in group["params"]:
             by_param[param] = (group["lr"], group["weight_decay"])
     return {name: by_param[p] for name, p in model.named_parameters() if p.requires_grad}
@@ -227,3 +232,30 @@ def test_resnext_stages_are_detectron2s():
     assert all(ours[k].shape == expected[k].shape for k in ours)
     with pytest.raises(ValueError, match="depth=34; expected one of"):
         make_resnet_stages(34)
+
+
+@pytest.mark.parametrize("backbone", ["swin_t", "vit_b"])
+def test_param_groups_differ_from_detectron2s_only_on_the_backbones_norms_and_tables(backbone):
+    """The config's groups are detectron2's get_default_optimizer_params (same lr
+    factors, no norm rule) but for weight decay 0 on the backbone's norms and position
+    tables, which detectron2's weight_decay_norm and overrides cannot confine to it."""
+    model, cfg = shrunk_model(backbone)
+    ours = _hyperparameters(cfg, model)
+    detectron2s = get_default_optimizer_params(
+        model,
+        base_lr=cfg.optimizer.lr,
+        weight_decay=cfg.optimizer.weight_decay,
+        lr_factor_func=instantiate(cfg.optimizer.params.lr_factor_func),
+    )
+    theirs = _by_name(detectron2s, model)
+    assert ours.keys() == theirs.keys()
+    no_decay = {name for name in ours if ours[name] != theirs[name]}
+    assert no_decay and all(name.startswith("backbone.") for name in no_decay)
+    assert all(ours[n] == (theirs[n][0], 0.0) for n in no_decay)
+    norms = {
+        f"{module_name}.{param_name}"
+        for module_name, module in model.backbone.named_modules(prefix="backbone")
+        for param_name, p in module.named_parameters(recurse=False)
+        if p.requires_grad and "norm" in type(module).__name__.lower()
+    }
+    assert norms and norms <= no_decay

@@ -9,7 +9,7 @@ from detectron2.modeling.backbone import BasicStem, ResNet, SimpleFeaturePyramid
 from detectron2.modeling.backbone.vit import ViT
 from torch import nn
 
-from deformable_detr.backbones import make_resnet_stages
+from deformable_detr.modeling.backbones import make_resnet_stages
 
 # ImageNet statistics of detectron2's BGR (caffe2-converted) ResNet weights; Swin and
 # ViT take RGB with the statistics of the R-50 configs

@@ -56,7 +56,12 @@ def detector_param_groups(
     """Parameter groups for torch.optim: lr = base_lr * lr_factor_func(name);
     weight decay `weight_decay`, except 0 for the norm layers and the
     parameters named in `no_decay_names` under `no_decay_prefix` (the backbone's
-    norms and position tables, as Swin and ViT are trained)."""
+    norms and position tables, as Swin and ViT are trained).
+
+    detectron2's get_default_optimizer_params gives the same groups but for two
+    rules: its weight_decay_norm applies to every norm of the model (the recipe
+    decays the transformer's), and it does not count detectron2's channel LayerNorm
+    (ViT's feature pyramid) as a norm."""
     no_decay = set()
     for module_name, module in model.named_modules():
         for param_name, _ in module.named_parameters(recurse=False):
