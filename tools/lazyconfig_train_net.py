@@ -44,7 +44,7 @@ from deformable_detr.checkpoint.loading_rule import ClassNames, LoadingRule
 from deformable_detr.config.build import build_model, build_train_loader, data_class_names
 from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
 from deformable_detr.data.coco_json import DatasetError
-from deformable_detr.engine.hooks import PeriodicCheckpointer
+from deformable_detr.engine.hooks import ResumablePeriodicCheckpointer
 from deformable_detr.engine.output import (
     AtomicJSONWriter,
     DiskFullError,
@@ -119,7 +119,7 @@ def do_train(args, cfg):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            ResumablePeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,
             hooks.EvalHook(

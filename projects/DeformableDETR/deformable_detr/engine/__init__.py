@@ -1,7 +1,7 @@
 """Training: the training step, hooks that continue a resumed training, random
 state, and safe writing into the output directory."""
 
-from .hooks import PeriodicCheckpointer
+from .hooks import ResumablePeriodicCheckpointer
 from .trainer import DetrTrainer
 
-__all__ = ["DetrTrainer", "PeriodicCheckpointer"]
+__all__ = ["DetrTrainer", "ResumablePeriodicCheckpointer"]

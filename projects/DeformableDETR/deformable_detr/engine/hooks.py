@@ -6,10 +6,10 @@ import re
 
 from detectron2.engine import hooks
 
-__all__ = ["PeriodicCheckpointer"]
+__all__ = ["ResumablePeriodicCheckpointer"]
 
 
-class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+class ResumablePeriodicCheckpointer(hooks.PeriodicCheckpointer):
     """detectron2's PeriodicCheckpointer hook, which, on a resumed training,
 
     - counts the periodic checkpoints the interrupted training wrote towards
