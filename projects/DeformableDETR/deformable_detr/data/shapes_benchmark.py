@@ -1,7 +1,7 @@
 """A generated COCO-format benchmark that behaves like COCO where detectors differ:
 objects in all three COCO size buckets in about COCO's proportions (small < 32^2,
-medium, large > 96^2 pixels of area: 41% / 34% / 25%), about 7 objects per image
-with partial occlusion, 8 classes that differ in fill and texture as well as in
+medium, large > 96^2 pixels of area), about as many objects per image, with
+partial occlusion, 8 classes that differ in fill and texture as well as in
 outline (filled, hollow, striped), textured backgrounds and distractor shapes
 that are not objects. Deterministic from its parameters and generated on first
 use, as the synthetic shapes set of `make demo` (deformable_detr.data.synthetic)."""
@@ -197,8 +197,7 @@ def generate_benchmark_dataset(
     deformable_detr.data.synthetic.write_dataset.
 
     The defaults draw more large objects than COCO has because large ones find
-    room less often: placed, about 7 objects per image, 43% small, 34% medium
-    and 23% large (a 100-image sample).
+    room less often; docs/study.md gives the proportions placed.
     """
     write_dataset(
         root,

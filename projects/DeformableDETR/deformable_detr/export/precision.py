@@ -127,7 +127,7 @@ def set_inference_precision(
             logger.warning(
                 "inference_precision=bf16 on a CPU without AVX512-BF16 or AMX: PyTorch "
                 f"emulates bfloat16 here ({torch.backends.cpu.get_cpu_capability()}), which "
-                "is much slower than float32 (14-16x measured on an AVX2 CPU); on a GPU, or "
+                "is many times slower than float32 (docs/benchmarks.md); on a GPU, or "
                 "a CPU with those instructions, it is the faster path"
             )
     model.inference_precision = precision
