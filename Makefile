@@ -8,7 +8,7 @@ export MAX_JOBS
 
 CSRC := $(shell find d2ext/csrc -type f)
 
-.PHONY: install test lint format demo study bench clean
+.PHONY: install test test-quick lint format demo study bench clean
 
 $(VENV)/.requirements: requirements.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ $(VENV)/.built: $(VENV)/.requirements setup.py $(CSRC)
 
 install: $(VENV)/.built
 
+# Every test (CI runs this); `make test-quick` leaves out the tests marked slow
+# (training, compiling, AOTInductor, tools end to end): the edit loop's check.
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=20
+
+test-quick: install
+	$(PY) -m pytest tests -m "not slow" --durations=10
 
 # Formatting and lint rules of ruff.toml (black/isort/flake8 rules, line length 100);
 # `make format` applies the formatter and the safe fixes.

@@ -94,3 +94,19 @@ def test_the_root_readme_layout_names_every_folder_of_the_package():
     }
     layout = text[text.index("projects/DeformableDETR/deformable_detr/ ") :]
     assert folders == set(re.findall(r"^  (\w+)/ ", layout, re.M))
+
+
+def test_importing_the_package_prints_no_dependency_warnings():
+    # fvcore's and detectron2's import-time torch.jit.script calls are silenced, and
+    # only during those imports: no filter is left behind for the user's own calls
+    code = (
+        "import warnings\n"
+        "import deformable_detr\n"
+        "import detectron2.engine, detectron2.evaluation, detectron2.modeling\n"
+        "left = [f for f in warnings.filters if f[1] and 'jit' in f[1].pattern]\n"
+        "assert not left, left\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
