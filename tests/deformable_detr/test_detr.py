@@ -1,6 +1,7 @@
 """DETR and DETR+: DETR's softmax loss and matching cost against hand-computed
 values and a brute-force matching, softmax inference, the COCO configs (the
-papers' recipes) and the shapes benchmark configs, which build and train."""
+papers' recipes) and the shapes benchmark configs, which build and train (DETR in
+float64 too)."""
 
 import itertools
 import math
@@ -232,3 +233,16 @@ def test_benchmark_config_builds_and_trains(config):
         instances = model(batch[:1])[0]["instances"]
     assert instances.image_size == (96, 128)
     assert {"pred_boxes", "scores", "pred_classes"} <= set(instances.get_fields())
+
+
+def _study_model(name):
+    return instantiate(LazyConfig.load(str(CONFIGS / "shapes_benchmark" / name)).model)
+
+
+def test_a_float64_detr_computes_its_losses():
+    torch.manual_seed(0)
+    model = _study_model("detr.py").double().train()
+    with EventStorage(0):
+        losses = model(_batch(num_images=1))
+    assert {loss.dtype for loss in losses.values()} == {torch.float64}
+    assert all(torch.isfinite(loss) for loss in losses.values())

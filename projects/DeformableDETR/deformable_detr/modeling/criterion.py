@@ -10,6 +10,8 @@ from detectron2.utils import comm
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
+from ..export.precision import full_precision
+
 LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 CLASS_LOSSES = ("focal", "softmax")
 
@@ -82,7 +84,7 @@ class SetCriterion(nn.Module):
                 (T_i, 4) normalized (cx, cy, w, h).
 
         Returns:
-            Weighted float32 scalar losses by name.
+            Weighted scalar losses by name, float32 (float64 for a float64 model).
         """
         num_boxes = self._num_boxes_per_worker(targets, outputs["pred_logits"].device)
         losses = self._weighted_set_losses(outputs, targets, num_boxes, suffix="")
@@ -115,8 +117,8 @@ class SetCriterion(nn.Module):
     ) -> dict[str, Tensor]:
         """The three losses of one prediction set, weighted, with suffix appended to their names."""
         matches = self.matcher(outputs, targets)
-        pred_logits = outputs["pred_logits"].float()
-        pred_boxes = outputs["pred_boxes"].float()
+        pred_logits = full_precision(outputs["pred_logits"])
+        pred_boxes = full_precision(outputs["pred_boxes"])
         if pred_logits.shape[-1] != self.num_logits:
             raise ValueError(
                 f"SetCriterion: expected {self.num_logits} class logits, got "
@@ -179,7 +181,9 @@ class SetCriterion(nn.Module):
         )
         target_classes[batch_indices, query_indices] = matched_labels
         return F.cross_entropy(
-            pred_logits.transpose(1, 2), target_classes, weight=self.class_weights
+            pred_logits.transpose(1, 2),
+            target_classes,
+            weight=self.class_weights.to(pred_logits.dtype),  # a half or float64 model's too
         )
 
     @staticmethod
