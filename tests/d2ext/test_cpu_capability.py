@@ -48,6 +48,7 @@ def test_the_best_instruction_set_is_chosen():
     assert f"CPU kernels ({expected})" in d2ext.available_backends()["cpp"].detail
 
 
+@pytest.mark.slow
 def test_default_forces_the_generic_kernels_and_they_pass_the_op_tests():
     check = _run(["-c", "from d2ext import _C; print(_C.cpu_capability())"], "default")
     assert check.returncode == 0, check.stderr

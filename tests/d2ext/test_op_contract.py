@@ -64,6 +64,7 @@ _ATTENTION = """
 """
 
 
+@pytest.mark.slow
 @requires_cpp
 def test_compile_fullgraph_as_first_use():
     run_python(
@@ -81,6 +82,7 @@ def test_compile_fullgraph_as_first_use():
     )
 
 
+@pytest.mark.slow
 @requires_cpp
 @pytest.mark.parametrize("strict", [False, True], ids=["non_strict", "strict"])
 def test_export_as_first_use(strict):
@@ -101,6 +103,7 @@ def test_export_as_first_use(strict):
 # 2. The level check holds inside compiled graphs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [b for b, _ in BACKENDS])
 def test_compiled_call_checks_the_levels(backend):
     value = torch.randn(1, 12, 1, 2)  # S = 12 = 3 * 4
@@ -362,6 +365,7 @@ _WITHOUT_CPP = """
 """
 
 
+@pytest.mark.slow
 @requires_cpp
 @pytest.mark.parametrize("backend", ["auto", "cpp"])
 def test_exported_program_on_a_machine_without_the_backend(backend, tmp_path):

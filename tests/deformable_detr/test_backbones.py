@@ -71,6 +71,7 @@ def test_deform_block_starts_as_its_plain_bottleneck():
 
 
 # ------------------------------------------------------------------ every config
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.strip("_") or "multi_scale")
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_config_trains_a_step_on_the_paper_levels(backbone, variant):
@@ -170,6 +171,7 @@ def _assert_parity(runs, where):
         assert run["boxes"] <= 1e-4 and run["scores"] <= 1e-4, f"{where}: {run}"
 
 
+@pytest.mark.slow
 def test_torchscript_export():
     """ResNeXt-101-DCN (torchvision's deform_conv2d traces) matches the eager
     model at the export size and at others. detectron2's Swin and ViT compute
@@ -185,6 +187,7 @@ def test_torchscript_export():
     assert "RuntimeError" in results["swin_t"]["runs"][1].get("error", "")
 
 
+@pytest.mark.slow
 def test_dcn_backbone_onnx_export():
     """torchvision's deform_conv2d exports as ONNX DeformConv (opset 19,
     d2ext.onnx.OPSET), which onnxruntime runs: ResNeXt-101-DCN's ONNX graph matches
@@ -194,6 +197,7 @@ def test_dcn_backbone_onnx_export():
     _assert_parity(results["runs"], "onnx x101_dcn")
 
 
+@pytest.mark.slow
 def test_swin_and_vit_onnx_hold_at_the_export_size_only():
     """Like their TorchScript: detectron2's Swin and ViT compute window partitions
     and position tables from the image size in Python, which the export fixes.

@@ -71,6 +71,7 @@ def test_onnx_in_bf16_is_refused(tmp_path):
         export(model, torch.rand(3, 96, 128) * 255, "onnx", str(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
 def test_bf16_artefacts_match_the_bf16_model(fmt, tmp_path):
     torch.manual_seed(0)
@@ -86,6 +87,7 @@ def test_bf16_artefacts_match_the_bf16_model(fmt, tmp_path):
     torch.testing.assert_close(boxes, instances.pred_boxes.tensor, atol=0.5, rtol=0)
 
 
+@pytest.mark.slow
 def test_bf16_ap_is_within_half_a_point_of_float32(synthetic_datasets, multiscale_model):
     """The kept-float32 list is what keeps AP: on the trained synthetic model,
     bf16 with it scored AP 11.38 as float32 did (11.26 with every layer in bf16)."""

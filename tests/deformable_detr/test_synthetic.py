@@ -157,6 +157,7 @@ def test_default_root(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_loading_the_config_writes_nothing(tmp_path):
     """LazyConfig.load of the synthetic config (as any tool reading it does)
     neither generates the dataset nor needs it; the datasets are registered."""

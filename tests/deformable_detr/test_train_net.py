@@ -9,6 +9,8 @@ import torch
 from ..train_net_runs import ROOT, train_net
 from ..train_net_runs import iterations as _iterations
 
+pytestmark = pytest.mark.slow  # every test here trains or runs a tool end to end
+
 
 def _train_net(datasets, *overrides, flags=()):
     return train_net(datasets, *flags, *overrides)

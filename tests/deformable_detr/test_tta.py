@@ -158,6 +158,7 @@ def test_default_predictor_with_tta(tmp_path):
     assert (boxes >= 0).all() and (boxes[:, 2] <= 100).all() and (boxes[:, 3] <= 80).all()
 
 
+@pytest.mark.slow
 def test_tta_improves_ap_on_the_synthetic_set(synthetic_datasets, multiscale_model):
     """A model trained at several sizes (300 iterations, seed 0), evaluated on the
     synthetic validation set without and with TTA at two sizes plus flips (the

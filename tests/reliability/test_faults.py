@@ -14,6 +14,8 @@ import torch
 from ..deformable_detr.test_checkpoint import write_malicious_pickle
 from ..train_net_runs import ROOT, command, environment, iterations, run, train_net
 
+pytestmark = pytest.mark.slow  # every test here trains or runs a tool end to end
+
 FAULTY_TRAIN_NET = ROOT / "tests" / "reliability" / "faulty_train_net.py"
 SMALL = [
     "dataloader.train.total_batch_size=2",
