@@ -1,7 +1,7 @@
 """DETR and DETR+: DETR's softmax loss and matching cost against hand-computed
 values and a brute-force matching, softmax inference, the COCO configs (the
 papers' recipes) and the shapes benchmark configs, which build and train (DETR in
-float64 too)."""
+float64 too) and export (Faster R-CNN: a clear error)."""
 
 import itertools
 import math
@@ -14,10 +14,14 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_convert, generalized_box_iou
 
+from deformable_detr.export.artefacts import export, load_artefact
 from deformable_detr.modeling.criterion import SetCriterion
 from deformable_detr.modeling.matcher import HungarianMatcher
 from deformable_detr.modeling.meta_arch.detr import DETR
 from deformable_detr.solver.schedule import resolve_schedule
+
+from ..scripts import load_script
+from .export_parity import RUN_SIZES, compare
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 COCO_TRAIN_IMAGES = 118_287
@@ -246,3 +250,37 @@ def test_a_float64_detr_computes_its_losses():
         losses = model(_batch(num_images=1))
     assert {loss.dtype for loss in losses.values()} == {torch.float64}
     assert all(torch.isfinite(loss) for loss in losses.values())
+
+
+def test_detr_exports_as_deformable_detr_does(tmp_path):
+    torch.manual_seed(0)
+    model = _study_model("detr.py").eval()
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.rand(3, 96, 128, generator=generator) * 255
+    path, _ = export(model, sample, "torchscript", tmp_path)
+    artefact = load_artefact(path, "torchscript")
+    for size in RUN_SIZES:
+        result = compare(model, artefact, size, generator)
+        assert result["count"] == result["eager_count"] > 0 and result["classes_equal"], result
+        assert result["boxes"] < 1e-3 and result["scores"] < 1e-5, result
+
+
+def test_a_model_that_cannot_export_is_one_line_naming_it(tmp_path):
+    weights = tmp_path / "faster_rcnn.pth"
+    torch.save({"model": _study_model("faster_rcnn_fpn.py").state_dict()}, weights)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("tools/deploy/export_model.py").main(
+            [
+                "--config-file",
+                str(CONFIGS / "shapes_benchmark" / "faster_rcnn_fpn.py"),
+                "--format",
+                "onnx",
+                "--output",
+                str(tmp_path / "out"),
+                f"train.init_checkpoint={weights}",
+            ]
+        )
+    assert str(exit_info.value.code).startswith(
+        "export_model: a GeneralizedRCNN cannot be exported: the exporters trace the tensor-only "
+        "inference of the DETR family (SetPredictionDetector: DeformableDETR and DETR configs)"
+    )

@@ -1,19 +1,27 @@
 """deformable_detr.checkpoint.loading_rule and deformable_detr.config.build: strict loading for
-evaluation
-and inference (one error naming what does not fit), lenient loading with an exact
-report for training, and class heads re-initialised when the classes differ."""
+evaluation and inference (one error naming what does not fit), lenient loading with an
+exact report for training, and class heads re-initialised when the classes differ, for
+Deformable DETR, DETR and detectron2's Faster R-CNN alike, whatever the import order."""
 
 import logging
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 import deformable_detr  # noqa: F401  (installs the loading rule)
 from deformable_detr.checkpoint.checkpointer import DetrCheckpointer, UnreadableCheckpointError
-from deformable_detr.checkpoint.loading_rule import LoadingRule, WeightsMismatchError
+from deformable_detr.checkpoint.loading_rule import (
+    LoadingRule,
+    WeightsMismatchError,
+    class_heads,
+)
 from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import load_config
 
@@ -179,3 +187,92 @@ def test_build_model_loads_the_configured_weights_strictly(tmp_path):
     two_stage = load_config(config, ["model.with_box_refine=True", "model.two_stage=True"])
     with pytest.raises(WeightsMismatchError, match="the weights do not fit the model"):
         build_configured_model(two_stage, weights=path)
+
+
+# the study's DETR and Faster R-CNN (detectron2's GeneralizedRCNN) and where each keeps
+# its class count
+STUDY_MODELS = {"detr": "num_classes", "faster_rcnn_fpn": "roi_heads.num_classes"}
+
+
+def study_model(name, num_classes=8):
+    """The model of configs/shapes_benchmark/<name>.py with random weights, in train mode."""
+    cfg = LazyConfig.load(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
+    OmegaConf.update(cfg.model, STUDY_MODELS[name], num_classes)
+    return instantiate(cfg.model).train()
+
+
+def save_backbone(path, model):
+    """A checkpoint of `model`'s backbone alone, as an ImageNet backbone's would load."""
+    state = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    torch.save({"model": state}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", STUDY_MODELS)
+def test_detr_and_faster_rcnn_load_strictly_for_inference(name, tmp_path):
+    model = study_model(name).eval()
+    path = save_backbone(tmp_path / "backbone.pth", model)
+    with pytest.raises(WeightsMismatchError) as error:
+        DetectionCheckpointer(model).load(path)
+    assert str(error.value).startswith(f"{path}: the weights do not fit the model (")
+    assert "model keys missing: " in str(error.value)
+    with pytest.raises(WeightsMismatchError, match="^no weights given"):
+        DetectionCheckpointer(model).load("")
+    fitting = _save(tmp_path / "model.pth", model)
+    DetectionCheckpointer(study_model(name).eval()).load(fitting)
+
+
+@pytest.mark.parametrize("name", STUDY_MODELS)
+def test_fine_tuning_detr_and_faster_rcnn_reinitialises_their_class_heads(name, tmp_path, caplog):
+    source = study_model(name, num_classes=3)
+    path = _save(tmp_path / "m.pth", source, class_names=["circle", "square", "triangle"])
+    model = study_model(name, num_classes=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    checkpointer = DetrCheckpointer(model)
+    checkpointer.loading_rule = LoadingRule(strict=False, class_names=["bar", "ring"])
+    with caplog.at_level(logging.INFO, logger="deformable_detr.checkpoint.loading_rule"):
+        checkpointer.load(path)
+    heads = class_heads(model)
+    state = model.state_dict()
+    head_keys = [k for k in state if heads.owns(k)]
+    expected = {"detr": {"class_embed"}, "faster_rcnn_fpn": {"cls_score", "bbox_pred"}}[name]
+    assert {k.split(".")[-2] for k in head_keys} == expected
+    for key, value in source.state_dict().items():
+        if key not in head_keys:
+            assert torch.equal(state[key], value), key
+    assert any(not torch.equal(state[k], before[k]) for k in head_keys if k.endswith("weight"))
+    (line,) = [r.getMessage() for r in caplog.records if "re-initialised" in r.getMessage()]
+    assert "the checkpoint's class heads have 3 classes (circle, square, triangle)" in line
+    assert "the model 2 (bar, ring)" in line
+
+
+# DefaultPredictor imported, and a model built and saved, before deformable_detr is
+IMPORT_ORDER = """
+import sys, torch
+from detectron2.engine import DefaultPredictor
+from detectron2 import model_zoo
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+cfg = get_cfg()
+cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18,
+                     "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.WEIGHTS", sys.argv[1]])
+state = build_model(cfg).state_dict()
+torch.save({"model": {k: v for k, v in state.items() if k.startswith("backbone.")}}, sys.argv[1])
+import deformable_detr
+from deformable_detr.checkpoint.loading_rule import WeightsMismatchError
+try:
+    DefaultPredictor(cfg)
+except WeightsMismatchError as e:
+    print("refused:", e)
+"""
+
+
+def test_default_predictor_of_a_faster_rcnn_is_strict_whatever_the_import_order(tmp_path):
+    path = str(tmp_path / "backbone.pth")
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_ORDER, path], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"refused: {path}: the weights do not fit the model (" in result.stdout, result.stdout
+    assert "roi_heads.box_predictor.cls_score.{bias,weight}" in result.stdout

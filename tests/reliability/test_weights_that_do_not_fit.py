@@ -1,7 +1,8 @@
 """Weights that do not fit the model are refused for evaluation and inference:
---eval-only and DefaultPredictor given weights of another variant, a safetensors
-file missing keys, or no weights at all stop with one line naming what does not
-fit, and a missing weights file is one line naming it."""
+--eval-only, DefaultPredictor and the export tool given weights of another variant,
+a safetensors file missing keys, a backbone alone (DETR and Faster R-CNN too), or
+no weights at all stop with one line naming what does not fit, and a missing
+weights file is one line naming it."""
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ from safetensors.torch import save_file
 
 from deformable_detr.checkpoint.loading_rule import WeightsMismatchError
 
+from ..deformable_detr.test_weights import STUDY_MODELS, save_backbone, study_model
+from ..scripts import load_script
 from ..train_net_runs import CONFIG, ROOT, train_net
 
 YAML = ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml"
@@ -31,19 +34,26 @@ def _last_line(log: str) -> str:
     return log.rstrip().splitlines()[-1]
 
 
-def test_eval_only_refuses_weights_of_another_variant(tmp_path, two_stage_weights):
+def _refused_by_eval_only(tmp_path, weights, *config) -> str:
+    """The last line of a --eval-only run with `weights` that must fail before evaluating."""
     log = train_net(
         tmp_path / "datasets",
+        *config,
         "--eval-only",
         *SMALL,
         f"train.output_dir={tmp_path / 'output'}",
-        f"train.init_checkpoint={two_stage_weights}",
+        f"train.init_checkpoint={weights}",
         succeeds=False,
     )
-    line = _last_line(log)
-    assert line.startswith(f"error: {two_stage_weights}: the weights do not fit the model ("), line
-    assert "model keys missing: query_embed.weight" in line and "unexpected keys" in line
     assert "Evaluation results" not in log
+    line = _last_line(log)
+    assert line.startswith(f"error: {weights}: the weights do not fit the model ("), line
+    return line
+
+
+def test_eval_only_refuses_weights_of_another_variant(tmp_path, two_stage_weights):
+    line = _refused_by_eval_only(tmp_path, two_stage_weights)
+    assert "model keys missing: query_embed.weight" in line and "unexpected keys" in line
 
 
 def test_eval_only_without_weights_is_an_error(tmp_path):
@@ -94,3 +104,28 @@ def test_default_predictor_refuses_weights_that_do_not_fit(weights, two_stage_we
     }[weights]
     with pytest.raises(WeightsMismatchError, match=message):
         DefaultPredictor(cfg)
+
+
+def _study_config(name):
+    return ROOT / "configs" / "shapes_benchmark" / f"{name}.py"
+
+
+@pytest.mark.parametrize("name", STUDY_MODELS)
+def test_eval_only_refuses_a_backbone_alone_for_detr_and_faster_rcnn(name, tmp_path):
+    backbone = save_backbone(tmp_path / "backbone.pth", study_model(name))
+    line = _refused_by_eval_only(tmp_path, backbone, "--config-file", str(_study_config(name)))
+    assert "model keys missing: " in line
+
+
+@pytest.mark.parametrize("name", STUDY_MODELS)
+def test_export_refuses_a_backbone_alone_for_detr_and_faster_rcnn(name, tmp_path):
+    backbone = save_backbone(tmp_path / "backbone.pth", study_model(name))
+    args = ["--config-file", str(_study_config(name)), "--format", "torchscript"]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("tools/deploy/export_model.py").main(
+            [*args, "--output", str(tmp_path / "out"), f"train.init_checkpoint={backbone}"]
+        )
+    message = str(exit_info.value.code)
+    assert message.startswith(f"export_model: {backbone}: the weights do not fit the model ("), (
+        message
+    )

@@ -32,6 +32,7 @@ from deformable_detr.export.artefacts import (
     EXPORT_PRECISIONS,
     FORMATS,
     MIN_SIZE,
+    check_exportable,
     check_precision,
     export,
 )
@@ -99,6 +100,7 @@ def main(argv=None):
         output = writable_directory(args.output)
         cfg = load_config(args.config_file, args.opts)
         model = build_model(cfg, device="cpu")  # weights loaded strictly
+        check_exportable(model)
         check_precision(args.format, args.precision or model.inference_precision)
         calibration = []
         if args.precision == "int8":

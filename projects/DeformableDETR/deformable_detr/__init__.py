@@ -8,12 +8,10 @@ The package is laid out as detectron2 is: modeling/, solver/, engine/,
 checkpoint/, config/, export/, data/, and study/ (the claims study)."""
 
 from . import _moved_modules, data  # noqa: F401  (data registers the synthetic datasets)
-from .checkpoint.checkpointer import load_weights_as_data
 from .checkpoint.loading_rule import install_loading_rule
 from .config import add_deformable_detr_config, load_yacs_config
 from .modeling import DETR, DeformableDETR
 
-load_weights_as_data()
 install_loading_rule()
 _moved_modules.install()
 

@@ -1,8 +1,9 @@
 """Weights files as data: loading never runs code from a file, a checkpoint is
 never half-written, poisoned (non-finite) or silently skipped on resume.
 
-Loading, for every DetectionCheckpointer once :func:`load_weights_as_data` ran
-(importing `deformable_detr` runs it, so DefaultPredictor, which builds its own
+Loading, for DetrCheckpointer and for every DetectionCheckpointer once
+deformable_detr.checkpoint.loading_rule.install_loading_rule ran (importing
+`deformable_detr` runs it, so DefaultPredictor, which builds its own
 DetectionCheckpointer, is covered too):
 
 - ``.pth``, pycls's ``.pyth`` and other torch files: ``torch.load(weights_only=True)``,
@@ -31,8 +32,9 @@ __all__ = [
     "BestModelCheckpointer",
     "DetrCheckpointer",
     "UnreadableCheckpointError",
+    "load_file_as_data",
     "load_pickle_as_data",
-    "load_weights_as_data",
+    "torch_load_as_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,7 +171,7 @@ def _pycls_checkpoint(data: Any, filename: str) -> Dict[str, Any]:
     return {"model": state, "__author__": "pycls", "matching_heuristics": True}
 
 
-def _load_file(self, filename: str) -> Dict[str, Any]:
+def load_file_as_data(self, filename: str) -> Dict[str, Any]:
     """DetectionCheckpointer._load_file with every file loaded as data."""
     if filename.endswith(".pkl"):
         return _model_zoo_checkpoint(load_weights_file(filename), filename)
@@ -179,16 +181,9 @@ def _load_file(self, filename: str) -> Dict[str, Any]:
     return _detectron2_load_file(self, filename)
 
 
-def _torch_load(self, filename: str) -> Any:
+def torch_load_as_data(self, filename: str) -> Any:
+    """DetectionCheckpointer._torch_load, loading the file as data."""
     return load_weights_file(filename)
-
-
-def load_weights_as_data() -> None:
-    """Makes every DetectionCheckpointer of this process (DefaultPredictor's and
-    DefaultTrainer's too) load weights files as data. detectron2 unpickles .pkl
-    files with pickle.load, which runs whatever code the file names."""
-    DetectionCheckpointer._load_file = _load_file
-    DetectionCheckpointer._torch_load = _torch_load
 
 
 def _non_finite_tensors(state_dict: Dict[str, Any]) -> List[str]:
@@ -239,10 +234,10 @@ class DetrCheckpointer(DetectionCheckpointer):
             lambda f: f.write(last_filename_basename.encode()),
         )
 
-    _torch_load = _torch_load
+    _torch_load = torch_load_as_data
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        checkpoint = _load_file(self, filename)
+        checkpoint = load_file_as_data(self, filename)
         non_finite = _non_finite_tensors(checkpoint.get("model", {}))
         if non_finite:
             raise UnreadableCheckpointError(

@@ -7,7 +7,8 @@ format (INPUT.FORMAT, or the test mapper's image_format: RGB for the configs
 here), resized as the test mapper and DefaultPredictor resize it, H and W at
 least MIN_SIZE. It returns ``boxes`` (K, 4) (x1, y1, x2, y2) in pixels of that
 image, clipped to it, ``scores`` (K,) and ``classes`` (K,) int64, best first,
-K = min(test_topk, num_queries * num_classes): the Instances the eager model
+K = min(test_topk, num_queries * num_classes) (DETR's softmax head: min(test_topk,
+num_queries)): the Instances the eager model
 returns for that image, except that the empty boxes detector_postprocess drops
 are kept (a fixed K keeps the graph free of data-dependent shapes).
 
@@ -27,7 +28,7 @@ from torch import nn
 
 from ..config.build import build_model, input_format, load_config
 from ..modeling.deformable_transformer import sizes_as_tensor
-from ..modeling.meta_arch.deformable_detr import DeformableDETR
+from ..modeling.meta_arch.set_prediction import SetPredictionDetector
 from .precision import PRECISIONS, full_precision, inference_autocast, set_inference_precision
 
 __all__ = [
@@ -49,10 +50,12 @@ MIN_SIZE = (
 
 
 class ImageToDetections(nn.Module):
-    """DeformableDETR's inference on one unpadded image, in tensors only."""
+    """A DETR-family model's inference (DeformableDETR, DETR) on one unpadded image,
+    in tensors only."""
 
-    def __init__(self, model: DeformableDETR):
+    def __init__(self, model: SetPredictionDetector):
         super().__init__()
+        check_exportable(model)
         self.model = model
         self.eval()
 
@@ -69,6 +72,16 @@ class ImageToDetections(nn.Module):
         size = sizes_as_tensor([width, height, width, height], boxes.dtype, boxes.device)
         boxes = torch.minimum((boxes[0] * size).clamp(min=0), size)  # as detector_postprocess clips
         return boxes, scores[0], classes[0]
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raises ValueError, naming the model's class, when it cannot be exported."""
+    if not isinstance(model, SetPredictionDetector):
+        raise ValueError(
+            f"a {type(model).__name__} cannot be exported: the exporters trace the tensor-only "
+            "inference of the DETR family (SetPredictionDetector: DeformableDETR and DETR "
+            "configs); evaluate this model with tools/lazyconfig_train_net.py --eval-only"
+        )
 
 
 def dynamic_image_shapes():
@@ -167,7 +180,7 @@ def check_precision(fmt: str, precision: str) -> None:
 
 
 def export(
-    model: DeformableDETR,
+    model: SetPredictionDetector,
     image: torch.Tensor,
     fmt: str,
     output_dir: str,
@@ -182,6 +195,7 @@ def export(
     an `image` tensor."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    check_exportable(model)
     precision = precision or model.inference_precision
     check_precision(fmt, precision)
     if precision == "int8" and len(calibration_images) == 0:
@@ -255,7 +269,7 @@ class ArtefactDetector:
         return processed
 
 
-def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[DeformableDETR, str]:
+def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[SetPredictionDetector, str]:
     """The model of a LazyConfig .py (overrides key=value, weights train.init_checkpoint)
     or yacs .yaml (overrides KEY VALUE or KEY=VALUE, weights MODEL.WEIGHTS) file, on the
     CPU in eval mode with its weights loaded strictly (deformable_detr.config.build), and its

@@ -1,11 +1,9 @@
 """Deformable DETR as a detectron2 meta-architecture."""
 
 import copy
-import math
 from typing import Dict, Sequence
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
@@ -17,23 +15,9 @@ from ..criterion import SetCriterion
 from ..deformable_transformer import DeformableTransformer, refine_box
 from ..matcher import HungarianMatcher
 from ..position_encoding import PositionEmbeddingSine
-from .set_prediction import SetPredictionDetector
+from .set_prediction import MLP, SetPredictionDetector
 
-__all__ = ["DeformableDETR", "MLP"]
-
-
-class MLP(nn.Module):
-    """Linear layers with ReLU between them (the box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
+__all__ = ["DeformableDETR"]
 
 
 def _input_projection(
@@ -43,11 +27,6 @@ def _input_projection(
     nn.init.xavier_uniform_(conv.weight, gain=1)
     nn.init.zeros_(conv.bias)
     return nn.Sequential(conv, nn.GroupNorm(norm_groups, hidden_dim))
-
-
-def focal_prior_bias(prior_prob: float) -> float:
-    """The class-head bias whose sigmoid is `prior_prob` (focal loss's prior)."""
-    return -math.log((1 - prior_prob) / prior_prob)
 
 
 @META_ARCH_REGISTRY.register()
@@ -100,7 +79,6 @@ class DeformableDETR(SetPredictionDetector):
             inference_precision: "fp32", or "bf16" (bfloat16 autocast with the layers
                 that place samples and boxes in float32; deformable_detr.export.precision).
         """
-        super().__init__()
         if two_stage != transformer.two_stage:
             raise ValueError(
                 f"two_stage={two_stage} but the transformer has two_stage={transformer.two_stage}"
@@ -114,21 +92,23 @@ class DeformableDETR(SetPredictionDetector):
             raise ValueError(
                 f"{len(in_features)} in_features for {num_feature_levels} feature levels"
             )
-        self.backbone = backbone
+        super().__init__(
+            backbone=backbone,
+            position_embedding=position_embedding,
+            transformer=transformer,
+            criterion=criterion,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            aux_loss=aux_loss,
+            test_topk=test_topk,
+            prior_prob=prior_prob,
+        )
         self.in_features = list(in_features)
-        self.position_embedding = position_embedding
-        self.transformer = transformer
-        self.criterion = criterion
-        self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_feature_levels = num_feature_levels
         self.with_box_refine = with_box_refine
         self.two_stage = two_stage
-        self.aux_loss = aux_loss
-        self.test_topk = test_topk
-        self.prior_prob = prior_prob
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
         hidden_dim = transformer.hidden_dim
         shapes = backbone.output_shape()
@@ -146,8 +126,7 @@ class DeformableDETR(SetPredictionDetector):
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries, hidden_dim * 2)
 
-        class_embed = nn.Linear(hidden_dim, num_classes)
-        nn.init.constant_(class_embed.bias, focal_prior_bias(prior_prob))
+        class_embed = self.class_head(hidden_dim)
         bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
         nn.init.zeros_(bbox_embed.layers[-1].weight)
         nn.init.zeros_(bbox_embed.layers[-1].bias)
@@ -228,13 +207,6 @@ class DeformableDETR(SetPredictionDetector):
             "inference_precision": dd.INFERENCE_PRECISION,
         }
 
-    def reset_class_heads(self) -> None:
-        """Re-initialises every class head (each decoder layer's and, two-stage, the
-        encoder's) as at construction: torch's default weights, the bias at the focal prior."""
-        for head in dict.fromkeys(self.class_embed):  # a head shared by the layers once
-            head.reset_parameters()
-            nn.init.constant_(head.bias, focal_prior_bias(self.prior_prob))
-
     def feature_levels(self, images: ImageList):
         """The transformer's inputs: per level the projected map (N, C, H_l, W_l),
         its padding mask (N, H_l, W_l) and position embedding (N, C, H_l, W_l)."""
@@ -251,14 +223,15 @@ class DeformableDETR(SetPredictionDetector):
                 src = self.input_proj[level](features[self.in_features[-1]])
             else:
                 src = self.input_proj[level](srcs[-1])
-            mask = F.interpolate(image_mask[None].float(), size=src.shape[-2:])[0].to(torch.bool)
+            mask, position = self.masked_position(image_mask, src)
             srcs.append(src)
             masks.append(mask)
-            positions.append(self.position_embedding(mask, src.dtype).to(src.dtype))
+            positions.append(position)
         return srcs, masks, positions
 
-    def predict(self, images: ImageList) -> Dict:
-        """The raw predictions on normalized, padded images.
+    def predict_masked(self, images: torch.Tensor, image_mask: torch.Tensor) -> Dict:
+        """The raw predictions on padded images (N, 3, H, W) with their padding mask
+        (N, H, W), True at padding.
 
         Returns:
             "pred_logits" (N, Q, K) and "pred_boxes" (N, Q, 4) normalized (cx, cy, w, h)
@@ -266,11 +239,6 @@ class DeformableDETR(SetPredictionDetector):
             every earlier layer; in two-stage, "enc_outputs": the encoder proposals'
             (N, S, K) logits and (N, S, 4) boxes (invalid proposals have boxes of 1).
         """
-        return self.predict_masked(images.tensor, self.padding_mask(images))
-
-    def predict_masked(self, images: torch.Tensor, image_mask: torch.Tensor) -> Dict:
-        """predict on padded images (N, 3, H, W) with their padding mask (N, H, W),
-        True at padding: the tensor-only form that the exporters trace."""
         srcs, masks, positions = self.masked_feature_levels(images, image_mask)
         query_embed = None if self.two_stage else self.query_embed.weight
         hidden_states, references, enc_logits, enc_boxes_unact = self.transformer(
@@ -290,11 +258,7 @@ class DeformableDETR(SetPredictionDetector):
                     self.bbox_embed[layer](hidden_states[layer]), references[layer]
                 ).sigmoid()
             )
-        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            outputs["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
-            ]
+        outputs = self.set_outputs(logits, boxes)
         if self.two_stage:
             outputs["enc_outputs"] = {
                 "pred_logits": enc_logits,

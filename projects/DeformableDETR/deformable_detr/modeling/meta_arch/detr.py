@@ -2,19 +2,16 @@
 Deformable DETR is measured against, sharing its backbone handling, matcher,
 criterion, position encoding and post-processing."""
 
-import math
 from typing import Dict
 
 import torch
 from detectron2.modeling import Backbone
-from detectron2.structures import ImageList
 from torch import nn
 from torchvision.ops import box_convert
 
 from ..criterion import CLASS_LOSSES
 from ..detr_transformer import DetrTransformer
-from .deformable_detr import MLP
-from .set_prediction import SetPredictionDetector
+from .set_prediction import MLP, SetPredictionDetector
 
 __all__ = ["DETR"]
 
@@ -56,53 +53,45 @@ class DETR(SetPredictionDetector):
         test_topk: int = 100,
         prior_prob: float = 0.01,
     ):
-        super().__init__()
         if class_loss not in CLASS_LOSSES:
             raise ValueError(f"DETR: class_loss must be one of {CLASS_LOSSES}, got {class_loss!r}")
         if getattr(criterion, "class_loss", class_loss) != class_loss:
             raise ValueError(
                 f"DETR: class_loss={class_loss!r} but the criterion has {criterion.class_loss!r}"
             )
-        self.backbone = backbone
+        super().__init__(
+            backbone=backbone,
+            position_embedding=position_embedding,
+            transformer=transformer,
+            criterion=criterion,
+            num_classes=num_classes,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            aux_loss=aux_loss,
+            test_topk=test_topk,
+            prior_prob=prior_prob,
+        )
         self.in_feature = in_feature
-        self.position_embedding = position_embedding
-        self.transformer = transformer
-        self.criterion = criterion
-        self.num_classes = num_classes
         self.class_loss = class_loss
-        self.aux_loss = aux_loss
-        self.test_topk = test_topk
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
         hidden_dim = transformer.hidden_dim
         channels = backbone.output_shape()[in_feature].channels
         self.input_proj = nn.Conv2d(channels, hidden_dim, kernel_size=1)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
-        self.class_embed = nn.Linear(hidden_dim, num_classes + (class_loss == "softmax"))
-        if class_loss == "focal":
-            nn.init.constant_(self.class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.class_embed = self.class_head(hidden_dim)
         self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
 
-    def predict(self, images: ImageList) -> Dict:
-        """The raw predictions on normalized, padded images: "pred_logits" (N, Q, K or
-        K + 1) and "pred_boxes" (N, Q, 4) normalized (cx, cy, w, h) of the last
-        decoder layer; with aux_loss, "aux_outputs" for every earlier layer."""
-        features = self.backbone(images.tensor)[self.in_feature]
-        mask = nn.functional.interpolate(
-            self.padding_mask(images)[None].float(), size=features.shape[-2:]
-        )[0].to(torch.bool)
-        src = self.input_proj(features)
-        pos = self.position_embedding(mask, src.dtype).to(src.dtype)
+    def predict_masked(self, images: torch.Tensor, image_mask: torch.Tensor) -> Dict:
+        """The raw predictions on padded images (N, 3, H, W) with their padding mask
+        (N, H, W), True at padding: "pred_logits" (N, Q, K or K + 1) and "pred_boxes"
+        (N, Q, 4) normalized (cx, cy, w, h) of the last decoder layer; with aux_loss,
+        "aux_outputs" for every earlier layer."""
+        src = self.input_proj(self.backbone(images)[self.in_feature])
+        mask, pos = self.masked_position(image_mask, src)
         hidden_states = self.transformer(src, mask, pos, self.query_embed.weight)
-        logits = self.class_embed(hidden_states)
-        boxes = self.bbox_embed(hidden_states).sigmoid()
-        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            outputs["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
-            ]
-        return outputs
+        return self.set_outputs(
+            self.class_embed(hidden_states), self.bbox_embed(hidden_states).sigmoid()
+        )
 
     def select_topk(self, logits: torch.Tensor, boxes: torch.Tensor):
         """As SetPredictionDetector.select_topk; with a softmax head, each query's
