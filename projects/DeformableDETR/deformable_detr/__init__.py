@@ -7,7 +7,8 @@ evaluation and inference, lenient with a report for training).
 The package is laid out as detectron2 is: modeling/, solver/, engine/,
 checkpoint/, config/, export/, data/, and study/ (the claims study)."""
 
-from . import _moved_modules, data  # noqa: F401  (data registers the synthetic datasets)
+# _quiet_imports before anything that imports detectron2; data registers the datasets
+from . import _moved_modules, _quiet_imports, data  # noqa: F401
 from .checkpoint.loading_rule import install_loading_rule
 from .config import add_deformable_detr_config, load_yacs_config
 from .modeling import DETR, DeformableDETR
