@@ -96,9 +96,12 @@ class SetPredictionDetector(nn.Module):
         """A class head: K logits (K + 1 with a softmax head's no-object class), a
         focal head's bias at the focal prior."""
         head = nn.Linear(hidden_dim, self.num_classes + (self.class_loss == "softmax"))
+        self._init_bias(head)
+        return head
+
+    def _init_bias(self, head: nn.Linear) -> None:
         if self.class_loss == "focal":
             nn.init.constant_(head.bias, focal_prior_bias(self.prior_prob))
-        return head
 
     def reset_class_heads(self) -> None:
         """Re-initialises every class head (a head shared by the decoder layers once)
@@ -106,8 +109,7 @@ class SetPredictionDetector(nn.Module):
         for head in self.class_embed.modules():
             if isinstance(head, nn.Linear):
                 head.reset_parameters()
-                if self.class_loss == "focal":
-                    nn.init.constant_(head.bias, focal_prior_bias(self.prior_prob))
+                self._init_bias(head)
 
     def class_heads(self) -> ClassHeads:
         """The class heads, as the loading rule re-initialises them
@@ -116,7 +118,9 @@ class SetPredictionDetector(nn.Module):
             prefixes=("class_embed.",),
             reset=self.reset_class_heads,
             extra_logits=int(self.class_loss == "softmax"),
-            **({"initialisation": "with the focal prior"} if self.class_loss == "focal" else {}),
+            initialisation="with the focal prior"
+            if self.class_loss == "focal"
+            else "as at construction",
         )
 
     @property
