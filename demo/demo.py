@@ -6,7 +6,7 @@
         --config-file configs/synthetic/deformable_detr_tiny.py \\
         --input ~/.cache/d2ext/datasets/synthetic_shapes/val/00000*.jpg --output output/demo \\
         --opts train.init_checkpoint=output/synthetic_tiny/model_final.pth
-    # yacs (.yaml, through DefaultPredictor): overrides are KEY VALUE pairs
+    # yacs (.yaml, through DefaultPredictor): overrides are KEY VALUE pairs or KEY=VALUE
     python demo/demo.py \\
         --config-file configs/COCO/deformable_detr_r50_50ep.yaml \\
         --input images/ --output output/demo \\
@@ -32,7 +32,7 @@ import os
 import cv2
 import torch
 import tqdm
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
@@ -40,12 +40,12 @@ from detectron2.data.detection_utils import convert_image_to_rgb, read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
-from deformable_detr import load_yacs_config
 from deformable_detr.checkpoint.checkpointer import UnreadableCheckpointError
-from deformable_detr.config.build import build_model, input_format, is_yacs, registered_dataset_name
-from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
+from deformable_detr.config.build import build_model, input_format, is_yacs, load_config
+from deformable_detr.config.overrides import ConfigOverrideError
 from deformable_detr.data import synthetic
-from deformable_detr.data.coco_json import DatasetError, register_yacs_datasets
+from deformable_detr.data.build import dataset_name, register_yacs_datasets
+from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.data.dataset_mapper import detr_test_augmentation
 from deformable_detr.export.artefacts import ArtefactDetector, artefact_format, load_artefact
 
@@ -78,7 +78,7 @@ def parse_args(argv=None):
         nargs=argparse.REMAINDER,
         default=[],
         help="config overrides: key=value for .py (e.g. train.init_checkpoint=model.pth), "
-        "KEY VALUE pairs for .yaml (e.g. MODEL.WEIGHTS model.pth)",
+        "KEY VALUE pairs or KEY=VALUE for .yaml (e.g. MODEL.WEIGHTS model.pth)",
     )
     return parser.parse_args(argv)
 
@@ -145,15 +145,12 @@ class ConfigPredictor:
 def setup(args):
     """(predictor, metadata) for args.config_file; the class names are those the
     weights record or the data's, else the test dataset's metadata."""
-    if args.config_file.endswith(".py"):
-        cfg = apply_overrides(LazyConfig.load(args.config_file), args.opts)
-        name = registered_dataset_name(cfg.dataloader.test.dataset)
-    else:
-        cfg = load_yacs_config(args.config_file, args.opts)
-        register_yacs_datasets(cfg)  # DATASETS.TEST_JSON and the like, when given
+    cfg = load_config(args.config_file, args.opts)
+    if is_yacs(cfg):
+        register_yacs_datasets(cfg)  # DATASETS.TEST_JSON and the like; NUM_CLASSES 0 from them
         cfg.MODEL.DEVICE = args.device
         cfg.freeze()
-        name = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
+    name = dataset_name(cfg, "test") or "__unused"
     if args.artefact:
         if not os.path.isfile(args.artefact):
             raise SystemExit(f"--artefact {args.artefact}: no such file")

@@ -61,12 +61,14 @@ PIXEL_STD = [58.395, 57.120, 57.375]
 
 # ----------------------------------------------------------------------------- models
 def build_ours(variant, backend, num_classes, device):
-    from detectron2.config import LazyConfig, instantiate
+    """The variant's config with random weights, in training mode; its classes are the
+    benchmark's random labels 0 .. num_classes - 1."""
+    from deformable_detr.config.build import build_model, load_config
 
-    cfg = LazyConfig.load(str(ROOT / VARIANTS[variant]))
-    cfg.model.transformer.msda_backend = backend
-    cfg.model.num_classes = num_classes
-    return instantiate(cfg.model).to(device)
+    overrides = [f"model.transformer.msda_backend={backend}", f"model.num_classes={num_classes}"]
+    cfg = load_config(str(ROOT / VARIANTS[variant]), overrides)
+    labels = [str(label) for label in range(num_classes)]
+    return build_model(cfg, weights=None, device=device, class_names=labels).train()
 
 
 def build_hf(variant, num_classes, device):

@@ -4,8 +4,8 @@ test set: the eager model in float32, in bfloat16 with the layers that place
 samples and boxes in float32 (deformable_detr.export.precision.FLOAT32_MODULES, the "bf16"
 switch) and in bfloat16 everywhere; its ONNX export on onnxruntime in float32, in
 int8 with the same layers in float32 (the "int8" switch, calibrated on the first
---calibration-images test images) and in int8 everywhere. The "everywhere" rows are
-what the kept lists are measured against.
+--calibration-images training images, never on the test set) and in int8 everywhere.
+The "everywhere" rows are what the kept lists are measured against.
 
     python tools/benchmark_precision.py \\
         --config-file configs/synthetic/deformable_detr_tiny_multiscale.py \\
@@ -53,7 +53,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config-file", required=True, help="LazyConfig .py file")
     parser.add_argument("--compare-images", type=int, default=20)
-    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument(
+        "--calibration-images", type=int, default=16, help="int8: training images to calibrate on"
+    )
     parser.add_argument(
         "--row",
         action="append",

@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -41,8 +41,9 @@ from deformable_detr.checkpoint.checkpointer import (
     UnreadableCheckpointError,
 )
 from deformable_detr.checkpoint.loading_rule import ClassNames, LoadingRule
-from deformable_detr.config.build import build_model, build_train_loader, data_class_names
-from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
+from deformable_detr.config.build import build_model, load_config
+from deformable_detr.config.overrides import ConfigOverrideError
+from deformable_detr.data.build import build_train_loader, data_class_names
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.engine.hooks import ResumablePeriodicCheckpointer
 from deformable_detr.engine.output import (
@@ -151,8 +152,7 @@ def do_train(args, cfg):
 
 
 def main(args):
-    cfg = LazyConfig.load(args.config_file)
-    cfg = apply_overrides(cfg, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     # held until the process ends; before default_setup, which writes log.txt and config.yaml there
     lock = lock_output_dir(cfg.train.output_dir) if comm.is_main_process() else None  # noqa: F841
     default_setup(cfg, args)

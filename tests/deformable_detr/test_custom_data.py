@@ -11,7 +11,8 @@ import torch
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from deformable_detr.config.build import build_model, data_class_names, load_config
+from deformable_detr.config.build import build_model, load_config
+from deformable_detr.data.build import data_class_names
 from deformable_detr.data.coco_json import DatasetError, coco_json_dataset, register_coco_json
 
 from ..train_net_runs import ROOT, train_net
@@ -207,7 +208,7 @@ def test_demo_and_default_predictor_show_the_new_classes(fine_tuned, coco_folder
     from detectron2.engine import DefaultPredictor
 
     from deformable_detr import load_yacs_config
-    from deformable_detr.data.coco_json import register_yacs_datasets
+    from deformable_detr.data.build import register_yacs_datasets
 
     from ..scripts import load_script
 

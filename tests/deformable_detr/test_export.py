@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from deformable_detr.config.build import build_model as build_configured_model
-from deformable_detr.config.build import load_config
-from deformable_detr.export.artefacts import ImageToDetections, load_artefact, load_model
+from deformable_detr.config.build import input_format, load_config
+from deformable_detr.export.artefacts import ImageToDetections, load_artefact
 
 from ..scripts import ROOT, load_script
 from .tiny_model import VARIANTS, build_model
@@ -84,12 +84,18 @@ def synthetic_checkpoint(tmp_path_factory):
     return path
 
 
-def test_load_model_takes_the_checkpoint_from_either_config(synthetic_checkpoint):
+def _load_model(config_file, opts):
+    """The configured model with its weights, as export_model builds it, and its input format."""
+    cfg = load_config(config_file, opts)
+    return build_configured_model(cfg, device="cpu"), input_format(cfg)
+
+
+def test_build_model_takes_the_checkpoint_from_either_config(synthetic_checkpoint):
     expected = torch.load(synthetic_checkpoint)["model"]
-    lazy, lazy_format = load_model(
+    lazy, lazy_format = _load_model(
         str(SYNTHETIC.with_suffix(".py")), [f"train.init_checkpoint={synthetic_checkpoint}"]
     )
-    yacs, yacs_format = load_model(
+    yacs, yacs_format = _load_model(
         str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"]
     )
     assert lazy_format == yacs_format == "RGB"
@@ -116,7 +122,7 @@ def test_tool_exports_and_prints_how_to_load(synthetic_checkpoint, tmp_path):
     )
     artefact = tmp_path / "out" / "model.ts"
     assert f"wrote {artefact}" in stdout and f"torch.jit.load('{artefact}')" in stdout
-    model, _ = load_model(
+    model, _ = _load_model(
         str(SYNTHETIC.with_suffix(".yaml")), [f"MODEL.WEIGHTS={synthetic_checkpoint}"]
     )
     exported = load_artefact(str(artefact), "torchscript")

@@ -51,3 +51,20 @@ def test_plus_adds_a_key_and_refuses_an_existing_one(cfg):
     assert (cfg.train.note, cfg.train.max_iter, cfg.train.other) == ("hello", 7, 1)
     with pytest.raises(ConfigOverrideError, match="already has train.max_iter; write train.max"):
         apply_overrides(cfg, ["+train.max_iter=5"])
+
+
+def test_yacs_overrides_are_pairs_or_key_equals_value_and_checked():
+    from deformable_detr import load_yacs_config
+
+    config = str(CONFIG.with_suffix(".yaml"))
+    cfg = load_yacs_config(
+        config, ["MODEL.WEIGHTS=a=b.pth", "INPUT.MIN_SIZE_TEST", 64, "MODEL.DEVICE", "cpu"]
+    )
+    assert (cfg.MODEL.WEIGHTS, cfg.INPUT.MIN_SIZE_TEST, cfg.MODEL.DEVICE) == ("a=b.pth", 64, "cpu")
+    with pytest.raises(ConfigOverrideError) as info:
+        load_yacs_config(config, ["MODEL.DEVICE", "cpu", "MODEL.WIEGHTS", "m.pth"])
+    assert str(info.value) == (
+        "MODEL.WIEGHTS: the config has no key MODEL.WIEGHTS (did you mean MODEL.WEIGHTS?)"
+    )
+    with pytest.raises(ConfigOverrideError, match="MODEL.WEIGHTS: no value; write KEY VALUE"):
+        load_yacs_config(config, ["MODEL.WEIGHTS"])

@@ -167,3 +167,33 @@ def test_int8_export_keeps_ap_within_half_a_point(
     detections = [detector(batch)[0]["instances"][:10] for batch in sample]
     _, same_box, total = detection_agreement(detections, reference, iou=0.9)
     assert same_box >= 0.95 * total, (same_box, total)
+
+
+def test_int8_calibrates_on_training_images_never_on_the_evaluated_ones(tmp_path):
+    """calibration_images reads the config's training set (2 images) through the test
+    mapper, never its test set (4 black images), which the int8 AP is measured on."""
+    import cv2
+    import numpy as np
+
+    from .coco_folder import write_coco_folder
+
+    train_json, train_images = write_coco_folder(tmp_path, "train", 2, seed=0)
+    val_json, val_images = write_coco_folder(tmp_path, "val", 4, seed=1)
+    for path in val_images.iterdir():
+        cv2.imwrite(str(path), np.zeros((96, 96, 3), np.uint8))
+    config = str(ROOT / "configs" / "custom" / "deformable_detr_tiny_custom.py")
+
+    def data(test_json, test_images):
+        return [
+            f"dataloader.train.dataset.json_file={train_json}",
+            f"dataloader.train.dataset.image_root={train_images}",
+            f"dataloader.test.dataset.json_file={test_json}",
+            f"dataloader.test.dataset.image_root={test_images}",
+            "dataloader.test.num_workers=0",
+        ]
+
+    images = calibration_images(load_config(config, data(val_json, val_images)), 4)
+    assert len(images) == 2
+    assert all(image.shape == (3, 160, 160) and image.mean() > 10 for image in images)
+    with pytest.raises(ValueError, match=f"{train_json} is the test set too"):
+        calibration_images(load_config(config, data(train_json, train_images)), 4)

@@ -209,10 +209,11 @@ def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
 
 
 def test_demo_runs_an_exported_artefact_as_the_model(tiny_checkpoint, images, tmp_path):
-    from deformable_detr.export.artefacts import export, load_model
+    from deformable_detr.config.build import build_model, load_config
+    from deformable_detr.export.artefacts import export
 
     config = str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml")
-    model, _ = load_model(config, [f"MODEL.WEIGHTS={tiny_checkpoint}"])
+    model = build_model(load_config(config, [f"MODEL.WEIGHTS={tiny_checkpoint}"]), device="cpu")
     path, _ = export(model, torch.rand(3, 96, 128) * 255, "torchscript", str(tmp_path))
     arguments = ["--config-file", config, "--input", str(images), "--output", str(tmp_path)]
     arguments += ["--device", "cpu", "--opts", "MODEL.WEIGHTS", str(tiny_checkpoint)]

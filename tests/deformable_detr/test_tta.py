@@ -6,13 +6,14 @@ the synthetic validation set."""
 import numpy as np
 import pytest
 import torch
-from detectron2.config import LazyConfig
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model as build_yacs_model
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from deformable_detr import load_yacs_config
+from deformable_detr.config.build import load_config
+from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.modeling.box_fusion import weighted_boxes_fusion
 from deformable_detr.modeling.test_time_augmentation import (
     DeformableDETRWithTTA,
@@ -125,10 +126,10 @@ def test_bad_arguments_are_named():
 def test_lazy_config_switch():
     """train.test_aug: off by default; on, the wrapper with the config's values
     (what tools/lazyconfig_train_net.py evaluates with)."""
-    cfg = LazyConfig.load(str(SYNTHETIC.with_suffix(".py")))
+    cfg = load_config(str(SYNTHETIC.with_suffix(".py")))
     model = build_model("multi_scale")
     assert with_test_time_augmentation(model, cfg.train.test_aug) is model
-    cfg = LazyConfig.apply_overrides(
+    cfg = apply_overrides(
         cfg, ["train.test_aug.enabled=True", "train.test_aug.min_sizes=[320,480]"]
     )
     tta = with_test_time_augmentation(model, cfg.train.test_aug)

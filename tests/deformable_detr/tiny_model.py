@@ -1,9 +1,13 @@
-"""A small Deformable DETR (ResNet-18, narrow transformer) for fast CPU tests."""
+"""A small Deformable DETR (ResNet-18, narrow transformer) for fast CPU tests, built
+as every tool builds its model (deformable_detr.config.build.build_model)."""
 
 import torch
+from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.structures import Boxes, Instances
+from omegaconf import OmegaConf
 
+from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.modeling.criterion import SetCriterion
 from deformable_detr.modeling.deformable_transformer import DeformableTransformer
 from deformable_detr.modeling.matcher import HungarianMatcher
@@ -36,9 +40,9 @@ VARIANTS = {
 
 
 def resnet(depth, out_features, norm="FrozenBN"):
-    return ResNet(
-        BasicStem(in_channels=3, out_channels=64, norm=norm),
-        ResNet.make_default_stages(
+    return L(ResNet)(
+        stem=L(BasicStem)(in_channels=3, out_channels=64, norm=norm),
+        stages=L(ResNet.make_default_stages)(
             depth=depth, norm=norm, **({"stride_in_1x1": False} if depth >= 50 else {})
         ),
         out_features=out_features,
@@ -62,8 +66,9 @@ def build_model(
     dropout=0.0,
     norm_groups=None,
 ):
+    """The variant's model with random weights, in training mode."""
     v = VARIANTS[variant]
-    transformer = DeformableTransformer(
+    transformer = L(DeformableTransformer)(
         hidden_dim=hidden_dim,
         num_heads=heads,
         num_encoder_layers=layers,
@@ -74,17 +79,18 @@ def build_model(
         two_stage=v["two_stage"],
         two_stage_num_proposals=num_queries,
     )
-    criterion = SetCriterion(
+    criterion = L(SetCriterion)(
         num_classes=num_classes,
-        matcher=HungarianMatcher(),
+        matcher=L(HungarianMatcher)(),
         weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
     )
-    return DeformableDETR(
-        backbone=resnet(depth, v["in_features"]),
-        in_features=v["in_features"],
-        position_embedding=PositionEmbeddingSine(num_pos_feats=hidden_dim // 2),
+    # transformer and criterion first: their random weights are drawn before the backbone's
+    model = L(DeformableDETR)(
         transformer=transformer,
         criterion=criterion,
+        backbone=resnet(depth, v["in_features"]),
+        in_features=v["in_features"],
+        position_embedding=L(PositionEmbeddingSine)(num_pos_feats=hidden_dim // 2),
         num_classes=num_classes,
         num_queries=num_queries,
         num_feature_levels=v["num_feature_levels"],
@@ -95,6 +101,8 @@ def build_model(
         test_topk=7,
         input_proj_norm_groups=norm_groups or (8 if hidden_dim < 256 else 32),
     )
+    cfg = OmegaConf.create({"model": model})
+    return build_configured_model(cfg, weights=None, device="cpu").train()
 
 
 def build_model_and_hf_peer(variant, num_classes=5, num_queries=12):

@@ -12,7 +12,8 @@ ExportedProgram or an AOTInductor package, for any image size.
 --precision bf16 exports bfloat16 inference (deformable_detr.export.precision) for
 torchscript, exported-program and aoti; --precision int8 exports ONNX with int8
 convolutions and linear layers (deformable_detr.export.quantization), calibrated on the
-first --calibration-images images of the config's test set. The artefact takes
+first --calibration-images images of the config's training set (never its test set,
+which the AP is measured on). The artefact takes
 one image (3, H, W) float32 in the config's input format,
 resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
 its pixels), scores (K,) and classes (K,) (see deformable_detr.export.artefacts). The
@@ -59,9 +60,14 @@ def parse_args(argv=None):
         "--calibration-images",
         type=int,
         default=16,
-        help="int8: how many of the test set's images calibrate the activation ranges",
+        help="int8: how many of the training set's first images calibrate the activation "
+        "ranges (never the test set's)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides: key=value for .py, KEY VALUE pairs or KEY=VALUE for .yaml",
+    )
     return parser.parse_args(argv)
 
 

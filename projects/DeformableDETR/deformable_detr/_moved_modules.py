@@ -17,7 +17,7 @@ MOVED_MODULES = {
     "backbones.optim": ("solver.param_groups",),
     "backbones.resnet": ("modeling.backbones.resnet",),
     "box_fusion": ("modeling.box_fusion",),
-    "build": ("config.build",),
+    "build": ("config.build", "data.build"),
     "criterion": ("modeling.criterion",),
     "detector": ("modeling.meta_arch.set_prediction",),
     "detr": ("modeling.meta_arch.detr",),

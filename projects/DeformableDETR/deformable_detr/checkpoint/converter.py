@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from ..config.build import build_model, load_config
 from .checkpointer import UnreadableCheckpointError, load_weights_file
 from .loading_rule import CLASS_NAMES_KEY
 from .state_dicts import (
@@ -23,7 +24,6 @@ from .state_dicts import (
 )
 
 __all__ = [
-    "build_model",
     "class_rows",
     "load_official",
     "load_hf",
@@ -37,14 +37,6 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 OFFICIAL_HINT = (
     "; convert official Deformable-DETR checkpoints with tools/convert_official_checkpoint.py"
 )
-
-
-def build_model(config_file: str, opts: List[str]) -> torch.nn.Module:
-    """The model of a LazyConfig (.py) or yacs (.yaml) config, on the CPU, without weights."""
-    from ..config.build import build_model as build_configured_model
-    from ..config.build import load_config
-
-    return build_configured_model(load_config(config_file, opts), weights=None, device="cpu")
 
 
 def class_rows(choice: str, checkpoint_classes: int, model_classes: int) -> Optional[List[int]]:
@@ -159,7 +151,7 @@ def _argument_parser(description: str) -> argparse.ArgumentParser:
 def convert(read: Callable[[str], Conversion], args: argparse.Namespace) -> None:
     """Build the config's model, read the input, map the classes, load strictly
     (errors name what does not fit), report, write."""
-    model = build_model(args.config_file, args.opts)
+    model = build_model(load_config(args.config_file, args.opts), weights=None, device="cpu")
     conversion = read(args.input)
     rows = class_rows(args.class_map, conversion.num_classes, model.num_classes)
     if rows is not None:

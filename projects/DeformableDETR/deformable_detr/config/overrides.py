@@ -1,18 +1,19 @@
-"""key=value overrides of a LazyConfig that refuse keys the config does not have,
-so that a mistyped key (``train.max_iters=5``) is an error naming the closest
-existing one instead of a new key nobody reads."""
+"""Config overrides that refuse keys the config does not have, so that a mistyped key
+(``train.max_iters=5``, ``MODEL.WIEGHTS x``) is an error naming the closest existing
+one instead of a new key nobody reads: ``key=value`` for a LazyConfig, ``KEY VALUE``
+pairs or ``KEY=VALUE`` for a yacs config."""
 
 import difflib
 import inspect
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Iterable, Iterator, List, Sequence, Tuple
 
-from detectron2.config import LazyConfig
+from detectron2.config import CfgNode, LazyConfig
 from detectron2.utils.registry import locate
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigOverrideError", "apply_overrides"]
+__all__ = ["ConfigOverrideError", "apply_overrides", "apply_yacs_overrides"]
 
 _ABSENT = object()
 
@@ -35,7 +36,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         key, exists = override.key_or_group, _exists(cfg, override.key_or_group)
         if override.type == OverrideType.CHANGE and not exists:
             raise ConfigOverrideError(
-                f"{override.input_line}: the config has no key {key}{_closest(cfg, key)}; "
+                f"{override.input_line}: the config has no key {key}{_closest(_keys(cfg), key)}; "
                 f"write +{override.input_line} to add it"
             )
         if override.type == OverrideType.ADD and exists:
@@ -89,6 +90,56 @@ def _keys(node: Any, prefix: str = "") -> Iterator[str]:
             yield from _keys(node._get_node(index), f"{prefix}{index}.")
 
 
-def _closest(cfg: DictConfig, key: str) -> str:
-    matches = difflib.get_close_matches(key, list(_keys(cfg)), n=1, cutoff=0.6)
+def _closest(keys: Iterable[str], key: str) -> str:
+    matches = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
     return f" (did you mean {matches[0]}?)" if matches else ""
+
+
+def apply_yacs_overrides(cfg: CfgNode, overrides: Sequence[Any]) -> CfgNode:
+    """yacs's merge_from_list with its keys checked first; `overrides` are KEY VALUE
+    pairs (``MODEL.WEIGHTS model.pth``) or KEY=VALUE items, mixed as one likes.
+
+    Raises:
+        ConfigOverrideError: one line naming the key and the closest existing key, or
+            the key that has no value.
+    """
+    pairs = yacs_override_pairs(overrides)
+    for key, _ in pairs:
+        if not _yacs_has_key(cfg, key):
+            closest = _closest(_yacs_keys(cfg), key)
+            raise ConfigOverrideError(f"{key}: the config has no key {key}{closest}")
+    cfg.merge_from_list([item for pair in pairs for item in pair])
+    return cfg
+
+
+def yacs_override_pairs(overrides: Sequence[Any]) -> List[Tuple[str, Any]]:
+    """(KEY, VALUE) of KEY VALUE pairs and KEY=VALUE items: an item is KEY=VALUE when it
+    stands where a key is expected and holds "=", so a value may hold "=" too."""
+    pairs, items = [], iter(overrides)
+    for item in items:
+        if isinstance(item, str) and "=" in item:
+            key, value = item.split("=", 1)
+        else:
+            key, value = item, next(items, _ABSENT)
+            if value is _ABSENT:
+                raise ConfigOverrideError(
+                    f"{key}: no value; write KEY VALUE pairs (MODEL.WEIGHTS model.pth) or KEY=VALUE"
+                )
+        pairs.append((key, value))
+    return pairs
+
+
+def _yacs_has_key(cfg: CfgNode, key: str) -> bool:
+    node = cfg
+    for name in key.split("."):
+        if not isinstance(node, CfgNode) or name not in node:
+            return False
+        node = node[name]
+    return True
+
+
+def _yacs_keys(node: CfgNode, prefix: str = "") -> Iterator[str]:
+    for name, value in node.items():
+        yield prefix + name
+        if isinstance(value, CfgNode):
+            yield from _yacs_keys(value, f"{prefix}{name}.")

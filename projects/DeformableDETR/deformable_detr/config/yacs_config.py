@@ -49,7 +49,7 @@ def add_deformable_detr_config(cfg: CN) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
     cfg.SOLVER.LINEAR_PROJ_MULTIPLIER = 0.1
     # COCO-format datasets given by their files, registered as DATASETS.TRAIN[0] and
-    # DATASETS.TEST[0] by deformable_detr.data.coco_json.register_yacs_datasets
+    # DATASETS.TEST[0] by deformable_detr.data.build.register_yacs_datasets
     cfg.DATASETS.TRAIN_JSON = ""
     cfg.DATASETS.TRAIN_IMAGE_ROOT = ""
     cfg.DATASETS.TEST_JSON = ""
@@ -61,12 +61,15 @@ def add_deformable_detr_config(cfg: CN) -> None:
 
 
 def load_yacs_config(config_file: str, opts=()) -> CN:
-    """detectron2's defaults plus ours, merged with a YAML file and KEY VALUE
-    overrides; not frozen, so the caller can still set e.g. MODEL.DEVICE."""
+    """detectron2's defaults plus ours, merged with a YAML file and overrides (KEY VALUE
+    pairs or KEY=VALUE, a mistyped key an error naming the closest one: see
+    deformable_detr.config.overrides); not frozen, so the caller can still set e.g.
+    MODEL.DEVICE."""
     from detectron2.config import get_cfg
+
+    from .overrides import apply_yacs_overrides
 
     cfg = get_cfg()
     add_deformable_detr_config(cfg)
     cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return apply_yacs_overrides(cfg, list(opts))

@@ -13,7 +13,7 @@ file and what is wrong, before anything trains on it.
 import json
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -23,8 +23,6 @@ from .ground_truth import clean_boxes, detection_dataset_dicts
 __all__ = [
     "DatasetError",
     "check_same_classes",
-    "class_names_of",
-    "register_yacs_datasets",
     "warn_classes_without_training_boxes",
     "coco_json_classes",
     "coco_json_dataset",
@@ -172,44 +170,4 @@ def check_same_classes(
             f"{train_source} and {test_source} have different categories ({len(train)}: "
             f"{', '.join(train)}; {len(test)}: {', '.join(test)}); give datasets with the same "
             "categories, with the same ids"
-        )
-
-
-def class_names_of(dataset_name: str) -> Optional[List[str]]:
-    """The thing_classes of a registered dataset, None when it has none."""
-    names = MetadataCatalog.get(dataset_name).get("thing_classes")
-    return list(names) if names else None
-
-
-def register_yacs_datasets(cfg) -> None:
-    """The yacs route: registers DATASETS.TRAIN[0] and DATASETS.TEST[0] from
-    DATASETS.{TRAIN,TEST}_JSON and _IMAGE_ROOT (those given), and sets
-    MODEL.DEFORMABLE_DETR.NUM_CLASSES from the JSON when it is 0, else checks it.
-    Call it before DefaultPredictor(cfg) or DefaultTrainer(cfg), whose metadata
-    then has the JSON's class names."""
-    datasets = cfg.DATASETS
-    names = []
-    for split, json_file, image_root in (
-        ("TRAIN", datasets.TRAIN_JSON, datasets.TRAIN_IMAGE_ROOT),
-        ("TEST", datasets.TEST_JSON, datasets.TEST_IMAGE_ROOT),
-    ):
-        if json_file:
-            if not datasets[split]:
-                raise DatasetError(
-                    f"DATASETS.{split}_JSON is set but DATASETS.{split} names no dataset"
-                )
-            register_coco_json(datasets[split][0], json_file, image_root)
-            names.append((json_file, class_names_of(datasets[split][0])))
-    for json_file, classes in names[1:]:
-        check_same_classes(names[0][1], classes, names[0][0], json_file)
-    if not names:
-        return
-    source, classes = names[0]
-    num_classes = cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES
-    if num_classes == 0:
-        cfg.MODEL.DEFORMABLE_DETR.NUM_CLASSES = len(classes)
-    elif num_classes != len(classes):
-        raise DatasetError(
-            f"MODEL.DEFORMABLE_DETR.NUM_CLASSES={num_classes}, but {source} has {len(classes)} "
-            f"categories ({', '.join(classes)}); set it to 0 to take them from the JSON"
         )

@@ -26,7 +26,6 @@ from detectron2.modeling import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..config.build import build_model, input_format, load_config
 from ..modeling.deformable_transformer import sizes_as_tensor
 from ..modeling.meta_arch.set_prediction import SetPredictionDetector
 from .precision import PRECISIONS, full_precision, inference_autocast, set_inference_precision
@@ -41,7 +40,6 @@ __all__ = [
     "dynamic_image_shapes",
     "export",
     "load_artefact",
-    "load_model",
 ]
 
 MIN_SIZE = (

@@ -1,5 +1,6 @@
 """int8 inference on ONNX Runtime: static quantization of an exported ONNX model's
-convolutions and linear layers, calibrated on a few images.
+convolutions and linear layers, calibrated on a few training images (never on the
+test set, which the int8 model's AP is then measured on).
 
 The float32 graph of ``export(model, image, "onnx", ...)`` is rewritten by
 onnxruntime's quantization tool in the QDQ format: weights int8 per output channel,
@@ -22,7 +23,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from ..config.build import build_test_loader
+from ..data.build import build_test_loader, dataset_source
 from .precision import FLOAT32_MODULES, module_name_pattern
 
 __all__ = ["QUANTIZED_OPS", "calibration_images", "quantizable_nodes", "quantize_onnx"]
@@ -53,12 +54,19 @@ def quantizable_nodes(model, float32_modules: Sequence[str] = FLOAT32_MODULES) -
 
 
 def calibration_images(cfg, count: int) -> List[torch.Tensor]:
-    """The first `count` images of the config's test set as an artefact takes them:
-    (3, H, W) float32, resized by the test mapper."""
+    """The first `count` images of the config's training set as an artefact takes them:
+    (3, H, W) float32, resized by the test mapper. A config whose training set is its
+    test set is refused: the calibration would see the images the AP is measured on."""
     if count < 1:
         raise ValueError(f"int8 calibration takes 1 image or more; got {count}")
+    source = dataset_source(cfg, "train")
+    if source is not None and source == dataset_source(cfg, "test"):
+        raise ValueError(
+            f"int8 calibration reads the training set, and {source} is the test set too: "
+            "give training data other than the images the model is evaluated on"
+        )
     images = []
-    for batch in build_test_loader(cfg):
+    for batch in build_test_loader(cfg, "train"):
         images += [inputs["image"].float() for inputs in batch]
         if len(images) >= count:
             break
