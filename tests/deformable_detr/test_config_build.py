@@ -13,6 +13,7 @@ import pytest
 from deformable_detr.checkpoint import converter
 from deformable_detr.checkpoint.converter import read_official
 from deformable_detr.config.build import build_model, load_config
+from deformable_detr.config.overrides import ConfigOverrideError
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.study.study import _config as study_config
 
@@ -154,3 +155,12 @@ def test_a_yacs_config_declares_its_version(path):
         logger.removeHandler(handler)
     assert cfg.VERSION == 2
     assert not [m for m in handler.messages if "has no VERSION" in m], handler.messages
+
+
+def test_a_dumped_lazy_config_loads_as_a_lazy_config():
+    """The config.yaml a training writes is a LazyConfig, whatever its suffix."""
+    dumped = ROOT / "tests" / "deformable_detr" / "dumped_configs" / "deformable_detr_tiny.yaml"
+    cfg = load_config(str(dumped), ["train.max_iter=7"])
+    assert cfg.train.max_iter == 7 and "_target_" in cfg.model
+    with pytest.raises(ConfigOverrideError, match="did you mean train.max_iter"):
+        load_config(str(dumped), ["train.max_iters=7"])

@@ -34,10 +34,10 @@ CONFIGURED = (
 
 
 def load_config(config_file: str, opts: Sequence[str] = ()):
-    """A LazyConfig (.py; overrides key=value) or yacs (.yaml; overrides KEY VALUE pairs
-    or KEY=VALUE) config, its overrides checked: a key the config does not have is a
-    ConfigOverrideError naming the closest one."""
-    if config_file.endswith(".py"):
+    """A LazyConfig (.py, or the config.yaml a training dumps; overrides key=value) or
+    yacs (.yaml; overrides KEY VALUE pairs or KEY=VALUE) config, its overrides checked:
+    a key the config does not have is a ConfigOverrideError naming the closest one."""
+    if not is_yacs_file(config_file):
         from detectron2.config import LazyConfig
 
         from .overrides import apply_overrides
@@ -46,6 +46,18 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
     from .yacs_config import load_yacs_config
 
     return load_yacs_config(config_file, opts)
+
+
+def is_yacs_file(config_file: str) -> bool:
+    """Whether a config file is a yacs config: a YAML file whose top-level keys are upper
+    case (MODEL, _BASE_, ...), not a LazyConfig's dump (model, train, ...)."""
+    if config_file.endswith(".py"):
+        return False
+    import yaml
+
+    with open(config_file) as f:
+        data = yaml.safe_load(f)
+    return not isinstance(data, dict) or all(str(key).isupper() for key in data)
 
 
 def is_yacs(cfg) -> bool:
