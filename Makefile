@@ -8,7 +8,7 @@ export MAX_JOBS
 
 CSRC := $(shell find d2ext/csrc -type f)
 
-.PHONY: install test test-quick lint format demo study bench clean
+.PHONY: install test test-quick lint format demo study bench neon-trees clean
 
 $(VENV)/.requirements: requirements.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ study: install
 # Speed and memory of the MSDA op's backends (see docs/benchmarks.md).
 bench: install
 	$(PY) tools/benchmark_msda.py
+
+# The NEON tree-crown images (docs/real_images.md) in D2EXT_DATASETS/neon_trees: the
+# deepforest wheel downloaded by pip (not installed), two images extracted and checked.
+neon-trees: install
+	$(PY) tools/datasets/prepare_neon_trees.py
 
 clean:
 	rm -rf build d2ext/_C*.so *.egg-info
