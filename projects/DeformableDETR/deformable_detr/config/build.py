@@ -55,9 +55,10 @@ def is_yacs_file(config_file: str) -> bool:
         return False
     import yaml
 
-    with open(config_file) as f:
-        data = yaml.safe_load(f)
-    return not isinstance(data, dict) or all(str(key).isupper() for key in data)
+    with open(config_file) as f:  # composed, not constructed: a dump has python tags
+        node = yaml.compose(f, Loader=yaml.SafeLoader)
+    keys = [key.value for key, _ in node.value] if isinstance(node, yaml.MappingNode) else []
+    return all(str(key).isupper() for key in keys)
 
 
 def is_yacs(cfg) -> bool:

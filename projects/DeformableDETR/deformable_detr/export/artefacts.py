@@ -265,16 +265,3 @@ class ArtefactDetector:
             original = inputs.get("height", height), inputs.get("width", width)
             processed.append({"instances": detector_postprocess(result, *original)})
         return processed
-
-
-def load_model(config_file: str, opts: Sequence[str] = ()) -> Tuple[SetPredictionDetector, str]:
-    """The model of a LazyConfig .py (overrides key=value, weights train.init_checkpoint)
-    or yacs .yaml (overrides KEY VALUE or KEY=VALUE, weights MODEL.WEIGHTS) file, on the
-    CPU in eval mode with its weights loaded strictly (deformable_detr.config.build), and its
-    input format ("RGB" or "BGR").
-
-    Raises:
-        UnreadableCheckpointError naming the checkpoint when it does not load, or not fully.
-    """
-    cfg = load_config(config_file, opts)
-    return build_model(cfg, device="cpu"), input_format(cfg)
