@@ -4,7 +4,9 @@ transformer."""
 
 from pathlib import Path
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
+
+from deformable_detr.config.build import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "COCO"
 BACKBONES = ["r101", "x101", "x101_dcn", "swin_t", "swin_b", "swin_l", "vit_b"]
@@ -43,5 +45,5 @@ def shrink(cfg):
 
 
 def shrunk_model(backbone: str, variant: str = ""):
-    cfg = shrink(LazyConfig.load(str(config_path(backbone, variant))))
+    cfg = shrink(load_config(str(config_path(backbone, variant))))
     return instantiate(cfg.model), cfg

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from deformable_detr import load_yacs_config
+from deformable_detr.config.build import load_config
+from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.solver.schedule import epoch_step_multiplier, resolve_schedule
 
 COCO_TRAIN_IMAGES = 118_287
@@ -20,7 +22,7 @@ COCO_VARIANTS = ["", "_single_scale", "_box_refine", "_two_stage"]
 
 
 def _lazy(variant):
-    return LazyConfig.load(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.py"))
+    return load_config(str(CONFIGS / "COCO" / f"deformable_detr_r50{variant}_50ep.py"))
 
 
 def _yacs(variant):
@@ -95,7 +97,7 @@ def test_epochs_stay_epochs_when_the_batch_changes(batch_size):
     """dataloader.train.total_batch_size=16 trains the recipe's 50 epochs (not 25), with
     the lr drop after 40 and the lr scaled by the square-root rule."""
     cfg = _lazy("")
-    cfg = LazyConfig.apply_overrides(cfg, [f"dataloader.train.total_batch_size={batch_size}"])
+    cfg = apply_overrides(cfg, [f"dataloader.train.total_batch_size={batch_size}"])
     resolve_schedule(cfg, COCO_TRAIN_IMAGES)
     iterations_per_epoch = COCO_TRAIN_IMAGES / batch_size
     assert cfg.train.max_iter == pytest.approx(50 * iterations_per_epoch, abs=1)
@@ -108,10 +110,8 @@ def test_epochs_stay_epochs_when_the_batch_changes(batch_size):
 
 
 def test_an_explicit_max_iter_wins_over_epochs():
-    cfg = LazyConfig.load(str(CONFIGS / "synthetic" / "deformable_detr_tiny.py"))
-    cfg = LazyConfig.apply_overrides(
-        cfg, ["train.max_iter=7", "dataloader.train.total_batch_size=2"]
-    )
+    cfg = load_config(str(CONFIGS / "synthetic" / "deformable_detr_tiny.py"))
+    cfg = apply_overrides(cfg, ["train.max_iter=7", "dataloader.train.total_batch_size=2"])
     resolve_schedule(cfg, 2000)
     assert cfg.train.max_iter == 7 and cfg.train.checkpointer.period == 500
     assert cfg.optimizer.lr == pytest.approx(4e-4 / 2)
@@ -143,7 +143,7 @@ def _drop_iteration(cfg) -> int:
 def test_every_config_family_states_its_schedule_in_epochs(
     config, num_images, batch_size, epochs, drop_epochs, max_iter
 ):
-    cfg = LazyConfig.load(str(CONFIGS / config))
+    cfg = load_config(str(CONFIGS / config))
     assert cfg.train.epochs == epochs and cfg.dataloader.train.total_batch_size == batch_size
     resolve_schedule(cfg, num_images)
     if max_iter is not None:
@@ -157,8 +157,8 @@ def test_every_config_family_states_its_schedule_in_epochs(
 def test_the_study_schedule_follows_the_batch(batch_size):
     """dataloader.train.total_batch_size rescales a study config's iterations,
     evaluation and checkpoint periods and lr drop, and scales its lr from batch 2."""
-    cfg = LazyConfig.load(str(CONFIGS / "shapes_benchmark" / "deformable_detr.py"))
-    cfg = LazyConfig.apply_overrides(cfg, [f"dataloader.train.total_batch_size={batch_size}"])
+    cfg = load_config(str(CONFIGS / "shapes_benchmark" / "deformable_detr.py"))
+    cfg = apply_overrides(cfg, [f"dataloader.train.total_batch_size={batch_size}"])
     resolve_schedule(cfg, 600)
     per_epoch = math.ceil(600 / batch_size)
     assert cfg.train.eval_period == cfg.train.checkpointer.period == per_epoch

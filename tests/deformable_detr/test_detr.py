@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_convert, generalized_box_iou
 
+from deformable_detr.config.build import load_config
+from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.export.artefacts import export, load_artefact
 from deformable_detr.modeling.criterion import SetCriterion
 from deformable_detr.modeling.matcher import HungarianMatcher
@@ -121,7 +123,7 @@ def test_class_loss_choices_are_checked():
 
 
 def _coco(name):
-    return LazyConfig.load(str(CONFIGS / "COCO" / name))
+    return load_config(str(CONFIGS / "COCO" / name))
 
 
 def test_coco_detr_config_is_the_detr_recipe():
@@ -153,7 +155,7 @@ def test_coco_detr_config_is_the_detr_recipe():
 def test_coco_detr_epochs_stay_epochs_when_the_batch_changes(config):
     cfg = _coco(config)
     reference = cfg.train.lr_reference_batch_size
-    cfg = LazyConfig.apply_overrides(cfg, [f"dataloader.train.total_batch_size={reference // 2}"])
+    cfg = apply_overrides(cfg, [f"dataloader.train.total_batch_size={reference // 2}"])
     resolve_schedule(cfg, COCO_TRAIN_IMAGES)
     assert cfg.train.max_iter == math.ceil(cfg.train.epochs * 118287 / (reference // 2))
     assert cfg.optimizer.lr == pytest.approx(1e-4 * 0.5**0.5)
@@ -174,7 +176,7 @@ def test_coco_detr_plus_config_changes_only_loss_and_queries():
 
 
 def test_softmax_inference_takes_each_querys_best_object_class():
-    model = instantiate(LazyConfig.load(str(CONFIGS / "shapes_benchmark" / "detr.py")).model)
+    model = instantiate(load_config(str(CONFIGS / "shapes_benchmark" / "detr.py")).model)
     model.test_topk = 2
     logits = torch.tensor([[[0.0, 3.0, 0.0] + [0.0] * 6, [5.0] + [0.0] * 7 + [6.0]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5]]])
@@ -186,7 +188,7 @@ def test_softmax_inference_takes_each_querys_best_object_class():
 
 
 def test_detr_rejects_a_criterion_of_another_class_loss():
-    cfg = LazyConfig.load(str(CONFIGS / "shapes_benchmark" / "detr.py"))
+    cfg = load_config(str(CONFIGS / "shapes_benchmark" / "detr.py"))
     cfg.model.criterion.class_loss = "focal"
     cfg.model.criterion.matcher.class_loss = "focal"
     with pytest.raises(ValueError, match="class_loss='softmax' but the criterion has 'focal'"):
@@ -211,7 +213,7 @@ def _batch(num_images=2, height=96, width=128):
 def test_benchmark_config_builds_and_trains(config):
     """Built from its shapes-benchmark config (narrowed for speed), the model takes
     three optimizer steps on one batch: finite losses that go down, then detections."""
-    cfg = LazyConfig.load(str(CONFIGS / "shapes_benchmark" / config))
+    cfg = load_config(str(CONFIGS / "shapes_benchmark" / config))
     if "transformer" in cfg.model:
         cfg.model.transformer.num_encoder_layers = cfg.model.transformer.num_decoder_layers = 1
     else:  # Faster R-CNN: fewer proposals and sampled RoIs
@@ -240,7 +242,7 @@ def test_benchmark_config_builds_and_trains(config):
 
 
 def _study_model(name):
-    return instantiate(LazyConfig.load(str(CONFIGS / "shapes_benchmark" / name)).model)
+    return instantiate(load_config(str(CONFIGS / "shapes_benchmark" / name)).model)
 
 
 def test_a_float64_detr_computes_its_losses():

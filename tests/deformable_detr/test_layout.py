@@ -9,17 +9,18 @@ import sys
 import warnings
 
 import pytest
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
 import deformable_detr
 from deformable_detr._moved_modules import MOVED_MODULES
+from deformable_detr.config.build import load_config
 
 DUMPED = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "dumped_configs", "*.yaml")))
 
 
 @pytest.mark.parametrize("path", DUMPED, ids=os.path.basename)
 def test_a_config_dumped_before_the_move_builds_its_model(path):
-    cfg = LazyConfig.load(path)
+    cfg = load_config(path)
     if cfg.model.get("num_classes", 0) is None:
         cfg.model.num_classes = 3
     model = instantiate(cfg.model)

@@ -1,6 +1,6 @@
 import pytest
-from detectron2.config import LazyConfig
 
+from deformable_detr.config.build import load_config
 from deformable_detr.config.overrides import ConfigOverrideError, apply_overrides
 
 from ..train_net_runs import CONFIG
@@ -8,7 +8,7 @@ from ..train_net_runs import CONFIG
 
 @pytest.fixture
 def cfg():
-    return LazyConfig.load(str(CONFIG))
+    return load_config(str(CONFIG))
 
 
 def test_existing_keys_and_call_arguments_are_set(cfg):

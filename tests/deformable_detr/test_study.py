@@ -12,8 +12,10 @@ import sys
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
+from deformable_detr.config.build import load_config
+from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.data.shapes_benchmark import QUICK as QUICK_DATASET
 from deformable_detr.solver.schedule import resolve_schedule
 from deformable_detr.study import CONTESTANTS, QUICK, runner, study
@@ -30,7 +32,7 @@ def test_benchmark_configs_follow_the_schedule_rule():
     from the data at train time: tests/deformable_detr/test_configs.py)."""
     epochs = {}
     for contestant in CONTESTANTS:
-        cfg = LazyConfig.load(str(ROOT / "configs" / contestant.config))
+        cfg = load_config(str(ROOT / "configs" / contestant.config))
         assert cfg.train.checkpoint_epochs == cfg.train.eval_epochs == 1
         assert cfg.train.max_iter is cfg.train.eval_period is cfg.train.checkpointer.period is None
         scheduler = instantiate(cfg.lr_multiplier)
@@ -42,8 +44,8 @@ def test_benchmark_configs_follow_the_schedule_rule():
 
 def test_quick_overrides_apply_to_every_config():
     for contestant in CONTESTANTS:
-        cfg = LazyConfig.load(str(ROOT / "configs" / contestant.config))
-        cfg = LazyConfig.apply_overrides(cfg, QUICK.overrides(contestant.name))
+        cfg = load_config(str(ROOT / "configs" / contestant.config))
+        cfg = apply_overrides(cfg, QUICK.overrides(contestant.name))
         assert cfg.dataloader.train.dataset.dataset_name == QUICK.train_dataset
         assert cfg.dataloader.evaluator.dataset_name == QUICK.val_dataset
         resolve_schedule(cfg, QUICK_DATASET["num_train"])
@@ -182,7 +184,7 @@ def test_the_pretrained_backbone_loads_into_detr_models_and_the_feature_pyramid(
     _, output, _ = quick_study
     path = output / "backbone" / "pretrained.pth"
     expected = torch.load(path, weights_only=True)["model"]
-    cfg = LazyConfig.load(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
+    cfg = load_config(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
     model = instantiate(cfg.model).train()
     DetectionCheckpointer(model).load(str(path))
     backbone = model.backbone.bottom_up if name == "faster_rcnn_fpn" else model.backbone

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
@@ -196,7 +196,7 @@ STUDY_MODELS = {"detr": "num_classes", "faster_rcnn_fpn": "roi_heads.num_classes
 
 def study_model(name, num_classes=8):
     """The model of configs/shapes_benchmark/<name>.py with random weights, in train mode."""
-    cfg = LazyConfig.load(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
+    cfg = load_config(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
     OmegaConf.update(cfg.model, STUDY_MODELS[name], num_classes)
     return instantiate(cfg.model).train()
 

@@ -6,10 +6,11 @@ weights file is one line naming it."""
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from safetensors.torch import save_file
 
 from deformable_detr.checkpoint.loading_rule import WeightsMismatchError
+from deformable_detr.config.build import load_config
 
 from ..deformable_detr.test_weights import STUDY_MODELS, save_backbone, study_model
 from ..scripts import load_script
@@ -22,9 +23,7 @@ SMALL = ["dataloader.test.num_workers=0", "train.log_period=1"]
 @pytest.fixture(scope="module")
 def two_stage_weights(tmp_path_factory):
     """A checkpoint of the synthetic config's model in its two-stage variant."""
-    cfg = LazyConfig.apply_overrides(
-        LazyConfig.load(str(CONFIG)), ["model.with_box_refine=True", "model.two_stage=True"]
-    )
+    cfg = load_config(str(CONFIG), ["model.with_box_refine=True", "model.two_stage=True"])
     path = tmp_path_factory.mktemp("weights") / "two_stage.pth"
     torch.save({"model": instantiate(cfg.model).state_dict()}, path)
     return path
