@@ -48,6 +48,7 @@ from deformable_detr.data.build import dataset_name, register_yacs_datasets
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.data.dataset_mapper import detr_test_augmentation
 from deformable_detr.export.artefacts import ArtefactDetector, artefact_format, load_artefact
+from deformable_detr.modeling.sliced_inference import slice_predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -68,6 +69,12 @@ def parse_args(argv=None):
         "--artefact",
         help="run this exported model (.onnx, .ts, .pt2, _aoti.pt2 from "
         "tools/deploy/export_model.py) instead of the config's weights",
+    )
+    parser.add_argument(
+        "--sliced",
+        action="store_true",
+        help="sliced inference for large images: overlapping windows, detections merged "
+        "(settings train.sliced_inference.* or TEST.SLICED.*, overridable with --opts)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -163,6 +170,8 @@ def setup(args):
         predictor = DefaultPredictor(cfg)
     else:  # weights train.init_checkpoint, loaded strictly
         predictor = ConfigPredictor(cfg, build_model(cfg, device=args.device))
+    if args.sliced:
+        slice_predictor(predictor, cfg)
     class_names = getattr(predictor.model, "class_names", None)
     if class_names:
         return predictor, Metadata(name="demo", thing_classes=list(class_names))

@@ -55,6 +55,7 @@ from deformable_detr.engine.output import (
 )
 from deformable_detr.engine.rng import preserved_rng_states
 from deformable_detr.engine.trainer import DetrTrainer
+from deformable_detr.modeling.sliced_inference import with_sliced_inference
 from deformable_detr.modeling.test_time_augmentation import with_test_time_augmentation
 from deformable_detr.solver.schedule import resolve_schedule
 
@@ -72,6 +73,7 @@ def ddp(model, cfg, **kwargs):
 def do_test(cfg, model):
     if "evaluator" not in cfg.dataloader:
         return {}
+    model = with_sliced_inference(model, cfg)
     model = with_test_time_augmentation(model, cfg.train.get("test_aug"))
     with preserved_rng_states():  # a resumed training then continues exactly
         results = inference_on_dataset(

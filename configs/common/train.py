@@ -37,5 +37,20 @@ train = dict(
         merge="wbf",
         iou_threshold=0.55,
     ),
+    # sliced inference for large images (deformable_detr.modeling.sliced_inference):
+    # windows of window_size pixels sharing overlap, each resized by the test mapper's
+    # augmentation, optionally one downscaled full view; detections merged per class
+    # ("nms" or "wbf"), the model's test_topk per window, max_detections per image
+    sliced_inference=dict(
+        enabled=False,
+        window_size=800,
+        overlap=200,
+        full_view=False,
+        merge="nms",
+        iou_threshold=0.5,
+        edge_margin=None,
+        max_detections=10000,
+        batch_size=1,
+    ),
     device="cuda",
 )

@@ -58,6 +58,17 @@ def add_deformable_detr_config(cfg: CN) -> None:
     # weighted box fusion, or "nms"), and the IoU above which two are one object
     cfg.TEST.AUG.MERGE = "wbf"
     cfg.TEST.AUG.IOU_THRESH = 0.55
+    # SlicedPredictor (deformable_detr.modeling.sliced_inference): overlapping windows of
+    # an image of any size, their detections merged; EDGE_MARGIN None keeps cut objects
+    sliced = cfg.TEST.SLICED = CN()
+    sliced.WINDOW_SIZE = 800
+    sliced.OVERLAP = 200
+    sliced.FULL_VIEW = False
+    sliced.MERGE = "nms"
+    sliced.IOU_THRESH = 0.5
+    sliced.EDGE_MARGIN = None
+    sliced.MAX_DETECTIONS = 10000
+    sliced.BATCH_SIZE = 1
 
 
 def load_yacs_config(config_file: str, opts=()) -> CN:
