@@ -103,6 +103,7 @@ def test_yolo_denormalizes_with_the_class_list(tmp_path, images):
         ("bad_xml", "bad.xml: not a readable VOC XML file"),
         ("bad_number", "<xmin> is 'ten'; expected a number"),
         ("csv_header", "no column label; expected a header image_path,xmin,ymin,xmax,ymax,label"),
+        ("csv_empty", "boxes.csv: no annotations found"),
         ("yolo_index", "a.txt line 1: class index 3; expected 0..1"),
         ("yolo_orphan", "1 label files have no image"),
         ("yolo_classes", "give the class list (--classes)"),
@@ -129,6 +130,9 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, images, case, m
     elif case == "csv_header":
         (tmp_path / "b.csv").write_text("image_path,xmin,ymin,xmax,ymax\na.png,1,1,2,2\n")
         fmt, inputs = "csv", [str(tmp_path / "b.csv")]
+    elif case == "csv_empty":
+        (tmp_path / "boxes.csv").write_text("image_path,xmin,ymin,xmax,ymax,label\n")
+        fmt, inputs = "csv", [str(tmp_path / "boxes.csv")]
     elif case.startswith("yolo"):
         fmt, inputs, classes = "yolo", [str(labels)], "car,person"
         (labels / "a.txt").write_text("3 0.5 0.5 0.1 0.1\n")

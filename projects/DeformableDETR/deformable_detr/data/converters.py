@@ -136,8 +136,9 @@ def read_csv(csv_file: str, image_root: str) -> List[ImageAnnotations]:
     header), image_path relative to `image_root`; rows of one image are its boxes."""
     try:
         with open(csv_file, newline="") as f:
-            rows = list(csv.DictReader(f))
-            header = rows[0].keys() if rows else []
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{csv_file}: not a readable CSV file ({e})") from None
     missing = [c for c in CSV_COLUMNS if c not in header]
