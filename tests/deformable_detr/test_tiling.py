@@ -97,7 +97,6 @@ def test_tile_tool_bad_input(tmp_path):
                    "--output", str(tmp_path / "o"), "--min-fraction", "0"])  # fmt: skip
 
 
-@pytest.mark.slow
 def test_neon_training_image_tiles(tmp_path):
     root = neon_trees_or_skip()
     from deformable_detr.data.tiling import tile_coco_dataset
