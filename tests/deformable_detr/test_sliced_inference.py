@@ -18,6 +18,7 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from deformable_detr import load_yacs_config
+from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import load_config
 from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.data.tiling import window_grid
@@ -28,10 +29,13 @@ from deformable_detr.modeling.sliced_inference import (
 )
 
 from ..scripts import ROOT, load_script
+from ..train_net_runs import train_net
+from .coco_folder import CLASS_NAMES, write_coco_folder
 from .real_images import neon_trees_or_skip
 from .tiny_model import build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
+TINY_CUSTOM = ROOT / "configs" / "custom" / "deformable_detr_tiny_custom.py"
 
 
 class BlobDetector(nn.Module):
@@ -250,6 +254,27 @@ def test_demo_sliced(tmp_path):
          "MODEL.WEIGHTS", weights, "TEST.SLICED.WINDOW_SIZE", "128", "TEST.SLICED.OVERLAP", "32"]
     )  # fmt: skip
     assert cv2.imread(str(tmp_path / "out" / "big.png")).shape == (200, 300, 3)
+
+
+@pytest.mark.slow
+def test_eval_only_slices_the_test_images(tmp_path):
+    """--eval-only with train.sliced_inference.enabled evaluates the merged detections
+    of the whole test images (their files read again at their size)."""
+    val_json, val_images = write_coco_folder(tmp_path, "val", 2, seed=1, size=300)
+    data = [f"dataloader.{split}.dataset.{key}={value}" for split in ("train", "test")
+            for key, value in (("json_file", val_json), ("image_root", val_images))]  # fmt: skip
+    cfg = load_config(str(TINY_CUSTOM), [*data, "train.device=cpu"])
+    weights = tmp_path / "model.pth"
+    model = build_configured_model(cfg, weights=None, device="cpu", class_names=CLASS_NAMES)
+    torch.save({"model": model.state_dict()}, weights)
+    log = train_net(
+        tmp_path, "--config-file", str(TINY_CUSTOM), "--eval-only", *data, "train.device=cpu",
+        f"train.init_checkpoint={weights}", f"train.output_dir={tmp_path / 'out'}",
+        "dataloader.test.num_workers=0", "train.sliced_inference.enabled=True",
+        "train.sliced_inference.window_size=128", "train.sliced_inference.overlap=32",
+    )  # fmt: skip
+    assert "sliced inference: 300x300 image, 9 windows of 128 (overlap 32)" in log
+    assert "copypaste: AP,AP50" in log
 
 
 @pytest.mark.slow

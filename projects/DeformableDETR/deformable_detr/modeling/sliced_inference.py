@@ -24,6 +24,7 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.logger import log_first_n
 from torch import nn
 from torchvision.ops import batched_nms
 
@@ -239,6 +240,14 @@ class SlicedDetector(nn.Module):
                 "(max_detections)"
             )
             boxes, scores, classes = (t[: self.max_detections] for t in (boxes, scores, classes))
+        log_first_n(
+            logging.INFO,
+            f"sliced inference: {image.shape[1]}x{image.shape[0]} image, "
+            f"{len(window_grid(*image.shape[:2], self.window_size, self.overlap))} windows of "
+            f"{self.window_size} (overlap {self.overlap}){' + full view' if self.full_view else ''}"
+            f", {len(boxes)} detections",
+            name=__name__,
+        )
         scale = torch.tensor([width / image.shape[1], height / image.shape[0]] * 2)
         result = Instances((height, width))
         result.pred_boxes = Boxes(boxes * scale)
