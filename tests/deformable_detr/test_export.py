@@ -38,6 +38,7 @@ def _run(command, **kwargs):
 
 
 # ---------------------------------------------------------------- parity, fresh process per format
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt, variants", FORMAT_RUNS, ids=[f"{fmt}-{'-'.join(v)}" for fmt, v in FORMAT_RUNS]
 )
@@ -106,6 +107,7 @@ def test_build_model_takes_the_checkpoint_from_either_config(synthetic_checkpoin
         assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_tool_exports_and_prints_how_to_load(synthetic_checkpoint, tmp_path):
     stdout = _run(
         [

@@ -183,6 +183,7 @@ def test_demo_yaml(tiny_checkpoint, images, tmp_path):
     assert drawn.shape == original.shape and not np.array_equal(drawn, original)  # boxes drawn
 
 
+@pytest.mark.slow
 def test_demo_lazyconfig(tiny_checkpoint, images, tmp_path):
     output = tmp_path / "out"
     env = dict(os.environ, D2EXT_DATASETS=str(tmp_path / "datasets"))
