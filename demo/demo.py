@@ -25,6 +25,10 @@ models see the image through the test mapper's augmentation
 (dataloader.test.mapper.augmentation) and image_format, as in evaluation.
 """
 
+# deformable_detr first: it imports detectron2 with its import-time warnings silenced
+import deformable_detr  # noqa: F401
+
+# isort: split
 import argparse
 import glob
 import os

@@ -18,6 +18,10 @@ model has random weights (nothing is loaded) and runs in eval mode, on one
 --height x --width image (no resize), post-processing included.
 """
 
+# deformable_detr first: it imports detectron2 with its import-time warnings silenced
+import deformable_detr  # noqa: F401
+
+# isort: split
 import argparse
 import logging
 import sys

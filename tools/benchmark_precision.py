@@ -17,6 +17,10 @@ float32 detections, how many keep their class at their rank and how many have a
 detection of their class among the path's 10 best with IoU >= 0.9.
 """
 
+# deformable_detr first: it imports detectron2 with its import-time warnings silenced
+import deformable_detr  # noqa: F401
+
+# isort: split
 import argparse
 import os
 import tempfile

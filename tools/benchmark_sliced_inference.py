@@ -16,6 +16,10 @@ less what was allocated (resident) before the first call. One setting per proces
 so that memory freed by an earlier setting does not hide the next one's.
 """
 
+# deformable_detr first: it imports detectron2 with its import-time warnings silenced
+import deformable_detr  # noqa: F401
+
+# isort: split
 import argparse
 import statistics
 import time

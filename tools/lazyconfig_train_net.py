@@ -22,6 +22,10 @@ One run at a time per train.output_dir (train.lock in it). Weights files load as
 data only and checkpoints are written atomically (see deformable_detr.checkpoint.checkpointer).
 """
 
+# deformable_detr first: it imports detectron2 with its import-time warnings silenced
+import deformable_detr  # noqa: F401
+
+# isort: split
 import logging
 import os
 import sys

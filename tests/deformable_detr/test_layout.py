@@ -111,3 +111,20 @@ def test_importing_the_package_prints_no_dependency_warnings():
         [sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+TOOLS = sorted(
+    os.path.relpath(path, REPO)
+    for pattern in ("tools/*.py", "tools/*/*.py", "demo/*.py")
+    for path in glob.glob(os.path.join(REPO, pattern))
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_tool_starts_without_warnings(tool):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, tool), "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Warning" not in result.stderr, result.stderr[-2000:]
