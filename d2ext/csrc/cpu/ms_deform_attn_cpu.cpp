@@ -4,7 +4,9 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <vector>
 
 #include "../kernel_io.h"
 
@@ -23,6 +25,18 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_locations) {
       sampling_locations.size(4)};
 }
 
+// __builtin_cpu_supports reports AVX and AVX-512 features only where the OS
+// also saves their registers (XGETBV), so a feature listed here can be used.
+bool cpu_has_avx512() {
+#if D2EXT_CPU_AVX512
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
 bool cpu_has_avx2() {
 #if D2EXT_CPU_AVX2
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -31,29 +45,64 @@ bool cpu_has_avx2() {
 #endif
 }
 
-std::string choose_capability() {
+bool cpu_has_nothing_more() {
+  return true;
+}
+
+struct KernelSet {
+  const char* name; // as D2EXT_CPU_CAPABILITY and ATEN_CPU_CAPABILITY spell it
+  const char* needs; // the instruction sets it needs, for messages
+  bool (*cpu_has)();
+  Kernels (*kernels)();
+};
+
+// Best first; the last one runs everywhere.
+const std::vector<KernelSet>& kernel_sets() {
+  static const std::vector<KernelSet> sets = {
+#if D2EXT_CPU_AVX512
+      {"avx512", "AVX-512F/BW/DQ/VL", &cpu_has_avx512, &avx512::kernels},
+#endif
+#if D2EXT_CPU_AVX2
+      {"avx2", "AVX2 and FMA", &cpu_has_avx2, &avx2::kernels},
+#endif
+      {"default", "nothing beyond the build's baseline", &cpu_has_nothing_more, &generic::kernels},
+  };
+  return sets;
+}
+
+// The best set the CPU runs, capped by D2EXT_CPU_CAPABILITY when it is set.
+const KernelSet& choose_kernel_set() {
+  const auto& sets = kernel_sets();
+  const auto best = std::find_if(sets.begin(), sets.end(), [](const KernelSet& k) { return k.cpu_has(); });
   const char* requested = std::getenv("D2EXT_CPU_CAPABILITY");
-  const std::string best = cpu_has_avx2() ? "avx2" : "default";
   if (requested == nullptr || *requested == '\0') {
-    return best;
+    return *best;
   }
   const std::string name(requested);
-  TORCH_CHECK(
-      name == "default" || name == "avx2", "D2EXT_CPU_CAPABILITY must be \"default\" or \"avx2\", got \"", name,
-      "\"");
-  if (name == "avx2" && best != "avx2") {
-    TORCH_WARN("D2EXT_CPU_CAPABILITY=avx2, but this CPU (or build) lacks AVX2 and FMA: using the default kernels");
-    return best;
+  const auto chosen = std::find_if(sets.begin(), sets.end(), [&](const KernelSet& k) { return name == k.name; });
+  if (chosen == sets.end()) {
+    std::string names;
+    for (const auto& k : sets) {
+      names += (names.empty() ? "\"" : ", \"") + std::string(k.name) + "\"";
+    }
+    TORCH_CHECK(false, "D2EXT_CPU_CAPABILITY must be one of ", names, ", got \"", name, "\"");
   }
-  return name;
+  if (chosen < best) {
+    TORCH_WARN(
+        "D2EXT_CPU_CAPABILITY=", name, ", but this CPU (or build) lacks ", chosen->needs, ": using the ", best->name,
+        " kernels");
+    return *best;
+  }
+  return *chosen;
+}
+
+const KernelSet& selected_set() {
+  static const KernelSet& chosen = choose_kernel_set();
+  return chosen;
 }
 
 const Kernels& selected_kernels() {
-  static const Kernels kernels =
-#if D2EXT_CPU_AVX2
-      capability() == "avx2" ? avx2::kernels() :
-#endif
-                             generic::kernels();
+  static const Kernels kernels = selected_set().kernels();
   return kernels;
 }
 
@@ -109,8 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
 } // namespace
 
 std::string capability() {
-  static const std::string chosen = choose_capability();
-  return chosen;
+  return selected_set().name;
 }
 
 TORCH_LIBRARY_IMPL(d2ext_C, CPU, m) {

@@ -13,17 +13,22 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../bilinear.h"
 
-// x86-64 compilers that take a target per function get an AVX2 + FMA build of the
-// kernels beside the generic one, chosen at run time.
+// x86-64 compilers that take a target per function get AVX2 + FMA and
+// AVX-512 builds of the kernels beside the generic one, chosen at run time.
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define D2EXT_CPU_AVX2 1
+#define D2EXT_CPU_AVX512 1
 #else
 #define D2EXT_CPU_AVX2 0
+#define D2EXT_CPU_AVX512 0
 #endif
 
 namespace d2ext {
@@ -64,10 +69,16 @@ namespace avx2 {
 Kernels kernels();
 }
 #endif
+#if D2EXT_CPU_AVX512
+namespace avx512 {
+Kernels kernels();
+}
+#endif
 
-// The instruction set the CPU kernels run with: "avx2" where the CPU has AVX2
-// and FMA, else "default". D2EXT_CPU_CAPABILITY=default forces the generic
-// kernels (as ATEN_CPU_CAPABILITY does torch's).
+// The instruction set the CPU kernels run with: "avx512" where the CPU has
+// AVX-512 F/BW/DQ/VL, else "avx2" where it has AVX2 and FMA, else "default".
+// D2EXT_CPU_CAPABILITY=avx2 or default caps it (as ATEN_CPU_CAPABILITY does
+// torch's).
 std::string capability();
 
 } // namespace cpu

@@ -3,19 +3,8 @@
 #include "ms_deform_attn_cpu.h"
 
 #if D2EXT_CPU_AVX2
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
-
 #define D2EXT_CPU_ISA avx2
+#define D2EXT_CPU_VECTOR_BYTES 32
+#define D2EXT_CPU_TARGET "avx2,fma"
 #include "ms_deform_attn_cpu_kernels.h"
-
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
 #endif

@@ -1,7 +1,9 @@
 // The CPU loops of multi-scale deformable attention, compiled once per
 // instruction set: ms_deform_attn_cpu_<isa>.cpp includes ms_deform_attn_cpu.h
-// (every header needed here), sets its target, defines D2EXT_CPU_ISA and then
-// includes this file, which therefore includes nothing and has no include guard.
+// (every header needed here), defines D2EXT_CPU_ISA (the namespace) and
+// D2EXT_CPU_TARGET (the compiler's target string; none for the baseline build)
+// and then includes this file, which therefore includes nothing and has no
+// include guard.
 //
 // Forward parallelizes over (batch, query); backward over (batch, head), so
 // that every thread owns a disjoint slice of grad_value and the result is
@@ -10,15 +12,34 @@
 #error "define D2EXT_CPU_ISA, the namespace of the instruction set, before including this file"
 #endif
 
+#define D2EXT_PRAGMA(x) _Pragma(#x)
+#ifdef D2EXT_CPU_TARGET
+#if defined(__clang__)
+#define D2EXT_TARGET_PUSH(t) D2EXT_PRAGMA(clang attribute push(__attribute__((target(t))), apply_to = function))
+D2EXT_TARGET_PUSH(D2EXT_CPU_TARGET)
+#else
+#define D2EXT_TARGET_PUSH(t) D2EXT_PRAGMA(GCC target(t))
+#pragma GCC push_options
+D2EXT_TARGET_PUSH(D2EXT_CPU_TARGET)
+#endif
+#endif
+
+// The vectors below never cross a function boundary that another build could
+// call, so GCC's note on their calling convention does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
 namespace d2ext {
 namespace cpu {
 namespace D2EXT_CPU_ISA {
 namespace {
 
-// The four corner rows of a sample, each a pointer to D channels. A corner
-// outside the map points at a row of zeros with weight 0 (and, in the backward,
-// a scratch row for its gradient), so the channel loops below run branch-free
-// over all four corners at once.
+// The four corner rows of a sample, each a pointer to D channels, and their
+// weights (bilinear times attention). A corner outside the map points at a row
+// of zeros with weight 0 (and, in the backward, a scratch row for its gradient),
+// so the channel loops below run branch-free over all four corners at once.
 template <typename scalar_t, typename acc_t>
 struct CornerRows {
   const scalar_t* value[4];
@@ -45,6 +66,146 @@ CornerRows<scalar_t, acc_t> corner_rows(
   return rows;
 }
 
+// Asks for the first and last cache lines of a sample's corner rows (all of a
+// row of D <= 32 float32), which the channel loops then read: the rows of a
+// (query, head) are scattered over the maps, and fetching them all at once
+// overlaps the misses.
+template <typename scalar_t, typename acc_t>
+inline void prefetch(const CornerRows<scalar_t, acc_t>& r, int64_t D) {
+  for (int c = 0; c < 4; ++c) {
+    __builtin_prefetch(r.value[c]);
+    __builtin_prefetch(r.value[c] + D - 1);
+    if (r.grad[c] != nullptr) {
+      __builtin_prefetch(r.grad[c], 1);
+      __builtin_prefetch(r.grad[c] + D - 1, 1);
+    }
+  }
+}
+
+// The channel loops take the D channels in blocks of a width fixed at compile
+// time, each block held in vectors of GCC and Clang's vector extensions, as
+// wide as the target's registers (D2EXT_CPU_VECTOR_BYTES): D = 32 float32 is one
+// block, two 512-bit registers with AVX-512 (four with AVX2), kept across all
+// the samples of a (query, head). Blocks of 32, then one each of 16, 8, 4, 2 and 1
+// as needed, cover any D.
+constexpr int64_t kMaxBlock = 32;
+#ifndef D2EXT_CPU_VECTOR_BYTES
+#define D2EXT_CPU_VECTOR_BYTES 16
+#endif
+
+// The lanes of one vector of a block of W channels.
+template <typename acc_t, int64_t W>
+constexpr int64_t kLanes = std::min<int64_t>(W, D2EXT_CPU_VECTOR_BYTES / sizeof(acc_t));
+
+template <typename T, int64_t N>
+struct VecOf {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+template <typename T, int64_t N>
+using Vec = typename VecOf<T, N>::type;
+
+// N channels from p, converted to acc_t.
+template <typename acc_t, int64_t N, typename scalar_t>
+inline Vec<acc_t, N> load(const scalar_t* p) {
+  Vec<acc_t, N> v;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    // bfloat16 is the top half of a float32
+    Vec<uint16_t, N> bits;
+    std::memcpy(&bits, p, sizeof(bits));
+    const Vec<uint32_t, N> wide = __builtin_convertvector(bits, Vec<uint32_t, N>) << 16;
+    std::memcpy(&v, &wide, sizeof(v));
+  } else {
+    for (int64_t k = 0; k < N; ++k) {
+      v[k] = static_cast<acc_t>(p[k]);
+    }
+  }
+  return v;
+}
+
+template <typename acc_t, int64_t N>
+inline void store(acc_t* p, const Vec<acc_t, N>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// The sum of v's lanes, halving the vector at each step.
+template <typename acc_t, int64_t N>
+inline acc_t reduce_add(const Vec<acc_t, N>& v) {
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    Vec<acc_t, N / 2> lo, hi;
+#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+    [&]<size_t... I>(std::index_sequence<I...>) {
+      lo = __builtin_shufflevector(v, v, I...);
+      hi = __builtin_shufflevector(v, v, (I + N / 2)...);
+    }(std::make_index_sequence<N / 2>{});
+#else
+    std::memcpy(&lo, &v, sizeof(lo));
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(lo), sizeof(hi));
+#endif
+    return reduce_add<acc_t, N / 2>(lo + hi);
+  }
+}
+
+// Calls fn(std::integral_constant<int64_t, width>{}, first channel) per block.
+template <int64_t W = kMaxBlock, typename Fn>
+inline void for_each_block(int64_t d, int64_t D, const Fn& fn) {
+  for (; d + W <= D; d += W) {
+    fn(std::integral_constant<int64_t, W>{}, d);
+  }
+  if constexpr (W > 1) {
+    for_each_block<W / 2>(d, D, fn);
+  }
+}
+
+// out[d0 : d0 + W] = sum over the samples of their weighted corner rows.
+template <int64_t W, typename scalar_t, typename acc_t>
+inline void forward_block(const CornerRows<scalar_t, acc_t>* rows, int64_t count, int64_t d0, scalar_t* out) {
+  constexpr int64_t L = kLanes<acc_t, W>;
+  Vec<acc_t, L> acc[W / L] = {};
+  for (int64_t i = 0; i < count; ++i) {
+    const CornerRows<scalar_t, acc_t>& r = rows[i];
+    for (int64_t k = 0; k < W / L; ++k) {
+      const int64_t d = d0 + k * L;
+      acc[k] += r.weight[0] * load<acc_t, L>(r.value[0] + d) + r.weight[1] * load<acc_t, L>(r.value[1] + d) +
+          r.weight[2] * load<acc_t, L>(r.value[2] + d) + r.weight[3] * load<acc_t, L>(r.value[3] + d);
+    }
+  }
+  for (int64_t j = 0; j < W; ++j) {
+    out[d0 + j] = static_cast<scalar_t>(acc[j / L][j % L]);
+  }
+}
+
+// For each sample: dots[4 * i + c] += <grad_output, corner row c> over the
+// block's channels, and grad row c += weight c * grad_output.
+template <int64_t W, typename scalar_t, typename acc_t>
+inline void backward_block(
+    const CornerRows<scalar_t, acc_t>* rows,
+    int64_t count,
+    int64_t d0,
+    const scalar_t* grad_output,
+    acc_t* dots) {
+  constexpr int64_t L = kLanes<acc_t, W>;
+  Vec<acc_t, L> g[W / L];
+  for (int64_t k = 0; k < W / L; ++k) {
+    g[k] = load<acc_t, L>(grad_output + d0 + k * L);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const CornerRows<scalar_t, acc_t>& r = rows[i];
+    for (int c = 0; c < 4; ++c) {
+      Vec<acc_t, L> dot = {};
+      for (int64_t k = 0; k < W / L; ++k) {
+        const int64_t d = d0 + k * L;
+        dot += g[k] * load<acc_t, L>(r.value[c] + d);
+        store<acc_t, L>(r.grad[c] + d, load<acc_t, L>(r.grad[c] + d) + r.weight[c] * g[k]);
+      }
+      dots[4 * i + c] += reduce_add<acc_t, L>(dot);
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(
     const Sizes& s,
@@ -58,13 +219,12 @@ void forward_kernel(
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / work_per_item);
   const int64_t row_stride = s.M * s.D; // between pixels of one head
   at::parallel_for(0, s.N * s.Lq, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc_buffer(s.D);
+    std::vector<CornerRows<scalar_t, acc_t>> rows(s.L * s.P);
     std::vector<scalar_t> zeros(s.D, scalar_t(0));
-    acc_t* __restrict__ acc = acc_buffer.data();
     for (int64_t nq = begin; nq < end; ++nq) {
       const scalar_t* value_n = value + (nq / s.Lq) * s.S * row_stride;
       for (int64_t m = 0; m < s.M; ++m) {
-        std::fill(acc, acc + s.D, acc_t(0));
+        int64_t count = 0;
         int64_t sample = (nq * s.M + m) * s.L * s.P;
         for (int64_t l = 0; l < s.L; ++l) {
           const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
@@ -72,33 +232,34 @@ void forward_kernel(
           for (int64_t p = 0; p < s.P; ++p, ++sample) {
             const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
             BilinearCorners<acc_t> corners;
-            if (!bilinear_corners(x, y, H, W, corners)) {
-              const acc_t outside = attention_weights[sample] * outside_sample(x, y);
-              if (outside != acc_t(0)) { // NaN: a location or weight is not finite
-                for (int64_t d = 0; d < s.D; ++d) {
-                  acc[d] += outside;
-                }
-              }
+            if (bilinear_corners(x, y, H, W, corners)) {
+              rows[count] = corner_rows<scalar_t, acc_t>(
+                  corners, attention_weights[sample], value_level, nullptr, row_stride, zeros.data(), nullptr);
+              prefetch(rows[count++], s.D);
               continue;
             }
-            const auto r = corner_rows<scalar_t, acc_t>(
-                corners, attention_weights[sample], value_level, nullptr, row_stride, zeros.data(), nullptr);
-            for (int64_t d = 0; d < s.D; ++d) {
-              acc[d] += r.weight[0] * static_cast<acc_t>(r.value[0][d]) +
-                  r.weight[1] * static_cast<acc_t>(r.value[1][d]) +
-                  r.weight[2] * static_cast<acc_t>(r.value[2][d]) +
-                  r.weight[3] * static_cast<acc_t>(r.value[3][d]);
+            const acc_t outside = attention_weights[sample] * outside_sample(x, y);
+            if (outside != acc_t(0)) { // NaN: a location or weight is not finite; it reaches every channel
+              rows[count++] = {{zeros.data(), zeros.data(), zeros.data(), zeros.data()}, {}, {outside}};
             }
           }
         }
         scalar_t* out = output + (nq * s.M + m) * s.D;
-        for (int64_t d = 0; d < s.D; ++d) {
-          out[d] = static_cast<scalar_t>(acc[d]);
-        }
+        for_each_block(0, s.D, [&](auto width, int64_t d0) {
+          forward_block<decltype(width)::value>(rows.data(), count, d0, out);
+        });
       }
     }
   });
 }
+
+// A sample with a corner inside the map, kept for the location gradient once
+// the channel loops have summed its dot products.
+template <typename acc_t>
+struct InsideSample {
+  BilinearCorners<acc_t> corners;
+  int64_t index, H, W;
+};
 
 template <typename scalar_t, typename acc_t>
 void backward_kernel(
@@ -114,10 +275,11 @@ void backward_kernel(
     acc_t* grad_attention_weights) {
   const int64_t row_stride = s.M * s.D;
   at::parallel_for(0, s.N * s.M, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> grad_buffer(s.D);
+    std::vector<CornerRows<scalar_t, acc_t>> rows(s.L * s.P);
+    std::vector<InsideSample<acc_t>> inside(s.L * s.P);
+    std::vector<acc_t> dots(4 * s.L * s.P);
     std::vector<scalar_t> zeros(s.D, scalar_t(0));
     std::vector<acc_t> scratch(s.D);
-    acc_t* __restrict__ grad = grad_buffer.data();
     // Query by query over the thread's heads of one image: a query's rows of
     // grad_output, locations and weights are then read in memory order. Each
     // head still takes its queries in order, so the result does not depend on
@@ -129,10 +291,7 @@ void backward_kernel(
         for (int64_t m = m_begin; m < m_end; ++m) {
           const int64_t head_offset = n * s.S * row_stride + m * s.D;
           const int64_t nqm = (n * s.Lq + q) * s.M + m;
-          const scalar_t* g = grad_output + nqm * s.D;
-          for (int64_t d = 0; d < s.D; ++d) {
-            grad[d] = static_cast<acc_t>(g[d]);
-          }
+          int64_t count = 0;
           int64_t sample = nqm * s.L * s.P;
           for (int64_t l = 0; l < s.L; ++l) {
             const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
@@ -140,38 +299,36 @@ void backward_kernel(
             for (int64_t p = 0; p < s.P; ++p, ++sample) {
               const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
               const acc_t weight = attention_weights[sample];
-              BilinearCorners<acc_t> corners;
-              if (!bilinear_corners(x, y, H, W, corners)) {
-                // zero, or NaN for a location or weight that is not finite; grad_value stays zero
-                const acc_t outside = outside_sample(x, y);
-                grad_attention_weights[sample] = outside;
-                grad_sampling_locations[2 * sample] = weight * outside;
-                grad_sampling_locations[2 * sample + 1] = weight * outside;
+              InsideSample<acc_t>& in = inside[count];
+              if (bilinear_corners(x, y, H, W, in.corners)) {
+                in.index = sample;
+                in.H = H;
+                in.W = W;
+                rows[count] = corner_rows<scalar_t, acc_t>(
+                    in.corners, weight, value + level_offset, grad_value + level_offset, row_stride, zeros.data(),
+                    scratch.data());
+                prefetch(rows[count++], s.D);
                 continue;
               }
-              const auto r = corner_rows<scalar_t, acc_t>(
-                  corners, weight, value + level_offset, grad_value + level_offset, row_stride, zeros.data(),
-                  scratch.data());
-              acc_t dot0 = 0, dot1 = 0, dot2 = 0, dot3 = 0;
-              // Vectorizing the float sums reorders them; allowed here.
-#pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
-              for (int64_t d = 0; d < s.D; ++d) {
-                const acc_t gd = grad[d];
-                dot0 += gd * static_cast<acc_t>(r.value[0][d]);
-                dot1 += gd * static_cast<acc_t>(r.value[1][d]);
-                dot2 += gd * static_cast<acc_t>(r.value[2][d]);
-                dot3 += gd * static_cast<acc_t>(r.value[3][d]);
-                r.grad[0][d] += r.weight[0] * gd;
-                r.grad[1][d] += r.weight[1] * gd;
-                r.grad[2][d] += r.weight[2] * gd;
-                r.grad[3][d] += r.weight[3] * gd;
-              }
-              const acc_t dot[4] = {dot0, dot1, dot2, dot3};
-              const BilinearGrad<acc_t> bg = bilinear_grad(corners, dot, H, W);
-              grad_attention_weights[sample] = bg.sampled;
-              grad_sampling_locations[2 * sample] = weight * bg.grad_x;
-              grad_sampling_locations[2 * sample + 1] = weight * bg.grad_y;
+              // zero, or NaN for a location or weight that is not finite; grad_value stays zero
+              const acc_t outside = outside_sample(x, y);
+              grad_attention_weights[sample] = outside;
+              grad_sampling_locations[2 * sample] = weight * outside;
+              grad_sampling_locations[2 * sample + 1] = weight * outside;
             }
+          }
+          std::fill(dots.begin(), dots.begin() + 4 * count, acc_t(0));
+          const scalar_t* g = grad_output + nqm * s.D;
+          for_each_block(0, s.D, [&](auto width, int64_t d0) {
+            backward_block<decltype(width)::value>(rows.data(), count, d0, g, dots.data());
+          });
+          for (int64_t i = 0; i < count; ++i) {
+            const InsideSample<acc_t>& in = inside[i];
+            const acc_t weight = attention_weights[in.index];
+            const BilinearGrad<acc_t> bg = bilinear_grad(in.corners, &dots[4 * i], in.H, in.W);
+            grad_attention_weights[in.index] = bg.sampled;
+            grad_sampling_locations[2 * in.index] = weight * bg.grad_x;
+            grad_sampling_locations[2 * in.index + 1] = weight * bg.grad_y;
           }
         }
       }
@@ -236,3 +393,15 @@ Kernels kernels() {
 } // namespace D2EXT_CPU_ISA
 } // namespace cpu
 } // namespace d2ext
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#ifdef D2EXT_CPU_TARGET
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
