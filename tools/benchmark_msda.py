@@ -13,6 +13,10 @@ Peak memory is what the timed call allocates beyond its inputs:
 torch.cuda.max_memory_allocated on CUDA, and on CPU the growth of the peak
 resident set (VmHWM) of a fresh process (Linux).
 
+--cpu-capabilities avx512 avx2 default times the `cpp` backend's CPU kernels of
+each instruction set named, each in a fresh process with D2EXT_CPU_CAPABILITY
+set (rows `cpp (avx512)`, ...); a set the CPU lacks is reported and left out.
+
 Each case and dtype starts with a `floor` row: the fewest bytes a pass must move
 through memory, and the time that takes at the copy bandwidth measured once at
 start (a large device-to-device copy, bytes read plus bytes written). Forward:
@@ -34,6 +38,7 @@ exits with status 1 after the table.
 import argparse
 import functools
 import multiprocessing
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -196,6 +201,9 @@ def _status_kib(field):
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+CAPABILITY_ENV_VAR = "D2EXT_CPU_CAPABILITY"
+
+
 def _cpu_peak_child(args, queue):
     case, dtype_name, backend, batch = args
     inputs = make_case(case, torch.device("cpu"), DTYPES[dtype_name], batch)
@@ -206,7 +214,39 @@ def _cpu_peak_child(args, queue):
     queue.put((_status_kib("VmHWM") - before) * 1024)
 
 
-def peak_bytes(case, dtype_name, backend, device, batch):
+def _cpu_times_child(args, queue):
+    """(the CPU kernels' instruction set, forward ms, forward+backward ms) of `cpp`."""
+    case, dtype_name, batch, warmup, repeats = args
+    from d2ext import _C
+
+    inputs = make_case(case, torch.device("cpu"), DTYPES[dtype_name], batch)
+    forward = time_ms(lambda: run_once(inputs, "cpp", False), "cpu", warmup, repeats)
+    both = time_ms(lambda: run_once(inputs, "cpp", True), "cpu", warmup, repeats)
+    queue.put((_C.cpu_capability(), forward, both))
+
+
+def in_fresh_process(target, args, capability=None):
+    """target(args, queue) in a spawned process, with D2EXT_CPU_CAPABILITY=capability
+    when one is given; returns what it puts on the queue."""
+    saved = os.environ.get(CAPABILITY_ENV_VAR)
+    if capability is not None:
+        os.environ[CAPABILITY_ENV_VAR] = capability
+    try:
+        context = multiprocessing.get_context("spawn")  # the child copies the environment now
+        queue = context.Queue()
+        process = context.Process(target=target, args=(args, queue))
+        process.start()
+    finally:
+        if saved is None:
+            os.environ.pop(CAPABILITY_ENV_VAR, None)
+        else:
+            os.environ[CAPABILITY_ENV_VAR] = saved
+    result = queue.get()
+    process.join()
+    return result
+
+
+def peak_bytes(case, dtype_name, backend, device, batch, capability=None):
     if device.type == "cuda":
         inputs = make_case(case, device, DTYPES[dtype_name], batch)
         torch.cuda.synchronize()
@@ -216,15 +256,7 @@ def peak_bytes(case, dtype_name, backend, device, batch):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     # a fresh process, so that earlier cases do not hide this one's peak
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(
-        target=_cpu_peak_child, args=((case, dtype_name, backend, batch), queue)
-    )
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+    return in_fresh_process(_cpu_peak_child, (case, dtype_name, backend, batch), capability)
 
 
 def runs(backend, dtype_name):
@@ -265,6 +297,14 @@ def main():
         default=None,
         help="build the official Deformable-DETR CUDA kernel from DIR and add an `official` row",
     )
+    parser.add_argument(
+        "--cpu-capabilities",
+        nargs="+",
+        default=None,
+        choices=["avx512", "avx2", "default"],
+        help="time the cpp backend's CPU kernels of each of these instruction sets, each in a "
+        "fresh process (default: only the set this CPU runs best, in this process)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
@@ -299,6 +339,17 @@ def main():
         )
     elif "official" in backends:
         parser.error("the `official` backend needs --official-src DIR")
+    rows = [(backend, None) for backend in backends]
+    if args.cpu_capabilities:
+        if device.type != "cpu" or "cpp" not in backends:
+            parser.error("--cpu-capabilities needs --device cpu and the cpp backend")
+        position = backends.index("cpp")
+        rows[position : position + 1] = [("cpp", c) for c in args.cpu_capabilities]
+        for capability in args.cpu_capabilities:
+            details[f"cpp ({capability})"] = (
+                f"the cpp backend in a fresh process with {CAPABILITY_ENV_VAR}={capability}"
+            )
+        details.pop("cpp")
     dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
     name = (
         torch.cuda.get_device_name(device)
@@ -328,19 +379,31 @@ def main():
                 f"| {both_bytes / bandwidth * 1e3:.3f} | — |",
                 flush=True,
             )
-            for backend in backends:
+            for backend, capability in rows:
                 if not runs(backend, dtype_name):
                     continue
-                forward = time_ms(
-                    lambda: run_once(inputs, backend, False), device, args.warmup, args.repeats
-                )
-                both = time_ms(
-                    lambda: run_once(inputs, backend, True), device, args.warmup, args.repeats
-                )
-                peak = peak_bytes(case, dtype_name, backend, device, args.batch) / 2**20
+                name = backend
+                if capability is None:
+                    forward = time_ms(
+                        lambda: run_once(inputs, backend, False), device, args.warmup, args.repeats
+                    )
+                    both = time_ms(
+                        lambda: run_once(inputs, backend, True), device, args.warmup, args.repeats
+                    )
+                else:
+                    name = f"cpp ({capability})"
+                    ran, forward, both = in_fresh_process(
+                        _cpu_times_child,
+                        (case, dtype_name, args.batch, args.warmup, args.repeats),
+                        capability,
+                    )
+                    if ran != capability:
+                        print(f"| {name} | {case} | {Lq} | {dtype_name} | this CPU lacks it | | |")
+                        continue
+                peak = peak_bytes(case, dtype_name, backend, device, args.batch, capability)
                 print(
-                    f"| {backend} | {case} | {Lq} | {dtype_name} "
-                    f"| {forward:.2f} | {both:.2f} | {peak:.1f} |",
+                    f"| {name} | {case} | {Lq} | {dtype_name} "
+                    f"| {forward:.2f} | {both:.2f} | {peak / 2**20:.1f} |",
                     flush=True,
                 )
     return 0 if official_ok else 1
