@@ -205,7 +205,8 @@ CAPABILITY_ENV_VAR = "D2EXT_CPU_CAPABILITY"
 
 
 def _cpu_peak_child(args, queue):
-    case, dtype_name, backend, batch = args
+    case, dtype_name, backend, batch, threads = args
+    torch.set_num_threads(threads)
     inputs = make_case(case, torch.device("cpu"), DTYPES[dtype_name], batch)
     run_once(inputs, backend, backward=True)  # first calls load code and start threads
     before = _status_kib("VmRSS")
@@ -216,8 +217,10 @@ def _cpu_peak_child(args, queue):
 
 def _cpu_times_child(args, queue):
     """(the CPU kernels' instruction set, forward ms, forward+backward ms) of `cpp`."""
-    case, dtype_name, batch, warmup, repeats = args
+    case, dtype_name, batch, warmup, repeats, threads = args
     from d2ext import _C
+
+    torch.set_num_threads(threads)
 
     inputs = make_case(case, torch.device("cpu"), DTYPES[dtype_name], batch)
     forward = time_ms(lambda: run_once(inputs, "cpp", False), "cpu", warmup, repeats)
@@ -256,7 +259,8 @@ def peak_bytes(case, dtype_name, backend, device, batch, capability=None):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     # a fresh process, so that earlier cases do not hide this one's peak
-    return in_fresh_process(_cpu_peak_child, (case, dtype_name, backend, batch), capability)
+    args = (case, dtype_name, backend, batch, torch.get_num_threads())
+    return in_fresh_process(_cpu_peak_child, args, capability)
 
 
 def runs(backend, dtype_name):
@@ -305,11 +309,19 @@ def main():
         help="time the cpp backend's CPU kernels of each of these instruction sets, each in a "
         "fresh process (default: only the set this CPU runs best, in this process)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (torch.set_num_threads; default: torch's, one per core)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     official_ok = True
     available = d2ext.available_backends()
     backends = args.backends or [
@@ -394,7 +406,14 @@ def main():
                     name = f"cpp ({capability})"
                     ran, forward, both = in_fresh_process(
                         _cpu_times_child,
-                        (case, dtype_name, args.batch, args.warmup, args.repeats),
+                        (
+                            case,
+                            dtype_name,
+                            args.batch,
+                            args.warmup,
+                            args.repeats,
+                            torch.get_num_threads(),
+                        ),
                         capability,
                     )
                     if ran != capability:
