@@ -13,6 +13,10 @@ Peak memory is what the timed call allocates beyond its inputs:
 torch.cuda.max_memory_allocated on CUDA, and on CPU the growth of the peak
 resident set (VmHWM) of a fresh process (Linux).
 
+--clock thread (with --device cpu --threads 1) times each call in the CPU time of
+the calling thread instead of wall-clock time: on a machine shared with other work,
+the time the op computed rather than the time it waited.
+
 --cpu-capabilities avx512 avx2 default times the `cpp` backend's CPU kernels of
 each instruction set named, each in a fresh process with D2EXT_CPU_CAPABILITY
 set (rows `cpp (avx512)`, ...); a set the CPU lacks is reported and left out.
@@ -41,6 +45,7 @@ import multiprocessing
 import os
 import runpy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -65,6 +70,7 @@ OFFICIAL_IM2COL_STEP = (
     64  # upstream's default; the kernel cuts it to the batch, which it must then divide
 )
 _official = None  # the official extension module, once load_official has built it
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
 def make_case(case, device, dtype, batch=N):
@@ -217,14 +223,14 @@ def _cpu_peak_child(args, queue):
 
 def _cpu_times_child(args, queue):
     """(the CPU kernels' instruction set, forward ms, forward+backward ms) of `cpp`."""
-    case, dtype_name, batch, warmup, repeats, threads = args
+    case, dtype_name, batch, warmup, repeats, threads, clock = args
     from d2ext import _C
 
     torch.set_num_threads(threads)
-
     inputs = make_case(case, torch.device("cpu"), DTYPES[dtype_name], batch)
-    forward = time_ms(lambda: run_once(inputs, "cpp", False), "cpu", warmup, repeats)
-    both = time_ms(lambda: run_once(inputs, "cpp", True), "cpu", warmup, repeats)
+    timing = dict(device="cpu", warmup=warmup, repeats=repeats, cpu_clock=CLOCKS[clock])
+    forward = time_ms(lambda: run_once(inputs, "cpp", False), **timing)
+    both = time_ms(lambda: run_once(inputs, "cpp", True), **timing)
     queue.put((_C.cpu_capability(), forward, both))
 
 
@@ -315,6 +321,12 @@ def main():
         default=None,
         help="CPU threads (torch.set_num_threads; default: torch's, one per core)",
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="CPU timing: wall-clock time, or the calling thread's CPU time (needs --threads 1)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
@@ -322,6 +334,8 @@ def main():
     device = torch.device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock thread needs --device cpu and --threads 1")
     official_ok = True
     available = d2ext.available_backends()
     backends = args.backends or [
@@ -371,7 +385,7 @@ def main():
     bandwidth = copy_bandwidth(device, args.warmup, args.repeats)
     print(
         f"device: {name}; torch {torch.__version__}; levels {LEVELS[device.type]}; "
-        f"N={args.batch} M={M} D={D} P={P}"
+        f"N={args.batch} M={M} D={D} P={P}; clock: {args.clock}"
     )
     print(f"copy bandwidth (read + write): {bandwidth / 1e9:.0f} GB/s")
     for backend in details:
@@ -396,12 +410,14 @@ def main():
                     continue
                 name = backend
                 if capability is None:
-                    forward = time_ms(
-                        lambda: run_once(inputs, backend, False), device, args.warmup, args.repeats
+                    timing = dict(
+                        device=device,
+                        warmup=args.warmup,
+                        repeats=args.repeats,
+                        cpu_clock=CLOCKS[args.clock],
                     )
-                    both = time_ms(
-                        lambda: run_once(inputs, backend, True), device, args.warmup, args.repeats
-                    )
+                    forward = time_ms(lambda: run_once(inputs, backend, False), **timing)
+                    both = time_ms(lambda: run_once(inputs, backend, True), **timing)
                 else:
                     name = f"cpp ({capability})"
                     ran, forward, both = in_fresh_process(
@@ -413,6 +429,7 @@ def main():
                             args.warmup,
                             args.repeats,
                             torch.get_num_threads(),
+                            args.clock,
                         ),
                         capability,
                     )
