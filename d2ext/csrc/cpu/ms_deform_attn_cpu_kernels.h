@@ -93,6 +93,15 @@ constexpr int64_t kMaxBlock = 32;
 #define D2EXT_CPU_VECTOR_BYTES 16
 #endif
 
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define D2EXT_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+#ifndef D2EXT_HAS_SHUFFLEVECTOR
+#define D2EXT_HAS_SHUFFLEVECTOR 0
+#endif
+
 // The lanes of one vector of a block of W channels.
 template <typename acc_t, int64_t W>
 constexpr int64_t kLanes = std::min<int64_t>(W, D2EXT_CPU_VECTOR_BYTES / sizeof(acc_t));
@@ -136,7 +145,7 @@ inline acc_t reduce_add(const Vec<acc_t, N>& v) {
     return v[0];
   } else {
     Vec<acc_t, N / 2> lo, hi;
-#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+#if D2EXT_HAS_SHUFFLEVECTOR
     [&]<size_t... I>(std::index_sequence<I...>) {
       lo = __builtin_shufflevector(v, v, I...);
       hi = __builtin_shufflevector(v, v, (I + N / 2)...);
