@@ -81,6 +81,7 @@ def fine_tuned(coco_folder, demo_checkpoint, tmp_path_factory):
     return output_dir, log
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_the_demo_checkpoint(fine_tuned):
     output_dir, log = fine_tuned
     # the class heads of every decoder layer re-initialised, everything else loaded
@@ -204,6 +205,7 @@ def test_missing_files_and_other_categories_are_one_line(tmp_path, coco_folder):
         data_class_names(cfg)
 
 
+@pytest.mark.slow
 def test_demo_and_default_predictor_show_the_new_classes(fine_tuned, coco_folder):
     from detectron2.engine import DefaultPredictor
 

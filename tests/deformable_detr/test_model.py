@@ -159,6 +159,7 @@ def test_transformer_names_the_missing_heads():
         multi_scale.transformer(srcs, masks, positions, None)
 
 
+@pytest.mark.slow
 def test_overfits_a_fixed_batch():
     torch.manual_seed(0)
     model = build_model("box_refine", depth=18)

@@ -47,6 +47,7 @@ def float32_onnx(tmp_path_factory):
     return path, model
 
 
+@pytest.mark.slow
 def test_convolutions_and_linear_layers_are_quantized_except_the_kept_ones(float32_onnx):
     graph = onnx.load(float32_onnx[0])
     nodes = {node.name: node for node in graph.graph.node}
@@ -71,6 +72,7 @@ def test_convolutions_and_linear_layers_are_quantized_except_the_kept_ones(float
         assert any(name in s for n in chosen for s in scopes[n]), name
 
 
+@pytest.mark.slow
 def test_int8_model_is_close_to_float32_on_random_weights(float32_onnx, tmp_path):
     path, model = float32_onnx
     images = [torch.rand(3, 96, 128) * 255 for _ in range(4)]
@@ -120,6 +122,7 @@ def test_int8_needs_calibration_images(tmp_path):
         calibration_images(None, 0)
 
 
+@pytest.mark.slow
 def test_int8_export_keeps_ap_within_half_a_point(
     synthetic_datasets, multiscale_model, tmp_path, monkeypatch
 ):

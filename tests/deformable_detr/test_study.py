@@ -140,6 +140,7 @@ def _study(datasets, output, *args):
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_quick_study_writes_every_result(quick_study):
     _, output, log = quick_study
     for index, contestant in enumerate(CONTESTANTS, 1):
@@ -173,6 +174,7 @@ def test_quick_study_writes_every_result(quick_study):
         assert f"Loading from {output / 'backbone' / 'pretrained.pth'}" in run_log, contestant.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["deformable_detr", "faster_rcnn_fpn"])
 def test_the_pretrained_backbone_loads_into_detr_models_and_the_feature_pyramid(quick_study, name):
     """The pretraining's checkpoint names the ResNet's own parameters: they load,

@@ -268,6 +268,7 @@ except WeightsMismatchError as e:
 """
 
 
+@pytest.mark.slow
 def test_default_predictor_of_a_faster_rcnn_is_strict_whatever_the_import_order(tmp_path):
     path = str(tmp_path / "backbone.pth")
     result = subprocess.run(

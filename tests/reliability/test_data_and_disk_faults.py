@@ -88,6 +88,7 @@ def test_a_full_disk_is_named_and_the_old_checkpoint_stays(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]
 
 
+@pytest.mark.slow
 def test_training_logs_dropped_boxes_to_log_txt_and_names_a_full_disk(tmp_path, synthetic_datasets):
     output_dir = tmp_path / "output"
     args = command(

@@ -50,11 +50,13 @@ def _refused_by_eval_only(tmp_path, weights, *config) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_eval_only_refuses_weights_of_another_variant(tmp_path, two_stage_weights):
     line = _refused_by_eval_only(tmp_path, two_stage_weights)
     assert "model keys missing: query_embed.weight" in line and "unexpected keys" in line
 
 
+@pytest.mark.slow
 def test_eval_only_without_weights_is_an_error(tmp_path):
     log = train_net(
         tmp_path / "datasets",
@@ -66,6 +68,7 @@ def test_eval_only_without_weights_is_an_error(tmp_path):
     assert _last_line(log).startswith("error: no weights given (train.init_checkpoint"), log[-2000:]
 
 
+@pytest.mark.slow
 def test_a_missing_weights_file_is_one_line(tmp_path, synthetic_datasets):
     missing = tmp_path / "missing.pth"
     for flags in (["--eval-only"], ["train.max_iter=1", "dataloader.train.num_workers=0"]):
@@ -109,6 +112,7 @@ def _study_config(name):
     return ROOT / "configs" / "shapes_benchmark" / f"{name}.py"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STUDY_MODELS)
 def test_eval_only_refuses_a_backbone_alone_for_detr_and_faster_rcnn(name, tmp_path):
     backbone = save_backbone(tmp_path / "backbone.pth", study_model(name))
@@ -116,6 +120,7 @@ def test_eval_only_refuses_a_backbone_alone_for_detr_and_faster_rcnn(name, tmp_p
     assert "model keys missing: " in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STUDY_MODELS)
 def test_export_refuses_a_backbone_alone_for_detr_and_faster_rcnn(name, tmp_path):
     backbone = save_backbone(tmp_path / "backbone.pth", study_model(name))
