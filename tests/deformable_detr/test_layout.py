@@ -128,3 +128,13 @@ def test_a_tool_starts_without_warnings(tool):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Warning" not in result.stderr, result.stderr[-2000:]
+
+
+def test_register_yacs_datasets_still_works_from_its_former_module(monkeypatch):
+    from deformable_detr.data import build, coco_json
+
+    calls = []
+    monkeypatch.setattr(build, "register_yacs_datasets", calls.append)
+    with pytest.warns(FutureWarning, match="deformable_detr.data.build"):
+        coco_json.register_yacs_datasets("the config")
+    assert calls == ["the config"]

@@ -13,6 +13,7 @@ file and what is wrong, before anything trains on it.
 import json
 import logging
 import os
+import warnings
 from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -171,3 +172,17 @@ def check_same_classes(
             f"{', '.join(train)}; {len(test)}: {', '.join(test)}); give datasets with the same "
             "categories, with the same ids"
         )
+
+
+def register_yacs_datasets(cfg) -> None:
+    """Former home of :func:`deformable_detr.data.build.register_yacs_datasets`,
+    kept for code that imports it from here."""
+    from .build import register_yacs_datasets as register
+
+    warnings.warn(
+        "deformable_detr.data.coco_json.register_yacs_datasets has moved to "
+        "deformable_detr.data.build.register_yacs_datasets; import it from there",
+        FutureWarning,
+        stacklevel=2,
+    )
+    register(cfg)
