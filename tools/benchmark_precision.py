@@ -91,7 +91,7 @@ def top_detections(model, sample, k=10):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, lazy_only=True)
     loader = instantiate(cfg.dataloader.test)
     sample = [batch for _, batch in zip(range(args.compare_images), loader)]
     calibration = calibration_images(cfg, args.calibration_images)

@@ -72,7 +72,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, lazy_only=True)
     torch.manual_seed(0)
     weights = cfg.train.get("init_checkpoint") or None
     model = build_model(cfg, weights=weights, device=args.device)

@@ -45,7 +45,7 @@ from deformable_detr.checkpoint.checkpointer import (
     UnreadableCheckpointError,
 )
 from deformable_detr.checkpoint.loading_rule import ClassNames, LoadingRule
-from deformable_detr.config.build import build_model, load_config
+from deformable_detr.config.build import ConfigKindError, build_model, load_config
 from deformable_detr.config.overrides import ConfigOverrideError
 from deformable_detr.data.build import build_train_loader, data_class_names
 from deformable_detr.data.coco_json import DatasetError
@@ -158,7 +158,7 @@ def do_train(args, cfg):
 
 
 def main(args):
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts, lazy_only=True)
     # held until the process ends; before default_setup, which writes log.txt and config.yaml there
     lock = lock_output_dir(cfg.train.output_dir) if comm.is_main_process() else None  # noqa: F841
     default_setup(cfg, args)
@@ -189,6 +189,7 @@ if __name__ == "__main__":
             args=(args,),
         )
     except (
+        ConfigKindError,
         ConfigOverrideError,
         DatasetError,
         DiskFullError,

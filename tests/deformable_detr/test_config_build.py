@@ -5,6 +5,8 @@ config takes its class count from its data as a LazyConfig does; the yacs files 
 their version."""
 
 import logging
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from deformable_detr.checkpoint import converter
 from deformable_detr.checkpoint.converter import read_official
-from deformable_detr.config.build import build_model, load_config
+from deformable_detr.config.build import ConfigKindError, build_model, load_config
 from deformable_detr.config.overrides import ConfigOverrideError
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.study.study import _config as study_config
@@ -115,6 +117,32 @@ def test_every_tool_takes_the_weights_override_of_either_config(tool, config, ov
     weights = str(tmp_path / "missing.pth")
     message = _error(tool, config, [o.format(weights=weights) for o in overrides], tmp_path)
     assert f"{weights}: no such weights file" in message, message
+
+
+@pytest.mark.parametrize("tool", [_train_net, _benchmark_precision], ids=_id)
+def test_a_lazyconfig_tool_refuses_a_yacs_config_naming_its_twin(tool, tmp_path):
+    """Not an AttributeError from deep inside the tool: which kind it takes, and the twin."""
+    message = _error(tool, YACS_CUSTOM, [], tmp_path)
+    assert f"{YACS_CUSTOM} is a yacs config" in message, message
+    assert "LazyConfig files only" in message and "demo/demo.py" in message, message
+    assert f"twin {YACS_CUSTOM.removesuffix('.yaml')}.py" in message, message
+
+
+def test_load_config_lazy_only_takes_a_dumped_lazy_config_and_refuses_yacs():
+    dumped = ROOT / "tests" / "deformable_detr" / "dumped_configs" / "deformable_detr_tiny.yaml"
+    assert "_target_" in load_config(str(dumped), lazy_only=True).model
+    with pytest.raises(ConfigKindError, match="is a yacs config"):
+        load_config(YACS, lazy_only=True)
+
+
+def test_train_net_stops_on_a_yacs_config_with_one_line():
+    command = [sys.executable, str(ROOT / "tools" / "lazyconfig_train_net.py")]
+    result = subprocess.run(
+        [*command, "--config-file", YACS_CUSTOM], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {YACS_CUSTOM} is a yacs config"), lines
 
 
 def test_a_yacs_custom_config_takes_its_class_count_from_the_json(tmp_path):

@@ -10,6 +10,7 @@ from the data (:mod:`deformable_detr.data.build`); loading follows
 default here), lenient with a report for training.
 """
 
+import os
 from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode, instantiate
@@ -21,6 +22,7 @@ from ..data.build import data_class_names, resolve_num_classes
 
 __all__ = [
     "CONFIGURED",
+    "ConfigKindError",
     "build_model",
     "configured_weights",
     "input_format",
@@ -33,11 +35,23 @@ CONFIGURED = (
 )
 
 
-def load_config(config_file: str, opts: Sequence[str] = ()):
+class ConfigKindError(ValueError):
+    """A config of a kind the tool does not take (a yacs file given to a LazyConfig tool)."""
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), *, lazy_only: bool = False):
     """A LazyConfig (.py, or the config.yaml a training dumps; overrides key=value) or
     yacs (.yaml; overrides KEY VALUE pairs or KEY=VALUE) config, its overrides checked:
-    a key the config does not have is a ConfigOverrideError naming the closest one."""
-    if not is_yacs_file(config_file):
+    a key the config does not have is a ConfigOverrideError naming the closest one.
+
+    Args:
+        lazy_only: the caller takes LazyConfigs only (training, the benchmarks); a yacs
+            file is then a ConfigKindError naming its LazyConfig twin.
+    """
+    yacs = is_yacs_file(config_file)
+    if yacs and lazy_only:
+        raise ConfigKindError(_not_lazy_message(config_file))
+    if not yacs:
         from detectron2.config import LazyConfig
 
         from .overrides import apply_overrides
@@ -59,6 +73,17 @@ def is_yacs_file(config_file: str) -> bool:
         node = yaml.compose(f, Loader=yaml.SafeLoader)
     keys = [key.value for key, _ in node.value] if isinstance(node, yaml.MappingNode) else []
     return all(str(key).isupper() for key in keys)
+
+
+def _not_lazy_message(config_file: str) -> str:
+    twin = os.path.splitext(config_file)[0] + ".py"
+    use = f"its LazyConfig twin {twin}" if os.path.exists(twin) else "a LazyConfig .py file"
+    return (
+        f"{config_file} is a yacs config (upper-case keys: MODEL, VERSION: 2, ...), and this "
+        "tool takes LazyConfig files only (.py, or the config.yaml a training dumps): use "
+        f"{use} (yacs configs are for DefaultPredictor, demo/demo.py, "
+        "tools/deploy/export_model.py and tools/analyze_model.py)"
+    )
 
 
 def is_yacs(cfg) -> bool:
