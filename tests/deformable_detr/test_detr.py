@@ -196,6 +196,15 @@ def test_detr_rejects_a_criterion_of_another_class_loss():
     assert issubclass(DETR, torch.nn.Module)
 
 
+@pytest.mark.parametrize("num_classes", [None, 0, -1])
+def test_detr_is_never_built_without_classes(num_classes):
+    """The class count check is the base class's, shared with DeformableDETR."""
+    cfg = load_config(str(CONFIGS / "shapes_benchmark" / "detr.py"))
+    cfg.model.num_classes = num_classes
+    with pytest.raises(ValueError, match="the model's class count was not resolved"):
+        instantiate(cfg.model)
+
+
 def _batch(num_images=2, height=96, width=128):
     batch = []
     for _ in range(num_images):

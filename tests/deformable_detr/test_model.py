@@ -5,8 +5,15 @@ import math
 
 import pytest
 import torch
+from detectron2.config import instantiate
+from detectron2.modeling import build_model as build_yacs_model
 
+from deformable_detr.config.build import load_config
+
+from ..scripts import ROOT
 from .tiny_model import PAPER_SIZES, VARIANTS, build_model, detection_batch
+
+UNRESOLVED = "num_classes=.*: the model's class count was not resolved"
 
 # Trainable parameters with 91 classes. single_scale and multi_scale are the
 # n_parameters of the official release's training logs (quoted in
@@ -157,6 +164,28 @@ def test_transformer_names_the_missing_heads():
         )
     with pytest.raises(ValueError, match="query_embed"):
         multi_scale.transformer(srcs, masks, positions, None)
+
+
+@pytest.mark.parametrize("num_classes", [0, -1])
+def test_a_yacs_model_is_never_built_without_classes(num_classes):
+    """NUM_CLASSES 0 means "from the data"; DefaultPredictor's build_model on a config
+    that was not resolved (no register_yacs_datasets) stops, naming the keys to set."""
+    cfg = load_config(str(ROOT / "configs" / "custom" / "deformable_detr_tiny_custom.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.DEFORMABLE_DETR.NUM_CLASSES", num_classes])
+    with pytest.raises(ValueError, match=UNRESOLVED) as info:
+        build_yacs_model(cfg)
+    assert "MODEL.DEFORMABLE_DETR.NUM_CLASSES" in str(info.value)
+    assert "thing_classes" in str(info.value)
+
+
+@pytest.mark.parametrize("num_classes", [None, 0, -1])
+def test_a_lazy_model_is_never_built_without_classes(num_classes):
+    """The raw instantiate(cfg.model), without build_model's class count from the data."""
+    cfg = load_config(str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"))
+    cfg.model.num_classes = num_classes
+    with pytest.raises(ValueError, match=UNRESOLVED) as info:
+        instantiate(cfg.model)
+    assert "model.num_classes" in str(info.value)
 
 
 @pytest.mark.slow

@@ -16,6 +16,22 @@ LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 CLASS_LOSSES = ("focal", "softmax")
 
 
+def resolved_num_classes(num_classes) -> int:
+    """The class count K of a model and its criterion, at least 1. 0 or None (yacs
+    MODEL.DEFORMABLE_DETR.NUM_CLASSES 0, LazyConfig model.num_classes None) mean "from
+    the data" (deformable_detr.data.build.resolve_num_classes); a model built before that
+    would predict nothing."""
+    if num_classes is None or num_classes < 1:
+        raise ValueError(
+            f"num_classes={num_classes}: the model's class count was not resolved (a model "
+            "predicts at least 1 class); set MODEL.DEFORMABLE_DETR.NUM_CLASSES (yacs) or "
+            "model.num_classes (LazyConfig), or let the dataset's thing_classes give it: "
+            "build through deformable_detr.config.build.build_model, or call "
+            "deformable_detr.data.build.register_yacs_datasets(cfg) before DefaultPredictor"
+        )
+    return num_classes
+
+
 class SetCriterion(nn.Module):
     """Matches every prediction set to the targets and returns its weighted losses.
 
@@ -62,7 +78,7 @@ class SetCriterion(nn.Module):
                 f"and '_enc' losses take the weight of their unsuffixed name); missing {missing}, "
                 f"unknown {unknown}"
             )
-        self.num_classes = num_classes
+        self.num_classes = resolved_num_classes(num_classes)
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
         self.focal_alpha = focal_alpha

@@ -15,6 +15,7 @@ from torchvision.ops import box_convert
 
 from ...checkpoint.loading_rule import ClassHeads, register_class_heads
 from ...export.precision import full_precision, inference_autocast
+from ..criterion import resolved_num_classes
 
 __all__ = ["MLP", "SetPredictionDetector", "focal_prior_bias"]
 
@@ -56,7 +57,7 @@ class SetPredictionDetector(nn.Module):
         position_embedding: maps a padding mask (N, H, W) to (N, C, H, W).
         transformer: the subclass's transformer.
         criterion: the set criterion, called as criterion(outputs, targets) in training.
-        num_classes: K, object classes.
+        num_classes: K >= 1, object classes (0 or None, "from the data", is an error here).
         pixel_mean, pixel_std: per channel of the input format.
         aux_loss: losses on every decoder layer, not only the last.
         test_topk: detections kept per image.
@@ -85,7 +86,7 @@ class SetPredictionDetector(nn.Module):
         self.position_embedding = position_embedding
         self.transformer = transformer
         self.criterion = criterion
-        self.num_classes = num_classes
+        self.num_classes = resolved_num_classes(num_classes)
         self.aux_loss = aux_loss
         self.test_topk = test_topk
         self.prior_prob = prior_prob
