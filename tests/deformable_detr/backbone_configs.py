@@ -4,9 +4,7 @@ transformer."""
 
 from pathlib import Path
 
-from detectron2.config import instantiate
-
-from deformable_detr.config.build import load_config
+from deformable_detr.config.build import build_model, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "COCO"
 BACKBONES = ["r101", "x101", "x101_dcn", "swin_t", "swin_b", "swin_l", "vit_b"]
@@ -45,5 +43,6 @@ def shrink(cfg):
 
 
 def shrunk_model(backbone: str, variant: str = ""):
+    """(model, config) of the shrunk config: random weights, on the CPU, in train mode."""
     cfg = shrink(load_config(str(config_path(backbone, variant))))
-    return instantiate(cfg.model), cfg
+    return build_model(cfg, weights=None, device="cpu").train(), cfg

@@ -11,6 +11,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from deformable_detr import load_yacs_config
+from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import load_config
 from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.solver.schedule import epoch_step_multiplier, resolve_schedule
@@ -34,7 +35,7 @@ def _yacs(variant):
 @pytest.mark.parametrize("variant", COCO_VARIANTS)
 def test_coco_config_instantiates(variant):
     cfg = _lazy(variant)
-    model = instantiate(cfg.model)
+    model = build_configured_model(cfg, weights=None, device="cpu")
     resolve_schedule(cfg, COCO_TRAIN_IMAGES)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
@@ -61,7 +62,10 @@ def test_coco_config_instantiates(variant):
 def test_coco_backbone_trains_as_the_recipe(route):
     """The paper's R-50: frozen batch norm everywhere, the stem and res2 frozen,
     res3 to res5 trained."""
-    model = instantiate(_lazy("").model) if route == "lazy" else build_model(_yacs(""))
+    if route == "lazy":
+        model = build_configured_model(_lazy(""), weights=None, device="cpu")
+    else:  # DefaultPredictor's
+        model = build_model(_yacs(""))
     backbone = model.backbone
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
@@ -77,7 +81,7 @@ def test_coco_backbone_trains_as_the_recipe(route):
 
 @pytest.mark.parametrize("variant", COCO_VARIANTS)
 def test_yacs_and_lazy_configs_build_the_same_model(variant):
-    lazy_model = instantiate(_lazy(variant).model).eval()
+    lazy_model = build_configured_model(_lazy(variant), weights=None, device="cpu")
     yacs_model = build_model(_yacs(variant)).eval()
     lazy_state, yacs_state = lazy_model.state_dict(), yacs_model.state_dict()
     assert lazy_state.keys() == yacs_state.keys()

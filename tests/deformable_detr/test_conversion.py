@@ -315,8 +315,8 @@ def test_hf_variant_mismatch_is_refused():
 def test_convert_official_tool_on_the_coco_config(tmp_path, capsys):
     """The tool end to end with the paper's multi-scale config: a 91-class official
     checkpoint file (with its argparse args) becomes an 80-class detectron2 checkpoint."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import LazyConfig, instantiate
+    from deformable_detr.config.build import build_model as build_configured_model
+    from deformable_detr.config.build import load_config
 
     tool = load_script("tools/convert_official_checkpoint.py")
     config = str(ROOT / "configs/COCO/deformable_detr_r50_50ep.py")
@@ -332,8 +332,9 @@ def test_convert_official_tool_on_the_coco_config(tmp_path, capsys):
         and "0 unused source keys" in out
     )
 
-    model = instantiate(LazyConfig.load(config).model)
-    DetectionCheckpointer(model).load(str(tmp_path / "d2.pth"))
+    # loaded strictly, as for evaluation (its class names checked against COCO's)
+    weights = str(tmp_path / "d2.pth")
+    model = build_configured_model(load_config(config), weights=weights, device="cpu")
     ids = coco_raw_class_ids()
     assert torch.equal(model.class_embed[0].weight, source["class_embed.0.weight"][ids])
     assert torch.equal(

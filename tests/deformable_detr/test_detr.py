@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_convert, generalized_box_iou
 
-from deformable_detr.config.build import load_config
+from deformable_detr.config.build import build_model, load_config
 from deformable_detr.config.overrides import apply_overrides
 from deformable_detr.export.artefacts import export, load_artefact
 from deformable_detr.modeling.criterion import SetCriterion
@@ -128,7 +128,7 @@ def _coco(name):
 
 def test_coco_detr_config_is_the_detr_recipe():
     cfg = _coco("detr_r50_500ep.py")
-    model = instantiate(cfg.model)
+    model = build_model(cfg, weights=None, device="cpu")
     # DETR R50: 41M parameters (DETR paper, Table 1); 81 logits (80 classes + no object)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(41.5e6, rel=0.01)
     assert model.class_embed.out_features == 81 and model.query_embed.num_embeddings == 100
@@ -163,7 +163,7 @@ def test_coco_detr_epochs_stay_epochs_when_the_batch_changes(config):
 
 def test_coco_detr_plus_config_changes_only_loss_and_queries():
     detr, plus = _coco("detr_r50_500ep.py"), _coco("detr_plus_r50_50ep.py")
-    model = instantiate(plus.model)
+    model = build_model(plus, weights=None, device="cpu")
     assert model.class_embed.out_features == 80 and model.query_embed.num_embeddings == 300
     assert model.criterion.class_loss == model.criterion.matcher.class_loss == "focal"
     resolve_schedule(plus, COCO_TRAIN_IMAGES)
@@ -176,7 +176,7 @@ def test_coco_detr_plus_config_changes_only_loss_and_queries():
 
 
 def test_softmax_inference_takes_each_querys_best_object_class():
-    model = instantiate(load_config(str(CONFIGS / "shapes_benchmark" / "detr.py")).model)
+    model = build_model(load_config(str(CONFIGS / "shapes_benchmark" / "detr.py")), weights=None)
     model.test_topk = 2
     logits = torch.tensor([[[0.0, 3.0, 0.0] + [0.0] * 6, [5.0] + [0.0] * 7 + [6.0]]])
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.25, 0.5, 0.5]]])
@@ -192,13 +192,14 @@ def test_detr_rejects_a_criterion_of_another_class_loss():
     cfg.model.criterion.class_loss = "focal"
     cfg.model.criterion.matcher.class_loss = "focal"
     with pytest.raises(ValueError, match="class_loss='softmax' but the criterion has 'focal'"):
-        instantiate(cfg.model)
+        build_model(cfg, weights=None)
     assert issubclass(DETR, torch.nn.Module)
 
 
 @pytest.mark.parametrize("num_classes", [None, 0, -1])
 def test_detr_is_never_built_without_classes(num_classes):
-    """The class count check is the base class's, shared with DeformableDETR."""
+    """The class count check is the base class's, shared with DeformableDETR (the raw
+    instantiate: build_model would take the count from the data)."""
     cfg = load_config(str(CONFIGS / "shapes_benchmark" / "detr.py"))
     cfg.model.num_classes = num_classes
     with pytest.raises(ValueError, match="the model's class count was not resolved"):
@@ -228,7 +229,7 @@ def test_benchmark_config_builds_and_trains(config):
     else:  # Faster R-CNN: fewer proposals and sampled RoIs
         cfg.model.proposal_generator.post_nms_topk = (100, 50)
         cfg.model.roi_heads.batch_size_per_image = 64
-    model = instantiate(cfg.model)
+    model = build_model(cfg, weights=None).train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     batch = _batch()
@@ -251,7 +252,7 @@ def test_benchmark_config_builds_and_trains(config):
 
 
 def _study_model(name):
-    return instantiate(load_config(str(CONFIGS / "shapes_benchmark" / name)).model)
+    return build_model(load_config(str(CONFIGS / "shapes_benchmark" / name)), weights=None)
 
 
 def test_a_float64_detr_computes_its_losses():

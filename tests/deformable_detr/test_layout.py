@@ -9,21 +9,17 @@ import sys
 import warnings
 
 import pytest
-from detectron2.config import instantiate
 
 import deformable_detr
 from deformable_detr._moved_modules import MOVED_MODULES
-from deformable_detr.config.build import load_config
+from deformable_detr.config.build import build_model, load_config
 
 DUMPED = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "dumped_configs", "*.yaml")))
 
 
 @pytest.mark.parametrize("path", DUMPED, ids=os.path.basename)
 def test_a_config_dumped_before_the_move_builds_its_model(path):
-    cfg = load_config(path)
-    if cfg.model.get("num_classes", 0) is None:
-        cfg.model.num_classes = 3
-    model = instantiate(cfg.model)
+    model = build_model(load_config(path), weights=None, device="cpu")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert not type(model).__module__.startswith("deformable_detr.") or (
         type(model).__module__.startswith("deformable_detr.modeling.")
@@ -138,3 +134,21 @@ def test_register_yacs_datasets_still_works_from_its_former_module(monkeypatch):
     with pytest.warns(FutureWarning, match="deformable_detr.data.build"):
         coco_json.register_yacs_datasets("the config")
     assert calls == ["the config"]
+
+
+def test_only_build_model_instantiates_a_configs_model():
+    """Tools, the demo and the package build a config's model through
+    deformable_detr.config.build.build_model, where the class count and loading rules live."""
+    builder = os.path.join(PACKAGE_DIR, "config", "build.py")
+    sources = TOOLS + [
+        os.path.relpath(os.path.join(folder, name), REPO)
+        for folder, _, files in os.walk(PACKAGE_DIR)
+        for name in files
+        if name.endswith(".py") and os.path.join(folder, name) != builder
+    ]
+    direct = re.compile(r"instantiate\(.*\.model\)")
+    found = []
+    for path in sources:
+        with open(os.path.join(REPO, path)) as f:
+            found += [f"{path}:{i}" for i, line in enumerate(f, 1) if direct.search(line)]
+    assert not found, found

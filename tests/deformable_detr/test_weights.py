@@ -195,7 +195,9 @@ STUDY_MODELS = {"detr": "num_classes", "faster_rcnn_fpn": "roi_heads.num_classes
 
 
 def study_model(name, num_classes=8):
-    """The model of configs/shapes_benchmark/<name>.py with random weights, in train mode."""
+    """The model of configs/shapes_benchmark/<name>.py with random weights, in train mode:
+    the raw module (not build_model's), for detectron2's own DetectionCheckpointer, with a
+    class count of the test's choosing rather than the data's."""
     cfg = load_config(str(ROOT / "configs" / "shapes_benchmark" / f"{name}.py"))
     OmegaConf.update(cfg.model, STUDY_MODELS[name], num_classes)
     return instantiate(cfg.model).train()

@@ -6,10 +6,10 @@ weights file is one line naming it."""
 
 import pytest
 import torch
-from detectron2.config import instantiate
 from safetensors.torch import save_file
 
 from deformable_detr.checkpoint.loading_rule import WeightsMismatchError
+from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import load_config
 
 from ..deformable_detr.test_weights import STUDY_MODELS, save_backbone, study_model
@@ -25,7 +25,7 @@ def two_stage_weights(tmp_path_factory):
     """A checkpoint of the synthetic config's model in its two-stage variant."""
     cfg = load_config(str(CONFIG), ["model.with_box_refine=True", "model.two_stage=True"])
     path = tmp_path_factory.mktemp("weights") / "two_stage.pth"
-    torch.save({"model": instantiate(cfg.model).state_dict()}, path)
+    torch.save({"model": build_configured_model(cfg, weights=None).state_dict()}, path)
     return path
 
 
