@@ -8,6 +8,7 @@
 # model.with_box_refine=True (+ iterative box refinement), model.with_box_refine=True
 # model.two_stage=True (++ two-stage). docs/custom_data.md has the details.
 from ..COCO.deformable_detr_r50_50ep import lr_multiplier, model, optimizer, train
+from ..common.backbone_pretraining import backbone_pretraining
 from ..common.data.custom_coco import dataloader
 
 dataloader.train.total_batch_size = train.lr_reference_batch_size  # 32, the paper's

@@ -8,6 +8,7 @@
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 
+from ..common.backbone_pretraining import backbone_pretraining
 from ..common.data.custom_coco import dataloader
 from ..synthetic.deformable_detr_tiny import lr_multiplier, model, optimizer, train
 

@@ -9,8 +9,8 @@ from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock
 
 from deformable_detr.solver.schedule import epoch_step_multiplier
-from deformable_detr.study.backbone_pretraining import pretrain_backbone
 
+from ..common.backbone_pretraining import backbone_pretraining
 from ..common.data.shapes_benchmark import TRAIN, VAL, dataloader
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
@@ -45,22 +45,6 @@ backbone = L(ResNet)(
 # first contestant and writes the file named by train.init_checkpoint, which loads into
 # DETR-family models and into Faster R-CNN's feature pyramid alike.
 PRETRAINED_BACKBONE = "./output/study/backbone/pretrained.pth"
-backbone_pretraining = L(pretrain_backbone)(
-    backbone=backbone,
-    train_dataset=TRAIN,
-    val_dataset=VAL,
-    output_path=PRETRAINED_BACKBONE,
-    pixel_mean=[123.675, 116.280, 103.530],  # the detectors' input normalisation
-    pixel_std=[58.395, 57.120, 57.375],
-    epochs=10,
-    batch_size=64,
-    lr=1e-3,
-    weight_decay=1e-4,
-    crop_size=64,
-    context=0.2,  # crops are squares 1.2x the box's longer side
-    backgrounds_per_image=2,
-    seed=0,
-)
 # the papers' 0.1x lr on the pretrained backbone, in every contestant
 optimizer.params.lr_factor_func.backbone_multiplier = 0.1
 

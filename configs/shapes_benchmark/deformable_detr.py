@@ -3,6 +3,7 @@
 from ..common.models.deformable_detr_r50 import model
 from .base import (
     backbone,
+    backbone_pretraining,
     dataloader,
     lr_multiplier,
     optimizer,

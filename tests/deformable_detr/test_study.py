@@ -202,7 +202,7 @@ def test_object_crops_are_objects_and_background(tmp_path):
 
     from deformable_detr.data.shapes_benchmark import QUICK as QUICK_DATASET
     from deformable_detr.data.shapes_benchmark import register_shapes_benchmark
-    from deformable_detr.study.backbone_pretraining import object_crops
+    from deformable_detr.engine.backbone_pretraining import object_crops
 
     names = ("crops_test_train", "crops_test_val")
     register_shapes_benchmark(names, root=str(tmp_path), **QUICK_DATASET)

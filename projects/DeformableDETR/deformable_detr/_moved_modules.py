@@ -39,6 +39,7 @@ MOVED_MODULES = {
     "quantization": ("export.quantization",),
     "rng": ("engine.rng",),
     "schedule": ("solver.schedule",),
+    "study.backbone_pretraining": ("engine.backbone_pretraining",),
     "transformer": ("modeling.deformable_transformer",),
     "tta": ("modeling.test_time_augmentation",),
     "weights": ("checkpoint.loading_rule",),

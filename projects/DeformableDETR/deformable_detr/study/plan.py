@@ -1,7 +1,9 @@
-"""What the study runs: the contestants and the toy size of --quick."""
+"""What a study runs: its contestants, the config whose backbone they all start
+from, and the toy size of --quick. SHAPES_STUDY is the paper's claims on the shapes
+benchmark (tools/study.py); the tree-crown experiment has its own plan."""
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..data.shapes_benchmark import QUICK_DATASET_NAMES
 
@@ -9,15 +11,16 @@ from ..data.shapes_benchmark import QUICK_DATASET_NAMES
 @dataclass(frozen=True)
 class Contestant:
     """name: the run's directory and --only value; label: its name in the table and
-    plot; config: a LazyConfig path relative to the repository's configs/."""
+    plot; config: a LazyConfig path relative to the repository's configs/;
+    overrides: key=value applied to it (a seed, a setting); pretrained: starts from
+    the study's pretrained backbone (else from the config's train.init_checkpoint)."""
 
     name: str
     label: str
     config: str
+    overrides: Tuple[str, ...] = ()
+    pretrained: bool = True
 
-
-# the configs' shared part, whose backbone_pretraining every contestant starts from
-BASE_CONFIG = "shapes_benchmark/base.py"
 
 CONTESTANTS = (
     Contestant("faster_rcnn_fpn", "Faster R-CNN + FPN", "shapes_benchmark/faster_rcnn_fpn.py"),
@@ -41,6 +44,29 @@ CONTESTANTS = (
 
 
 @dataclass(frozen=True)
+class Plan:
+    """contestants, in the order they train; pretraining_config: the config (relative to
+    configs/) whose backbone, data and backbone_pretraining settings give the backbone
+    every pretrained contestant starts from."""
+
+    contestants: Tuple[Contestant, ...]
+    pretraining_config: str
+
+    def select(self, names: Optional[Sequence[str]]) -> List[Contestant]:
+        """The contestants named (all when None), in the plan's order."""
+        if not names:
+            return list(self.contestants)
+        known = {c.name for c in self.contestants}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown contestant(s) {unknown}; expected some of {sorted(known)}")
+        return [c for c in self.contestants if c.name in names]
+
+
+SHAPES_STUDY = Plan(CONTESTANTS, pretraining_config="shapes_benchmark/deformable_detr.py")
+
+
+@dataclass(frozen=True)
 class StudySize:
     """A size other than the configs' own: datasets, batch and epochs per
     contestant (`epochs[name]`, else `default_epochs`); iterations, evaluation and
@@ -55,10 +81,10 @@ class StudySize:
     pretraining_epochs: int = 1
 
     def pretraining_overrides(self) -> List[str]:
-        """key=value overrides of the base config's backbone_pretraining at this size."""
+        """key=value overrides of the pretraining config at this size."""
         return [
-            f"backbone_pretraining.train_dataset={self.train_dataset}",
-            f"backbone_pretraining.val_dataset={self.val_dataset}",
+            f"dataloader.train.dataset.dataset_dicts.names={self.train_dataset}",
+            f"dataloader.test.dataset.names={self.val_dataset}",
             f"backbone_pretraining.epochs={self.pretraining_epochs}",
         ]
 
@@ -85,11 +111,5 @@ QUICK = StudySize(
 
 
 def select(names: Optional[List[str]]) -> List[Contestant]:
-    """The contestants named (all when None), in the study's order."""
-    if not names:
-        return list(CONTESTANTS)
-    known = {c.name for c in CONTESTANTS}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown contestant(s) {unknown}; expected some of {sorted(known)}")
-    return [c for c in CONTESTANTS if c.name in names]
+    """The study's contestants named (all when None), in the study's order."""
+    return SHAPES_STUDY.select(names)

@@ -9,6 +9,8 @@ import os
 from typing import Dict, List
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# DeepForest's box precision and recall (deformable_detr.evaluation), where a run logs them
+BOX_PR_METRICS = ("precision", "recall")
 
 
 def read_evaluations(metrics_json: str, iterations_per_epoch: int, max_iter: int) -> List[Dict]:
@@ -31,6 +33,7 @@ def read_evaluations(metrics_json: str, iterations_per_epoch: int, max_iter: int
                 "epoch": (iteration + (iteration != max_iter)) / iterations_per_epoch,
                 "iteration": iteration,
                 **{m: record.get(f"bbox/{m}", math.nan) for m in METRICS},
+                **{m: record[f"box_pr/{m}"] for m in BOX_PR_METRICS if f"box_pr/{m}" in record},
             }
         )
     return evaluations
@@ -52,15 +55,27 @@ def median_iteration_seconds(metrics_json: str) -> float:
     return times[len(times) // 2]
 
 
+def _metrics(runs: List[Dict]) -> tuple:
+    """METRICS, and BOX_PR_METRICS when some evaluation has them."""
+    has_box_pr = any("recall" in e for run in runs for e in run["evaluations"])
+    return METRICS + (BOX_PR_METRICS if has_box_pr else ())
+
+
 def write_evaluations_csv(path: str, runs: List[Dict]) -> None:
-    """One row per evaluation: contestant, epoch, iteration and METRICS."""
+    """One row per evaluation: contestant, epoch, iteration and the metrics."""
+    metrics = _metrics(runs)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["contestant", "epoch", "iteration", *METRICS])
+        writer.writerow(["contestant", "epoch", "iteration", *metrics])
         for run in runs:
             for e in run["evaluations"]:
                 writer.writerow(
-                    [run["name"], f"{e['epoch']:g}", e["iteration"], *(e[m] for m in METRICS)]
+                    [
+                        run["name"],
+                        f"{e['epoch']:g}",
+                        e["iteration"],
+                        *(e.get(m, math.nan) for m in metrics),
+                    ]
                 )
 
 
@@ -78,18 +93,21 @@ def _cell(value, digits: int = 1) -> str:
 
 
 def table(runs: List[Dict]) -> str:
-    """The Table-1-style Markdown table: each run's last evaluation and measurements."""
+    """The Table-1-style Markdown table: each run's last evaluation and measurements
+    (box precision and recall after the COCO metrics when the runs have them)."""
+    metrics = _metrics(runs)
     lines = [
-        "| method | epochs | AP | AP50 | AP75 | APs | APm | APl | params (M) | FLOPs (G) "
-        "| train s/epoch | inference img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | epochs | "
+        + " | ".join(m if m in METRICS else f"box {m}" for m in metrics)
+        + " | params (M) | FLOPs (G) | train s/epoch | inference img/s |",
+        "|---" * (len(metrics) + 6) + "|",
     ]
     for run in runs:
         last = run["evaluations"][-1] if run["evaluations"] else {}
         m = run.get("measurements", {})
         lines.append(
             f"| {run['label']} | {last.get('epoch', 0):g} | "
-            + " | ".join(_cell(last.get(k)) for k in METRICS)
+            + " | ".join(_cell(last.get(k)) for k in metrics)
             + f" | {_cell(m.get('parameters', math.nan) / 1e6, 2)}"
             + f" | {_cell(m.get('flops', math.nan) / 1e9, 2)}"
             + f" | {_cell(m.get('train_seconds_per_epoch'))}"

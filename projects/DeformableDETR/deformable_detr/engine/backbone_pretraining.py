@@ -1,8 +1,9 @@
-"""The study's backbone pretraining: every contestant starts from one backbone,
-pretrained as the papers' ResNets are pretrained on ImageNet, but on what this
-benchmark has: its training objects, cropped square around their boxes, and
-background crops (clutter and distractors, no object), classified into the
-benchmark's classes plus "background". Nothing is downloaded.
+"""Backbone pretraining without ImageNet: a detector's backbone trained, as the
+papers' ResNets are pretrained on ImageNet, on what a detection dataset has: its
+training objects, cropped square around their boxes, and background crops (no
+object), classified into the dataset's classes plus "background". Nothing is
+downloaded. tools/pretrain_backbone.py runs it for any detector config; the
+study and the tree-crown experiment start every contestant from it.
 
 The checkpoint holds the backbone's own parameter names and detectron2's
 ``matching_heuristics``, so it loads into a DETR-family model (``backbone.*``)
@@ -11,7 +12,7 @@ and into Faster R-CNN's feature pyramid (``backbone.bottom_up.*``) alike.
 
 import json
 import os
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -22,9 +23,25 @@ from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
 from torch import nn
 
-from ..engine.output import atomic_write
+from ..data.build import data_class_names, dataset_source
+from ..data.coco_json import DatasetError
+from .output import atomic_write
 
-__all__ = ["object_crops", "pretrain_backbone"]
+__all__ = [
+    "PretrainingConfigError",
+    "detector_backbone",
+    "object_crops",
+    "pretrain_backbone",
+    "pretrain_detector_backbone",
+]
+
+
+class PretrainingConfigError(ValueError):
+    """A config that does not say how to pretrain its backbone."""
+
+
+# a registered dataset name, or its dataset dicts
+Dataset = Union[str, List[dict]]
 
 
 def _square(x0: float, y0: float, x1: float, y1: float, context: float, height: int, width: int):
@@ -37,10 +54,19 @@ def _square(x0: float, y0: float, x1: float, y1: float, context: float, height: 
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def _background_square(rng, boxes: np.ndarray, height: int, width: int, tries: int = 20):
-    """A random square that no object box covers more than a tenth of, or None."""
+def _background_square(
+    rng,
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    max_side: Optional[int] = None,
+    tries: int = 20,
+):
+    """A random square of 16 to max_side pixels (default half the image's shorter
+    side) that no object box covers more than a tenth of, or None."""
+    max_side = min(max_side or min(height, width) // 2, min(height, width))
     for _ in range(tries):
-        side = int(rng.integers(16, max(17, min(height, width) // 2)))
+        side = int(rng.integers(16, max(17, max_side + 1)))
         x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
         overlap_w = np.clip(
             np.minimum(boxes[:, 2], x0 + side) - np.maximum(boxes[:, 0], x0), 0, None
@@ -53,15 +79,48 @@ def _background_square(rng, boxes: np.ndarray, height: int, width: int, tries: i
     return None
 
 
+def detector_backbone(model):
+    """The backbone node (LazyConfig) or module of a detector: a DETR-family model's
+    `backbone`, or the network under a feature pyramid's `bottom_up` (Faster R-CNN)."""
+    backbone = model.backbone
+    is_pyramid = (
+        "bottom_up" in backbone if hasattr(backbone, "keys") else hasattr(backbone, "bottom_up")
+    )
+    return backbone.bottom_up if is_pyramid else backbone
+
+
+def _records_and_classes(dataset: Dataset, num_classes: Optional[int]) -> Tuple[list, int]:
+    """(dataset dicts, number of classes) of a registered name or of dataset dicts;
+    the classes come from the name's metadata unless `num_classes` is given."""
+    if isinstance(dataset, str):
+        records = DatasetCatalog.get(dataset)
+        if num_classes is None:
+            num_classes = len(MetadataCatalog.get(dataset).thing_classes)
+    else:
+        records = list(dataset)
+    if num_classes is None or num_classes < 1:
+        raise ValueError(
+            f"num_classes={num_classes}: give the number of classes when the dataset is "
+            "given as dataset dicts rather than a registered name"
+        )
+    return records, num_classes
+
+
 def object_crops(
-    dataset_name: str, crop_size: int, context: float, backgrounds_per_image: int, seed: int
+    dataset: Dataset,
+    crop_size: int,
+    context: float,
+    backgrounds_per_image: int,
+    seed: int,
+    num_classes: Optional[int] = None,
+    max_background_side: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(crops (N, 3, crop_size, crop_size) uint8 RGB, labels (N,) int64) of the registered
-    dataset: one crop per object (its class) and up to `backgrounds_per_image` per image
-    (label = the number of classes)."""
+    """(crops (N, 3, crop_size, crop_size) uint8 RGB, labels (N,) int64) of the dataset
+    (a registered name, or dataset dicts with `num_classes`): one crop per object (its
+    class) and up to `backgrounds_per_image` per image (label = the number of classes),
+    squares of at most `max_background_side` pixels (default half the image's side)."""
     rng = np.random.default_rng(seed)
-    records = DatasetCatalog.get(dataset_name)
-    num_classes = len(MetadataCatalog.get(dataset_name).thing_classes)
+    records, num_classes = _records_and_classes(dataset, num_classes)
     crops, labels = [], []
     for record in records:
         image = read_image(record["file_name"], format="RGB")
@@ -76,7 +135,7 @@ def object_crops(
         squares = [_square(*box, context, height, width) for box in boxes]
         squares_labels = [a["category_id"] for a in record["annotations"]]
         for _ in range(backgrounds_per_image):
-            square = _background_square(rng, boxes, height, width)
+            square = _background_square(rng, boxes, height, width, max_background_side)
             if square is not None:
                 squares.append(square)
                 squares_labels.append(num_classes)
@@ -114,8 +173,8 @@ def _accuracy(model: nn.Module, crops: torch.Tensor, labels: torch.Tensor, norma
 def pretrain_backbone(
     backbone,
     *,
-    train_dataset: str,
-    val_dataset: str,
+    train_dataset: Dataset,
+    val_dataset: Dataset,
     output_path: str,
     pixel_mean: Sequence[float],
     pixel_std: Sequence[float],
@@ -127,19 +186,37 @@ def pretrain_backbone(
     context: float,
     backgrounds_per_image: int,
     seed: int,
+    num_classes: Optional[int] = None,
+    max_background_side: Optional[int] = None,
 ) -> Dict[str, float]:
     """Trains `backbone` (a LazyConfig node or a module) to classify the crops of
-    `train_dataset` (AdamW, cosine lr, random horizontal flips, inputs normalised as
-    the detectors normalise them) and writes {"model": its state dict,
+    `train_dataset` (a registered name, or dataset dicts with `num_classes`; AdamW,
+    cosine lr, random horizontal flips, inputs normalised as the detectors normalise
+    them) and writes {"model": its state dict,
     "matching_heuristics": True} to `output_path`, and the crop accuracies on both
     datasets to output_path's .json. Returns that record."""
     torch.manual_seed(seed)
     backbone = instantiate(backbone) if not isinstance(backbone, nn.Module) else backbone
-    crops, labels = object_crops(train_dataset, crop_size, context, backgrounds_per_image, seed)
-    val_crops, val_labels = object_crops(
-        val_dataset, crop_size, context, backgrounds_per_image, seed + 1
+    train_dataset, num_classes = _records_and_classes(train_dataset, num_classes)
+    crops, labels = object_crops(
+        train_dataset,
+        crop_size,
+        context,
+        backgrounds_per_image,
+        seed,
+        num_classes,
+        max_background_side,
     )
-    num_labels = len(MetadataCatalog.get(train_dataset).thing_classes) + 1  # + background
+    val_crops, val_labels = object_crops(
+        val_dataset,
+        crop_size,
+        context,
+        backgrounds_per_image,
+        seed + 1,
+        num_classes,
+        max_background_side,
+    )
+    num_labels = num_classes + 1  # + background
     model = _Classifier(backbone, num_labels)
     mean = torch.tensor(pixel_mean).view(1, 3, 1, 1)
     std = torch.tensor(pixel_std).view(1, 3, 1, 1)
@@ -165,7 +242,7 @@ def pretrain_backbone(
             optimizer.step()
             schedule.step()
         print(
-            f"[study] backbone pretraining: epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}",
+            f"backbone pretraining: epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}",
             flush=True,
         )
     record = {
@@ -183,3 +260,32 @@ def pretrain_backbone(
     checkpoint = {"model": state, "matching_heuristics": True}
     atomic_write(output_path, lambda f: torch.save(checkpoint, f))
     return record
+
+
+def pretrain_detector_backbone(cfg, output_path: str) -> Dict[str, float]:
+    """Pretrains the backbone of a detector's LazyConfig (see detector_backbone) on the
+    config's own data: crops of dataloader.train.dataset, accuracy also on
+    dataloader.test.dataset, inputs normalised by cfg.model's pixel_mean/pixel_std,
+    with the settings cfg.backbone_pretraining (configs/common/backbone_pretraining.py).
+    Writes the checkpoint to `output_path`; returns the accuracies' record."""
+    if "backbone_pretraining" not in cfg:
+        raise PretrainingConfigError(
+            "the config has no backbone_pretraining settings; add "
+            "`from ..common.backbone_pretraining import backbone_pretraining` to it "
+            "(configs/common/backbone_pretraining.py)"
+        )
+    train_records = instantiate(cfg.dataloader.train.dataset)
+    val_records = instantiate(cfg.dataloader.test.dataset)
+    class_names = data_class_names(cfg)  # the datasets are registered now
+    if not class_names:
+        raise DatasetError(f"the classes of the config's data are unknown: {dataset_source(cfg)}")
+    return pretrain_backbone(
+        detector_backbone(cfg.model),
+        train_dataset=train_records,
+        val_dataset=val_records,
+        num_classes=len(class_names),
+        output_path=output_path,
+        pixel_mean=list(cfg.model.pixel_mean),
+        pixel_std=list(cfg.model.pixel_std),
+        **cfg.backbone_pretraining,
+    )
