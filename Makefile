@@ -8,7 +8,7 @@ export MAX_JOBS
 
 CSRC := $(shell find d2ext/csrc -type f)
 
-.PHONY: install test test-quick lint format demo study bench neon-trees clean
+.PHONY: install test test-quick lint format demo study bench neon-trees trees clean
 
 $(VENV)/.requirements: requirements.txt tools/install_detectron2.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,12 @@ bench: install
 # deepforest wheel downloaded by pip (not installed), two images extracted and checked.
 neon-trees: install
 	$(PY) tools/datasets/prepare_neon_trees.py
+
+# Tree crowns (docs/real_images.md): Faster R-CNN + FPN and Deformable DETR trained on
+# the NEON image's tiles, evaluated on the whole validation image; results in
+# output/tree_crowns. Rerun to continue an interrupted experiment.
+trees: install
+	$(PY) tools/tree_crowns.py --output output/tree_crowns
 
 clean:
 	rm -rf build d2ext/_C*.so *.egg-info

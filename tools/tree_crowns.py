@@ -12,7 +12,8 @@ without the pretraining.
 The images are downloaded (the deepforest wheel, by pip) and tiled first unless they
 are present. Rerunning the command continues where it stopped and skips finished
 runs. OUTPUT gets the study's files (evaluations.csv, results.json, table.md,
-ap_vs_epochs.png) and validation_predictions.jpg, the validation image with the true
+ap_vs_epochs.png), summary.md (each model's mean over its two seeds, with both
+values) and validation_predictions.jpg, the validation image with the true
 crowns (green) and the predictions (red) of the first seed's models.
 """
 
@@ -21,7 +22,12 @@ import os
 from pathlib import Path
 
 from deformable_detr.study.study import run_study
-from deformable_detr.study.tree_crowns import TREE_CROWNS, draw_predictions, prepare_data
+from deformable_detr.study.tree_crowns import (
+    TREE_CROWNS,
+    draw_predictions,
+    prepare_data,
+    seed_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +65,9 @@ def main(argv=None):
         num_inference_images=1,
         plan=TREE_CROWNS,
     )
+    summary = os.path.join(args.output, "summary.md")
+    with open(summary, "w") as f:
+        f.write(seed_summary(runs))
     complete = {run["name"] for run in runs if run["complete"]}
     drawn = [c for c in TREE_CROWNS.contestants[:3] if c.name in complete]
     if drawn:
@@ -69,6 +78,7 @@ def main(argv=None):
             f"{args.score_threshold}) red"
         )
     print(Path(args.output, "table.md").read_text())
+    print(Path(summary).read_text())
 
 
 if __name__ == "__main__":

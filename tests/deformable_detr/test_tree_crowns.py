@@ -248,3 +248,20 @@ def test_the_tree_plan_at_toy_size_trains_measures_and_draws(tmp_path, coco_fold
     import cv2
 
     assert cv2.imread(str(figure)).shape[1] == 2 * 96 and len(counts) == 2
+
+
+def test_seed_summary_averages_each_model_over_its_seeds():
+    from deformable_detr.study.tree_crowns import seed_summary
+
+    def run(name, label, ap, recall):
+        return {"name": name, "label": label, "evaluations": [{"AP": ap, "recall": recall}]}
+
+    runs = [
+        run("faster_rcnn_fpn", "Faster R-CNN", 30.0, 70.0),
+        run("deformable_detr", "Deformable DETR", 20.0, 60.0),
+        run("faster_rcnn_fpn_seed1", "Faster R-CNN (seed 1)", 32.0, 74.0),
+    ]
+    lines = seed_summary(runs).splitlines()
+    assert lines[2].startswith("| Faster R-CNN | 2 | 31.0 (30.0, 32.0) |")
+    assert "| 72.0 (70.0, 74.0) |" in lines[2]
+    assert lines[3].startswith("| Deformable DETR | 1 | 20.0 |") and len(lines) == 4

@@ -22,12 +22,13 @@ from ..modeling.sliced_inference import with_sliced_inference
 from .measure import trained_model
 from .plan import Contestant, Plan
 
-__all__ = ["TREE_CROWNS", "draw_predictions", "prepare_data"]
+__all__ = ["TREE_CROWNS", "draw_predictions", "prepare_data", "seed_summary"]
 
 _FRCNN = "neon_trees/faster_rcnn_fpn.py"
 _DDETR = "neon_trees/deformable_detr.py"
 _TWO_STAGE = "neon_trees/deformable_detr_two_stage.py"
 SEED_1 = ("train.seed=1",)
+SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "precision", "recall")
 
 TREE_CROWNS = Plan(
     contestants=(
@@ -123,3 +124,27 @@ def draw_predictions(
 def _registered_test_set(cfg) -> str:
     test = cfg.dataloader.test.dataset
     return register_coco_json(test.name, test.json_file, test.image_root)
+
+
+def seed_summary(runs: Sequence[Dict]) -> str:
+    """A Markdown table of the final evaluations: per model, the mean over its seeds
+    (runs named NAME and NAME_seed1) with both values, so the spread shows."""
+    by_name = {run["name"]: run for run in runs if run["evaluations"]}
+    lines = [
+        "| model | seeds | " + " | ".join(SUMMARY_METRICS) + " |",
+        "|---|---|" + "---|" * len(SUMMARY_METRICS),
+    ]
+    for run in runs:
+        if run["name"].endswith("_seed1") or run["name"] not in by_name:
+            continue
+        seeds = [by_name[n] for n in (run["name"], f"{run['name']}_seed1") if n in by_name]
+        cells = []
+        for metric in SUMMARY_METRICS:
+            values = [seed["evaluations"][-1].get(metric, float("nan")) for seed in seeds]
+            mean = sum(values) / len(values)
+            cells.append(
+                f"{mean:.1f}"
+                + (f" ({', '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else "")
+            )
+        lines.append(f"| {run['label']} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
