@@ -13,7 +13,8 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     # CPU deployment: our eager model, torch.compile, ONNX Runtime and AOTInductor
     # beside HF eager (float32 and bfloat16 autocast), inference at batch 1 and 4
     # (exports and compiles first); --precisions bf16 int8 adds our bfloat16 paths
-    # and the int8 ONNX model
+    # and the int8 ONNX model; --hf-compile adds HF under torch.compile (minutes of
+    # compiling; slower than HF eager where it was measured, docs/benchmarks.md)
     python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16 int8
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
@@ -40,8 +41,10 @@ and optimizer state included.
 """
 
 import argparse
+import itertools
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -311,18 +314,30 @@ def bench_deploy(args, device):
         batch, args.height, args.width, args.boxes, args.num_classes, seed=1
     )
     hf = build_hf(args.variant, args.num_classes, device).eval()
+    hf_paths = {"hf eager": hf}
+    if args.hf_compile:
+        hf_paths["hf torch.compile"] = torch.compile(hf)
     paths, setup = {}, {}  # (path, precision, batch) -> fn; (path, precision) -> seconds
     for b in args.infer_batches:
         pv, pm, _ = hf_inputs(images[:b], boxes[:b], classes[:b], device, train=False)
         sizes = [(args.height, args.width)] * b
-        for precision in args.hf_precisions:
+        for (name, module), precision in itertools.product(hf_paths.items(), args.hf_precisions):
 
-            def hf_call(pv=pv, pm=pm, sizes=sizes, amp="bf16" if precision == "bf16" else "none"):
-                with autocast(device, amp):
-                    return hf_postprocess(hf(pixel_values=pv, pixel_mask=pm), sizes)
+            def hf_call(
+                module=module,
+                pv=pv,
+                pm=pm,
+                sizes=sizes,
+                amp="bf16" if precision == "bf16" else "none",
+            ):
+                with torch.no_grad(), autocast(device, amp):
+                    return hf_postprocess(module(pixel_values=pv, pixel_mask=pm), sizes)
 
-            paths[("hf eager", precision, b)] = hf_call
-            setup[("hf eager", precision)] = 0.0
+            paths[(name, precision, b)] = hf_call
+            if (name, precision) not in setup:  # the first call compiles
+                start = time.perf_counter()
+                hf_call() if name != "hf eager" else None
+                setup[(name, precision)] = time.perf_counter() - start
     calibration = make_batch(
         args.calibration_images, args.height, args.width, 0, args.num_classes, seed=2
     )[0]
@@ -344,9 +359,10 @@ def bench_deploy(args, device):
         f"Inference, {args.height}x{args.width}, {torch.get_num_threads()} threads: "
         f"median ms per batch over {args.repeats} rounds, each path once per round, "
         f"after {args.warmup} warm-up calls. Ratios are HF ms / ms at the same batch "
-        "(>1: faster than HF): vs HF fp32, and vs HF best (the fastest of HF's settings "
-        f"timed: {', '.join(args.hf_precisions)}). Our eager model takes a batch as one "
-        "list; the exported artefacts take one image, so a batch is that many calls. "
+        "(>1: faster than HF): vs HF fp32 (eager), and vs HF best (the fastest of HF's "
+        f"paths timed: {', '.join(hf_paths)} at {', '.join(args.hf_precisions)}). "
+        "Our eager model takes a batch as one list; the exported artefacts take one "
+        "image, so a batch is that many calls. "
         "export/compile s is the one-off cost before the first run."
     )
     print()
@@ -355,7 +371,7 @@ def bench_deploy(args, device):
     rows = []
     for (name, precision, b), ms in times.items():
         hf_fp32 = times[("hf eager", "fp32", b)]
-        hf_best = min(times[("hf eager", p, b)] for p in args.hf_precisions)
+        hf_best = min(times[(h, p, b)] for h in hf_paths for p in args.hf_precisions)
         row = (name, precision, b, ms, b * 1e3 / ms, hf_fp32 / ms, hf_best / ms)
         rows.append(row)
         print(
@@ -407,6 +423,12 @@ def main():
         default=["fp32", "bf16"],
         help="--deploy: HF eager in float32 and under bfloat16 autocast (fp32 is required; "
         "drop bf16 on a CPU without AVX512-BF16 or AMX, where it is emulated and far slower)",
+    )
+    parser.add_argument(
+        "--hf-compile",
+        action="store_true",
+        help="--deploy: also HF under torch.compile at each --hf-precisions (slower than HF "
+        "eager on the CPUs measured, and minutes of compiling: off by default)",
     )
     parser.add_argument(
         "--calibration-images",
