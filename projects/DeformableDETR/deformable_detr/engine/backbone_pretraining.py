@@ -198,24 +198,20 @@ def pretrain_backbone(
     torch.manual_seed(seed)
     backbone = instantiate(backbone) if not isinstance(backbone, nn.Module) else backbone
     train_dataset, num_classes = _records_and_classes(train_dataset, num_classes)
-    crops, labels = object_crops(
-        train_dataset,
-        crop_size,
-        context,
-        backgrounds_per_image,
-        seed,
-        num_classes,
-        max_background_side,
-    )
-    val_crops, val_labels = object_crops(
-        val_dataset,
-        crop_size,
-        context,
-        backgrounds_per_image,
-        seed + 1,
-        num_classes,
-        max_background_side,
-    )
+
+    def crops_of(dataset, crops_seed):
+        return object_crops(
+            dataset,
+            crop_size,
+            context,
+            backgrounds_per_image,
+            crops_seed,
+            num_classes,
+            max_background_side,
+        )
+
+    crops, labels = crops_of(train_dataset, seed)
+    val_crops, val_labels = crops_of(val_dataset, seed + 1)
     num_labels = num_classes + 1  # + background
     model = _Classifier(backbone, num_labels)
     mean = torch.tensor(pixel_mean).view(1, 3, 1, 1)
