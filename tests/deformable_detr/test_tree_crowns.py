@@ -265,3 +265,15 @@ def test_seed_summary_averages_each_model_over_its_seeds():
     assert lines[2].startswith("| Faster R-CNN | 2 | 31.0 (30.0, 32.0) |")
     assert "| 72.0 (70.0, 74.0) |" in lines[2]
     assert lines[3].startswith("| Deformable DETR | 1 | 20.0 |") and len(lines) == 4
+
+
+def test_epochs_are_counted_in_epochs_when_evaluations_are_every_few_epochs():
+    """The trees evaluate every 4 epochs: 64 tiles at batch 2 are 32 iterations per
+    epoch, not one evaluation period (128)."""
+    from deformable_detr.solver.schedule import resolve_schedule
+    from deformable_detr.study.measure import iterations_per_epoch
+
+    cfg = _tree_configs()["deformable_detr"]
+    resolve_schedule(cfg, 64)
+    assert cfg.train.eval_period == 128 and iterations_per_epoch(cfg) == 32
+    assert cfg.train.max_iter == 24 * 32

@@ -17,6 +17,12 @@ from .results import median_iteration_seconds
 from .runner import FINAL_CHECKPOINT
 
 
+def iterations_per_epoch(cfg) -> float:
+    """Training iterations in one epoch of a config whose schedule is resolved (one
+    evaluation every train.eval_epochs epochs, every epoch when that is unset)."""
+    return cfg.train.eval_period / (cfg.train.get("eval_epochs") or 1)
+
+
 def trained_model(cfg, run_dir: str) -> torch.nn.Module:
     """cfg's model with the final weights of run_dir (loaded strictly), in eval mode on
     cfg.train.device."""
@@ -57,5 +63,5 @@ def measure(cfg, run_dir: str, num_inference_images: int) -> Dict[str, float]:
         "flops_image_size": list(inputs[0]["image"].shape[1:]),
         "inference_images_per_second": inference_images_per_second(model, inputs),
         "train_seconds_per_iteration": seconds,
-        "train_seconds_per_epoch": seconds * cfg.train.eval_period,
+        "train_seconds_per_epoch": seconds * iterations_per_epoch(cfg),
     }

@@ -13,7 +13,7 @@ from ..config.build import load_config
 from ..engine.backbone_pretraining import pretrain_detector_backbone
 from ..solver.schedule import resolve_schedule
 from . import results, runner
-from .measure import measure
+from .measure import iterations_per_epoch, measure
 from .plan import SHAPES_STUDY, Contestant, Plan, StudySize
 
 MEASUREMENTS = "measurements.json"
@@ -107,7 +107,7 @@ def collect(
             "overrides": overrides,
             "complete": runner.is_complete(run_dir),
             "evaluations": results.read_evaluations(
-                metrics, cfg.train.eval_period, cfg.train.max_iter
+                metrics, iterations_per_epoch(cfg), cfg.train.max_iter
             ),
         }
         if os.path.exists(os.path.join(run_dir, MEASUREMENTS)):
