@@ -166,7 +166,7 @@ def test_quick_study_writes_every_result(quick_study):
     for contestant in CONTESTANTS:
         assert (output / "runs" / contestant.name / "model_final.pth").exists()
     # one pretrained backbone, loaded by every contestant
-    assert "[study] backbone pretraining: epoch 1/1" in log
+    assert "backbone pretraining: epoch 1/1" in log
     record = json.loads((output / "backbone" / "pretrained.json").read_text())
     assert record["labels"] == 9 and record["train_crops"] > 4  # 8 classes + background
     for contestant in CONTESTANTS:
