@@ -10,12 +10,11 @@ from typing import Dict, List, Sequence
 import cv2
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog
+from detectron2.config import instantiate
 from detectron2.data.detection_utils import read_image
 from detectron2.structures import BoxMode
 
 from ..config.build import load_config
-from ..data.coco_json import register_coco_json
 from ..data.neon_trees import prepare_neon_trees
 from ..data.tiling import tile_coco_dataset
 from ..modeling.sliced_inference import with_sliced_inference
@@ -101,7 +100,7 @@ def draw_predictions(
     for contestant in contestants:
         run_dir = os.path.join(output_dir, "runs", contestant.name)
         cfg = load_config(os.path.join(configs_dir, contestant.config), list(contestant.overrides))
-        record = DatasetCatalog.get(_registered_test_set(cfg))[0]
+        record = instantiate(cfg.dataloader.test.dataset)[0]  # registered by its node
         image = cv2.imread(record["file_name"])
         for a in record["annotations"]:
             x0, y0, x1, y1 = (
@@ -119,11 +118,6 @@ def draw_predictions(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     cv2.imwrite(path, np.concatenate(panels, axis=1), [cv2.IMWRITE_JPEG_QUALITY, 85])
     return counts
-
-
-def _registered_test_set(cfg) -> str:
-    test = cfg.dataloader.test.dataset
-    return register_coco_json(test.name, test.json_file, test.image_root)
 
 
 def seed_summary(runs: Sequence[Dict]) -> str:
