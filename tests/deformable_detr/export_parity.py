@@ -4,6 +4,9 @@ process by test_export.py (a warm compile cache would hide first-use failures):
 
     python -m tests.deformable_detr.export_parity FORMAT VARIANT [VARIANT ...]
 
+FORMAT is an export format or "compile" (compile_inference, the deployment
+benchmark's torch.compile path, with the aoti package's Inductor options).
+
 Prints one JSON line: {variant: [{"size", "count", "eager_count", "classes_equal",
 "boxes", "scores"}, ...]}, with the largest absolute box and score differences.
 """
@@ -14,7 +17,12 @@ import tempfile
 
 import torch
 
-from deformable_detr.export.artefacts import export, load_artefact
+from deformable_detr.export.artefacts import (
+    ImageToDetections,
+    compile_inference,
+    export,
+    load_artefact,
+)
 
 from .tiny_model import build_model
 
@@ -49,8 +57,11 @@ def main(fmt, variants):
             torch.manual_seed(0)
             model = build_model(variant).eval()
             sample = torch.rand((3, *EXPORT_SIZE), generator=generator) * 255
-            path, _ = export(model, sample, fmt, workdir)
-            artefact = load_artefact(path, fmt)
+            if fmt == "compile":
+                artefact = compile_inference(ImageToDetections(model))
+            else:
+                path, _ = export(model, sample, fmt, workdir)
+                artefact = load_artefact(path, fmt)
             results[variant] = [compare(model, artefact, size, generator) for size in RUN_SIZES]
     print(json.dumps(results))
 

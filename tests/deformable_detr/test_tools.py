@@ -242,3 +242,44 @@ def test_demo_no_input(tmp_path):
                 str(tmp_path),
             ]
         )
+
+
+# ----------------------------------------------------------------------------- profile_inference
+profile_inference = load_script("tools/profile_inference.py")
+
+
+def test_profile_inference_groups_events_by_kind_of_work():
+    """The names the profiler gives our compiled inference's work, frozen or not."""
+    expected = {
+        "d2ext_C::ms_deform_attn_forward": "MSDA op",
+        "d2ext::ms_deform_attn": "MSDA op",
+        "mkldnn::_linear_pointwise": "matrix products",
+        "mkl::_mkl_linear": "matrix products",
+        "aten::addmm": "matrix products",
+        "aten::bmm": "matrix products",
+        "mkldnn::_convolution_pointwise_": "convolutions",
+        "aten::mkldnn_convolution": "convolutions",
+        "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA)",
+        "aten::copy_": "copies",
+        "aten::_to_copy": "copies",
+        "graph_0_cpp_fused__to_copy_add_mul_0": "Inductor-generated code",
+        "cpp_fused_native_layer_norm_3": "Inductor-generated code",
+        "## Call CompiledFxGraph fab12 ##": "Inductor-generated code",
+        "aten::topk": "other",
+        "aten::empty": "other",
+    }
+    assert {name: profile_inference.kind_of(name) for name in expected} == expected
+
+
+def test_profile_inference_totals_are_per_call():
+    class Event:
+        def __init__(self, key, self_us, count):
+            self.key, self.self_cpu_time_total, self.count = key, self_us, count
+
+    events = [
+        Event("aten::addmm", 6000.0, 4),
+        Event("mkldnn::_linear_pointwise", 2000.0, 2),
+        Event("cpp_fused_add_0", 1000.0, 2),
+    ]
+    totals = profile_inference.by_kind(events, calls=2)
+    assert totals == {"matrix products": [4.0, 3], "Inductor-generated code": [0.5, 1]}

@@ -37,6 +37,7 @@ __all__ = [
     "ImageToDetections",
     "artefact_format",
     "check_precision",
+    "compile_inference",
     "dynamic_image_shapes",
     "export",
     "load_artefact",
@@ -121,8 +122,34 @@ def save_program(module: nn.Module, image: torch.Tensor, path: str):
     torch.export.save(export_program(module, image), path)
 
 
+# Inductor options of the compiled inference paths (torch.compile and the aoti package).
+# Freezing makes the weights constants: Inductor folds their precision casts into them
+# and gives oneDNN its weights pre-packed, in the layout its AMX and AVX-512 kernels read.
+INDUCTOR_INFERENCE_OPTIONS = {"freezing": True}
+
+
+def compile_inference(module: nn.Module, options: Optional[Dict] = None) -> Callable:
+    """torch.compile of an inference module (ImageToDetections) with the Inductor
+    options of the aoti package, updated by `options` (Inductor config names); the
+    returned function runs it without autograd."""
+    compiled = torch.compile(module)
+    options = {**INDUCTOR_INFERENCE_OPTIONS, **(options or {})}
+
+    def run(*inputs):
+        # torch.compile's options= does not reach freezing, which is read before them
+        with torch.no_grad(), torch._inductor.config.patch(options):
+            return compiled(*inputs)
+
+    return run
+
+
 def save_aoti(module: nn.Module, image: torch.Tensor, path: str):
-    torch._inductor.aoti_compile_and_package(export_program(module, image), package_path=path)
+    with torch.no_grad():  # Inductor freezes only a graph compiled without autograd
+        torch._inductor.aoti_compile_and_package(
+            export_program(module, image),
+            package_path=path,
+            inductor_configs=INDUCTOR_INFERENCE_OPTIONS,
+        )
 
 
 # format -> (file name, writer, how to load and run it)

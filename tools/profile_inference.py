@@ -1,0 +1,131 @@
+"""Where the time of our compiled CPU inference goes: torch.profiler over calls of
+compile_inference(ImageToDetections(model)) (the deployment benchmark's
+torch.compile path, with the aoti package's Inductor options: freezing), grouped by
+kind of work, then the slowest kernels that Inductor generated.
+
+    python tools/profile_inference.py --precision bf16
+    # the same without Inductor freezing (weights as graph inputs)
+    python tools/profile_inference.py --precision bf16 --no-freezing
+    # smoke test
+    python tools/profile_inference.py --height 128 --width 160 --calls 1
+
+The model is benchmark_model.py's (--variant's COCO config, random weights, 80
+classes) on a random 0-255 image of --height x --width. Prints two Markdown tables:
+self CPU time per call of each kind of work, and Inductor's kernels by self time
+(their names list the operations each one fuses).
+"""
+
+import argparse
+import re
+import time
+from collections import defaultdict
+
+import torch
+
+GENERATED_KERNEL = r"^(graph_\d+_)?cpp_fused"  # with cpp.enable_kernel_profile
+# kind of work -> pattern of profiler event names, tried in this order (the names of
+# Inductor's kernels list the operations they fuse, copies among them)
+KINDS = [
+    ("Inductor-generated code", GENERATED_KERNEL + "|CompiledFxGraph"),
+    ("MSDA op", r"^d2ext"),
+    ("matrix products", r"linear|addmm|(^|::)b?mm$|matmul"),
+    ("convolutions", r"convolution"),
+    ("attention (SDPA)", r"scaled_dot_product"),
+    ("copies", r"copy_|_to_copy|clone|contiguous"),
+]
+
+
+def kind_of(name: str) -> str:
+    for kind, pattern in KINDS:
+        if re.search(pattern, name):
+            return kind
+    return "other"
+
+
+def profile(fn, calls):
+    """torch.profiler's averages (self CPU time) over `calls` calls of fn()."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    return prof.key_averages()
+
+
+def by_kind(events, calls):
+    """kind -> (ms per call, event calls per call), self CPU time."""
+    totals = defaultdict(lambda: [0.0, 0])
+    for event in events:
+        total = totals[kind_of(event.key)]
+        total[0] += event.self_cpu_time_total / 1000 / calls
+        total[1] += event.count // calls
+    return dict(totals)
+
+
+def print_kinds(totals):
+    whole = sum(ms for ms, _ in totals.values())
+    print("| kind of work | ms per call | share | calls |")
+    print("|---|---|---|---|")
+    for kind, (ms, count) in sorted(totals.items(), key=lambda item: -item[1][0]):
+        print(f"| {kind} | {ms:.1f} | {100 * ms / whole:.0f}% | {count} |")
+    print(f"| total | {whole:.1f} | 100% | |")
+
+
+def print_generated_kernels(events, calls, top):
+    kernels = sorted(
+        (e for e in events if re.search(GENERATED_KERNEL, e.key)),
+        key=lambda e: -e.self_cpu_time_total,
+    )
+    print("| Inductor kernel | ms per call | calls |")
+    print("|---|---|---|")
+    for event in kernels[:top]:
+        name = event.key if len(event.key) <= 90 else event.key[:87] + "..."
+        ms = event.self_cpu_time_total / 1000 / calls
+        print(f"| `{name}` | {ms:.1f} | {event.count // calls} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--variant", choices=("multi_scale", "box_refine", "two_stage"), default="multi_scale"
+    )
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    parser.add_argument("--no-freezing", action="store_true", help="weights stay graph inputs")
+    parser.add_argument("--warmup", type=int, default=2, help="calls after the compiling one")
+    parser.add_argument("--calls", type=int, default=3, help="profiled calls")
+    parser.add_argument("--top", type=int, default=15, help="generated kernels listed")
+    args = parser.parse_args(argv)
+
+    from benchmark_model import build_ours  # this folder's: the deployment benchmark's model
+
+    from deformable_detr.export import artefacts
+    from deformable_detr.export.precision import set_inference_precision
+
+    torch.manual_seed(0)
+    model = build_ours(args.variant, "cpp", 80, "cpu").eval()
+    set_inference_precision(model, args.precision)
+    image = torch.rand(3, args.height, args.width) * 255
+    options = {"freezing": not args.no_freezing, "cpp.enable_kernel_profile": True}
+    compiled = artefacts.compile_inference(artefacts.ImageToDetections(model), options)
+    start = time.perf_counter()
+    compiled(image)
+    compile_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        compiled(image)
+    start = time.perf_counter()
+    events = profile(lambda: compiled(image), args.calls)
+    wall_ms = (time.perf_counter() - start) * 1000 / args.calls
+
+    print(
+        f"{args.variant}, {args.precision}, {args.height}x{args.width}, freezing "
+        f"{'off' if args.no_freezing else 'on'}, {torch.get_num_threads()} threads: "
+        f"compiled in {compile_s:.0f} s, {wall_ms:.0f} ms per profiled call "
+        f"(mean of {args.calls})\n"
+    )
+    print_kinds(by_kind(events, args.calls))
+    print()
+    print_generated_kernels(events, args.calls, args.top)
+
+
+if __name__ == "__main__":
+    main()
