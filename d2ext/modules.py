@@ -111,11 +111,18 @@ class MSDeformAttn(nn.Module):
         )
 
         if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: normalize by (W, H)
-            normalizer = spatial_shapes.flip(-1).to(offsets.dtype)
-            locations = (
-                reference_points[:, :, None, :, None, :]
-                + offsets / normalizer[None, None, None, :, None, :]
+            # offsets are in pixels of each level: normalize x by W and y by H. Done for
+            # x and y apart, which is the same arithmetic: a (L, 2) divisor broadcast over
+            # the last two dims made Inductor emit vector code 2 lanes wide for this
+            # element-wise work, as slow as the MSDA op (docs/benchmarks.md).
+            references = reference_points[:, :, None, :, None, :]
+            sizes = spatial_shapes.to(offsets.dtype)[:, None]  # (L, 1, 2): (H, W)
+            locations = torch.stack(
+                [
+                    references[..., 0] + offsets[..., 0] / sizes[..., 1],
+                    references[..., 1] + offsets[..., 1] / sizes[..., 0],
+                ],
+                dim=-1,
             )
         elif reference_points.shape[-1] == 4:
             locations = (
