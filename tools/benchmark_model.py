@@ -13,7 +13,8 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     # CPU deployment: our eager model, torch.compile, ONNX Runtime and AOTInductor
     # beside HF eager (float32 and bfloat16 autocast), inference at batch 1 and 4
     # (exports and compiles first); --precisions bf16 int8 adds our bfloat16 paths
-    # and the int8 ONNX model; --hf-compile adds HF under torch.compile (minutes of
+    # and the int8 ones (torch.compile and AOTInductor through PT2E quantization, and
+    # ONNX Runtime); --hf-compile adds HF under torch.compile (minutes of
     # compiling; slower than HF eager where it was measured, docs/benchmarks.md)
     python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16 int8
 
@@ -239,11 +240,14 @@ def deploy_runners(model, image, precision, workdir, calibration=()):
     image (3, H, W) at `precision` (model.inference_precision); each fn runs
     inference with post-processing (top-100 boxes in pixels). The compiled paths
     are built, and run once, here. bf16: no ONNX (onnxruntime's CPU provider has no
-    bfloat16 convolution); int8: ONNX only, calibrated on `calibration` images."""
+    bfloat16 convolution); int8: no eager path, the compiled paths through PT2E
+    quantization (deformable_detr.export.pt2e_int8) and ONNX Runtime's, each calibrated
+    on `calibration` images within its setup time."""
     import time
 
-    from deformable_detr.export.artefacts import ImageToDetections, export
+    from deformable_detr.export.artefacts import ImageToDetections, compile_inference, export
     from deformable_detr.export.precision import set_inference_precision
+    from deformable_detr.export.pt2e_int8 import quantize
 
     runners = {}
 
@@ -254,7 +258,7 @@ def deploy_runners(model, image, precision, workdir, calibration=()):
         runners[name] = (time.perf_counter() - start, fn)
 
     def compiled():
-        fn = torch.compile(module)
+        fn = compile_inference(quantize(module, calibration) if precision == "int8" else module)
         return lambda: fn(image)
 
     def onnxruntime_session():
@@ -266,17 +270,16 @@ def deploy_runners(model, image, precision, workdir, calibration=()):
         return lambda: session.run(None, feed)
 
     def aoti_package():
-        fn = torch._inductor.aoti_load_package(export(model, image, "aoti", workdir)[0])
+        path, _ = export(model, image, "aoti", workdir, precision, calibration)
+        fn = torch._inductor.aoti_load_package(path)
         return lambda: fn(image)
 
-    if precision == "int8":
-        build("ours onnxruntime", onnxruntime_session)
-        return runners
-    set_inference_precision(model, precision)
+    if precision != "int8":  # int8 is a quantized graph, with no eager path
+        set_inference_precision(model, precision)
+        runners["ours eager"] = (0.0, lambda: model([{"image": image}]))
     module = ImageToDetections(model)
-    runners["ours eager"] = (0.0, lambda: model([{"image": image}]))
     build("ours torch.compile", compiled)
-    if precision == "fp32":
+    if precision != "bf16":
         build("ours onnxruntime", onnxruntime_session)
     build("ours aoti", aoti_package)
     return runners
@@ -414,7 +417,8 @@ def main():
         nargs="+",
         choices=["fp32", "bf16", "int8"],
         default=["fp32"],
-        help="--deploy: our paths at each inference precision (int8: ONNX Runtime only)",
+        help="--deploy: our paths at each inference precision (int8: torch.compile and aoti "
+        "through PT2E quantization, and ONNX Runtime)",
     )
     parser.add_argument(
         "--hf-precisions",

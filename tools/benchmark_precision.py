@@ -4,8 +4,10 @@ test set: the eager model in float32, in bfloat16 with the layers that place
 samples and boxes in float32 (deformable_detr.export.precision.FLOAT32_MODULES, the "bf16"
 switch) and in bfloat16 everywhere; its ONNX export on onnxruntime in float32, in
 int8 with the same layers in float32 (the "int8" switch, calibrated on the first
---calibration-images training images, never on the test set) and in int8 everywhere.
-The "everywhere" rows are what the kept lists are measured against.
+--calibration-images training images, never on the test set) and in int8 everywhere;
+and its int8 AOTInductor package (PyTorch's PT2E quantization,
+deformable_detr.export.pt2e_int8, calibrated on the same images) with the same layers in
+float32 and everywhere. The "everywhere" rows are what the kept lists are measured against.
 
     python tools/benchmark_precision.py \\
         --config-file configs/synthetic/deformable_detr_tiny_multiscale.py \\
@@ -31,12 +33,20 @@ from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 
 from deformable_detr.config.build import build_model, load_config
-from deformable_detr.export.artefacts import FORMATS, ArtefactDetector, export, load_artefact
+from deformable_detr.export.artefacts import (
+    FORMATS,
+    ArtefactDetector,
+    ImageToDetections,
+    export,
+    load_artefact,
+    save_aoti,
+)
 from deformable_detr.export.precision import (
     FLOAT32_MODULES,
     detection_agreement,
     set_inference_precision,
 )
+from deformable_detr.export.pt2e_int8 import quantize
 from deformable_detr.export.quantization import calibration_images, quantize_onnx
 
 # (row name, path, precision, layers kept in float32)
@@ -47,6 +57,8 @@ SETTINGS = (
     ("ONNX fp32", "onnx", "fp32", ()),
     ("ONNX int8 (kept layers in fp32)", "onnx", "int8", FLOAT32_MODULES),
     ("ONNX int8 everywhere", "onnx", "int8", ()),
+    ("aoti int8 (kept layers in fp32)", "aoti", "int8", FLOAT32_MODULES),
+    ("aoti int8 everywhere", "aoti", "int8", ()),
 )
 BOX_IOU = 0.9
 
@@ -74,6 +86,11 @@ def build_path(cfg, path, precision, kept, workdir, calibration):
     """The model of one setting, as a callable on the test loader's batches."""
     if path == "eager":
         return set_inference_precision(build_model(cfg, device="cpu"), precision, kept)
+    if path == "aoti":
+        package = f"{workdir}/model_int8_{len(kept)}_aoti.pt2"
+        module = ImageToDetections(build_model(cfg, device="cpu"))
+        save_aoti(quantize(module, calibration, kept), calibration[0], package)
+        return ArtefactDetector(load_artefact(package, "aoti"))
     float32_path = os.path.join(workdir, FORMATS["onnx"][0])  # the ONNX rows share one export
     if not os.path.exists(float32_path):
         export(build_model(cfg, device="cpu"), calibration[0], "onnx", workdir, "fp32")

@@ -2,13 +2,18 @@
 the eager model's at image sizes other than the export size. Run in a fresh
 process by test_export.py (a warm compile cache would hide first-use failures):
 
-    python -m tests.deformable_detr.export_parity FORMAT VARIANT [VARIANT ...]
+    python -m tests.deformable_detr.export_parity FORMAT VARIANT [VARIANT ...] [--int8]
 
 FORMAT is an export format or "compile" (compile_inference, the deployment
-benchmark's torch.compile path, with the aoti package's Inductor options).
+benchmark's torch.compile path, with the aoti package's Inductor options). --int8
+quantizes the model (onnx, aoti and compile), calibrated on generated images, after
+giving its box heads random last layers: their zero initialization would make every
+box a reference point, the same for any image and any precision.
 
 Prints one JSON line: {variant: [{"size", "count", "eager_count", "classes_equal",
-"boxes", "scores"}, ...]}, with the largest absolute box and score differences.
+"boxes", "scores", "box_errors"}, ...]}, with the largest absolute box and score
+differences, and for each eager detection, best first, the distance in pixels (largest
+coordinate difference) to the nearest artefact detection of its class.
 """
 
 import json
@@ -16,6 +21,7 @@ import sys
 import tempfile
 
 import torch
+from torch import nn
 
 from deformable_detr.export.artefacts import (
     ImageToDetections,
@@ -23,6 +29,7 @@ from deformable_detr.export.artefacts import (
     export,
     load_artefact,
 )
+from deformable_detr.export.pt2e_int8 import quantize
 
 from .tiny_model import build_model
 
@@ -39,6 +46,8 @@ def compare(model, artefact, size, generator):
     kept = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
     same_count = len(boxes) == len(eager)
+    distances = (eager.pred_boxes.tensor[:, None] - boxes[None]).abs().amax(dim=-1)
+    distances[eager.pred_classes[:, None] != classes[None]] = float("inf")
     return {
         "size": list(size),
         "count": len(boxes),
@@ -46,10 +55,18 @@ def compare(model, artefact, size, generator):
         "classes_equal": same_count and bool((classes == eager.pred_classes).all()),
         "boxes": (boxes - eager.pred_boxes.tensor).abs().max().item() if same_count else None,
         "scores": (scores - eager.scores).abs().max().item() if same_count else None,
+        "box_errors": distances.amin(dim=1).tolist() if len(boxes) else [],
     }
 
 
-def main(fmt, variants):
+def int8_ready(model, generator):
+    """Gives `model`'s box heads random last layers; returns calibration images."""
+    for head in model.bbox_embed:
+        nn.init.normal_(head.layers[-1].weight, std=0.05)
+    return [torch.rand((3, *EXPORT_SIZE), generator=generator) * 255 for _ in range(4)]
+
+
+def main(fmt, variants, int8=False):
     results = {}
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as workdir:
@@ -57,14 +74,17 @@ def main(fmt, variants):
             torch.manual_seed(0)
             model = build_model(variant).eval()
             sample = torch.rand((3, *EXPORT_SIZE), generator=generator) * 255
+            calibration = int8_ready(model, generator) if int8 else []
             if fmt == "compile":
-                artefact = compile_inference(ImageToDetections(model))
+                module = ImageToDetections(model)
+                artefact = compile_inference(quantize(module, calibration) if int8 else module)
             else:
-                path, _ = export(model, sample, fmt, workdir)
+                path, _ = export(model, sample, fmt, workdir, "int8" if int8 else None, calibration)
                 artefact = load_artefact(path, fmt)
             results[variant] = [compare(model, artefact, size, generator) for size in RUN_SIZES]
     print(json.dumps(results))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    arguments = sys.argv[2:]
+    main(sys.argv[1], [a for a in arguments if a != "--int8"], int8="--int8" in arguments)

@@ -3,7 +3,6 @@ variant, parity with the eager model at image sizes other than the export size
 (each format exported in a fresh process), and the tool's errors."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -13,7 +12,7 @@ from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import input_format, load_config
 from deformable_detr.export.artefacts import ImageToDetections, load_artefact
 
-from ..scripts import ROOT, load_script
+from ..scripts import ROOT, load_script, run_command
 from .tiny_model import VARIANTS, build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
@@ -33,21 +32,15 @@ TOLERANCE = 1e-4  # float32, boxes in pixels and scores
 export_model = load_script("tools/deploy/export_model.py")
 
 
-def _run(command, **kwargs):
-    result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
-
-
 # ---------------------------------------------------------------- parity, fresh process per format
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "fmt, variants", FORMAT_RUNS, ids=[f"{fmt}-{'-'.join(v)}" for fmt, v in FORMAT_RUNS]
 )
 def test_artefacts_match_eager_at_other_sizes(fmt, variants):
-    stdout = _run([sys.executable, "-m", "tests.deformable_detr.export_parity", fmt, *variants])
+    stdout = run_command(
+        [sys.executable, "-m", "tests.deformable_detr.export_parity", fmt, *variants]
+    )
     results = json.loads(stdout.strip().splitlines()[-1])
     assert sorted(results) == sorted(variants)
     for variant, runs in results.items():
@@ -113,7 +106,7 @@ def test_build_model_takes_the_checkpoint_from_either_config(synthetic_checkpoin
 
 @pytest.mark.slow
 def test_tool_exports_and_prints_how_to_load(synthetic_checkpoint, tmp_path):
-    stdout = _run(
+    stdout = run_command(
         [
             sys.executable,
             "tools/deploy/export_model.py",

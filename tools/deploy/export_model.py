@@ -10,10 +10,12 @@ ExportedProgram or an AOTInductor package, for any image size.
         --sample-image image.jpg MODEL.WEIGHTS=model_final.pth
 
 --precision bf16 exports bfloat16 inference (deformable_detr.export.precision) for
-torchscript, exported-program and aoti; --precision int8 exports ONNX with int8
-convolutions and linear layers (deformable_detr.export.quantization), calibrated on the
-first --calibration-images images of the config's training set (never its test set,
-which the AP is measured on). The artefact takes
+torchscript, exported-program and aoti; --precision int8 exports int8 convolutions and
+linear layers, calibrated on the first --calibration-images images of the config's
+training set (never its test set, which the AP is measured on): with --format aoti
+through PyTorch's PT2E quantization, run by Inductor's int8 kernels
+(deformable_detr.export.pt2e_int8), with --format onnx for onnxruntime
+(deformable_detr.export.quantization). The artefact takes
 one image (3, H, W) float32 in the config's input format,
 resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
 its pixels), scores (K,) and classes (K,) (see deformable_detr.export.artefacts). The
@@ -54,7 +56,7 @@ def parse_args(argv=None):
         choices=EXPORT_PRECISIONS,
         help="inference precision of the artefact (default: the config's "
         "model.inference_precision); bf16 pays on GPUs and CPUs with AVX512-BF16 or AMX; "
-        "int8 is for onnx",
+        "int8: aoti or onnx (docs/benchmarks.md: which on which CPU)",
     )
     parser.add_argument(
         "--calibration-images",

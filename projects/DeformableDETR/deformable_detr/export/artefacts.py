@@ -13,8 +13,9 @@ returns for that image, except that the empty boxes detector_postprocess drops
 are kept (a fixed K keeps the graph free of data-dependent shapes).
 
 Precisions: "fp32"; "bf16" (bfloat16 autocast, deformable_detr.export.precision) for
-torchscript, exported-program and aoti; "int8" for ONNX (static quantization
-calibrated on a few images, deformable_detr.export.quantization).
+torchscript, exported-program and aoti; "int8" (static quantization calibrated on a few
+images) for ONNX, run by onnxruntime (deformable_detr.export.quantization), and for aoti,
+PT2E quantization compiled by Inductor (deformable_detr.export.pt2e_int8).
 """
 
 import os
@@ -90,9 +91,13 @@ def dynamic_image_shapes():
     return {"image": {1: height, 2: width}}
 
 
-def export_program(module: nn.Module, image: torch.Tensor) -> torch.export.ExportedProgram:
+def export_program(
+    module: nn.Module, image: torch.Tensor, strict: bool = False
+) -> torch.export.ExportedProgram:
     with torch.no_grad():
-        return torch.export.export(module, (image,), dynamic_shapes=dynamic_image_shapes())
+        return torch.export.export(
+            module, (image,), dynamic_shapes=dynamic_image_shapes(), strict=strict
+        )
 
 
 def save_torchscript(module: nn.Module, image: torch.Tensor, path: str):
@@ -182,7 +187,7 @@ FORMATS: Dict[str, Tuple[str, Callable, str]] = {
 
 
 EXPORT_PRECISIONS = PRECISIONS + ("int8",)
-INT8_FILE_NAME = "model_int8.onnx"
+INT8_FORMATS = ("onnx", "aoti")
 
 
 def check_precision(fmt: str, precision: str) -> None:
@@ -197,11 +202,34 @@ def check_precision(fmt: str, precision: str) -> None:
             "so the graph would not load; export ONNX in fp32 or int8, or use torchscript, "
             "exported-program or aoti for bf16"
         )
-    if precision == "int8" and fmt != "onnx":
+    if precision == "int8" and fmt not in INT8_FORMATS:
         raise ValueError(
-            f"int8 export is for onnx (onnxruntime runs the quantized graph), not {fmt}; "
-            "use --format onnx, or fp32/bf16 for the other formats"
+            f"int8 export is for onnx (onnxruntime runs the quantized graph) and aoti "
+            f"(Inductor compiles it to oneDNN's int8 kernels), not {fmt}; use --format onnx "
+            "or aoti, or fp32/bf16 for the other formats"
         )
+
+
+def _save_int8(
+    module: nn.Module,
+    image: torch.Tensor,
+    fmt: str,
+    path: str,
+    calibration_images: Sequence[torch.Tensor],
+):
+    """Writes the int8 artefact of `module` (float32) in `fmt` (one of INT8_FORMATS),
+    calibrated on `calibration_images`, to `path`."""
+    if fmt == "aoti":
+        from .pt2e_int8 import quantize
+
+        save_aoti(quantize(module, calibration_images), image, path)
+        return
+    from .quantization import quantize_onnx
+
+    with tempfile.TemporaryDirectory() as scratch:
+        float32_path = os.path.join(scratch, FORMATS["onnx"][0])
+        save_onnx(module, image, float32_path)
+        quantize_onnx(float32_path, path, calibration_images)
 
 
 def export(
@@ -214,29 +242,26 @@ def export(
 ) -> Tuple[str, str]:
     """Exports `model` in format `fmt` (a key of FORMATS), traced on `image` (3, H, W),
     into output_dir, at `precision` (one of EXPORT_PRECISIONS; default the model's
-    inference_precision, which this sets). "int8" (ONNX only) quantizes the float32
+    inference_precision, which this sets). "int8" (onnx and aoti) quantizes the float32
     graph, calibrated on `calibration_images` (each (3, H, W) as the artefact takes
-    them). Returns the artefact's path and a line of Python that loads and runs it on
-    an `image` tensor."""
+    them, from the training set), into model_int8.onnx or model_int8_aoti.pt2. Returns
+    the artefact's path and a line of Python that loads and runs it on an `image` tensor."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     check_exportable(model)
     precision = precision or model.inference_precision
     check_precision(fmt, precision)
     if precision == "int8" and len(calibration_images) == 0:
-        raise ValueError("int8 export needs calibration images (a few of the test set)")
+        raise ValueError(
+            "int8 export needs calibration images (a few of the training set); got none"
+        )
     float_precision = "fp32" if precision == "int8" else precision
     if model.inference_precision != float_precision:
         set_inference_precision(model, float_precision)
     file_name, save, usage = FORMATS[fmt]
     if precision == "int8":
-        from .quantization import quantize_onnx
-
-        path = os.path.join(output_dir, INT8_FILE_NAME)
-        with tempfile.TemporaryDirectory() as scratch:
-            float32_path = os.path.join(scratch, file_name)
-            save(ImageToDetections(model), image, float32_path)
-            quantize_onnx(float32_path, path, calibration_images)
+        path = os.path.join(output_dir, file_name.replace("model", "model_int8", 1))
+        _save_int8(ImageToDetections(model), image, fmt, path, calibration_images)
         return path, usage.format(path=path)
     path = os.path.join(output_dir, file_name)
     save(ImageToDetections(model), image, path)

@@ -46,9 +46,10 @@ FLOAT32_MODULES = ("sampling_offsets", "attention_weights", "reference_points", 
 def _check(precision: str) -> None:
     if precision == "int8":
         raise ValueError(
-            "inference precision 'int8' is for exported models: export ONNX with "
-            "tools/deploy/export_model.py --format onnx --precision int8 and run it on "
-            "onnxruntime (demo/demo.py --artefact, deformable_detr.export.ArtefactDetector)"
+            "inference precision 'int8' is for exported models: export with "
+            "tools/deploy/export_model.py --precision int8 --format aoti (Inductor's int8 "
+            "kernels) or --format onnx (onnxruntime), and run the artefact with "
+            "demo/demo.py --artefact or deformable_detr.export.ArtefactDetector"
         )
     if precision not in PRECISIONS:
         raise ValueError(

@@ -1,0 +1,106 @@
+"""int8 inference through PyTorch: PT2E static quantization of ImageToDetections with
+torchao's X86InductorQuantizer, for torch.compile and AOTInductor.
+
+The model's graph (torch.export) is annotated by the quantizer's default recipe: weights
+int8 per output channel, activations uint8 per tensor with ranges observed on a few
+calibration images (histograms, never the test set: take them with
+``deformable_detr.export.quantization.calibration_images``). Quantized are the
+convolutions (backbone and input projections) and the linear layers, except the modules
+named by ``deformable_detr.export.precision.FLOAT32_MODULES`` (sampling offsets,
+attention weights, reference points, box heads), which stay float32 as in the bf16 and
+ONNX int8 paths. The decoder self-attention (``nn.MultiheadAttention``, whose linear
+layers the quantizer does not see as ``nn.Linear``), MSDA's sampling, normalizations,
+softmax and post-processing stay float32 too.
+
+Inductor compiles the quantized graph with freezing, as the inference paths of
+``deformable_detr.export.artefacts`` do (``compile_inference``, ``save_aoti``): it folds
+the int8 weights into constants and runs the quantized convolutions and matrix products
+on oneDNN's int8 kernels, which use AVX512-VNNI or AVX-VNNI and AMX-INT8 where the CPU
+has them. Without freezing (or with autograd on) the graph runs its quantize/dequantize
+pairs in float32, slower than the float32 model. docs/benchmarks.md says which int8 path
+to pick on which CPU.
+
+    quantized = quantize(ImageToDetections(model), calibration_images(cfg, 16))
+    detect = compile_inference(quantized)  # or: save_aoti(quantized, image, path)
+    boxes, scores, classes = detect(image)
+"""
+
+import logging
+from typing import List, Sequence
+
+import torch
+from torch import nn
+
+from .artefacts import ImageToDetections, export_program
+from .precision import FLOAT32_MODULES, module_name_pattern
+
+__all__ = ["float32_module_names", "quantize"]
+
+
+class _EnumRegistrationNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is an Enum subclass" not in record.getMessage()
+
+
+def _quantizer_api():
+    """torchao's prepare_pt2e, convert_pt2e and x86_inductor_quantizer, imported quietly:
+    torchao registers an Enum with torch's pytree at import, which torch logs as
+    deprecated (torchao's code, not the user's)."""
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    notice = _EnumRegistrationNotice()
+    pytree_log.addFilter(notice)
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError as e:
+        raise ImportError(
+            "int8 through PyTorch needs torchao (pip install -r requirements.txt, or "
+            "pip install torchao); onnxruntime's int8 is export --format onnx --precision int8"
+        ) from e
+    finally:
+        pytree_log.removeFilter(notice)
+    return prepare_pt2e, convert_pt2e, xiq
+
+
+def float32_module_names(
+    module: nn.Module, float32_modules: Sequence[str] = FLOAT32_MODULES
+) -> List[str]:
+    """Qualified names of `module`'s submodules named one of `float32_modules` (or an
+    element of a ModuleList so named), every name of a shared module included: a model
+    without box refinement calls one box head under its last name ("bbox_embed.1")."""
+    pattern = module_name_pattern(float32_modules)
+    if pattern is None:
+        return []
+    return [
+        name
+        for name, child in module.named_modules(remove_duplicate=False)
+        if pattern.search(name) and not isinstance(child, nn.ModuleList)
+    ]
+
+
+def quantize(
+    module: ImageToDetections,
+    images: Sequence[torch.Tensor],
+    float32_modules: Sequence[str] = FLOAT32_MODULES,
+) -> torch.fx.GraphModule:
+    """The int8 graph of `module` (a float32 ImageToDetections), calibrated on `images`
+    (each (3, H, W) float32 0-255, as the module takes them), with `float32_modules` kept
+    in float32. It takes an image of any size as the module does; run it through
+    artefacts.compile_inference or save_aoti (as it is, it computes in float32)."""
+    if len(images) == 0:
+        raise ValueError("int8 quantization needs calibration images; got none")
+    precision = module.model.inference_precision
+    if precision != "fp32":
+        raise ValueError(f"int8 quantization starts from the float32 model; it is in {precision}")
+    prepare_pt2e, convert_pt2e, xiq = _quantizer_api()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    for name in float32_module_names(module, float32_modules):
+        quantizer.set_module_name_qconfig(name, None)
+    with torch.no_grad():
+        # strict export records which function made each op; the quantizer finds the
+        # backbone's convolutions by it (detectron2's Conv2d calls F.conv2d itself)
+        prepared = prepare_pt2e(export_program(module, images[0], strict=True).module(), quantizer)
+        for image in images:
+            prepared(image)
+    return convert_pt2e(prepared)
