@@ -11,6 +11,7 @@ from d2ext.reference import ms_deform_attn_reference
 from .msda_inputs import (
     assert_backend_matches_reference,
     assert_lattice_parity,
+    level_tensors,
     make_inputs,
     reference_with_grads,
 )
@@ -147,6 +148,63 @@ def test_half_types_accumulate_in_float32(dtype, device):
     torch.testing.assert_close(grads[0].float(), expected_grads[0], rtol=2 * eps, atol=4 * eps)
     for grad, expected_grad in zip(grads[1:], expected_grads[1:]):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
+# The benchmark's decoder case at CPU scale, and channel counts that take the
+# blocks of 16, 8, 4, 2 and 1 channels after those of 32
+BFLOAT16_CASES = [
+    (2, 300, 8, 32, [(25, 42), (13, 21), (7, 11), (4, 6)], 4),
+    (2, 3, 2, 71, [(3, 5), (2, 3), (1, 2), (1, 1)], 3),
+    (2, 4, 2, 30, [(8, 5), (4, 3), (2, 2)], 2),
+    (2, 5, 2, 1, [(6, 7)], 1),
+]
+
+
+@requires_cpp
+@pytest.mark.parametrize(
+    "case", BFLOAT16_CASES, ids=lambda c: f"N{c[0]}Lq{c[1]}M{c[2]}D{c[3]}L{len(c[4])}P{c[5]}"
+)
+def test_cpu_bfloat16_output_is_the_float32_output_rounded(case):
+    """bfloat16 values accumulate in float32 as float32 values do, and each output is
+    rounded once: the same bits as the float32 op's output rounded by torch."""
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        *case, dtype=torch.float32
+    )
+    value = value.bfloat16()
+    output = d2ext.ms_deform_attn(
+        value, spatial_shapes, level_start_index, locations, weights, backend="cpp"
+    )
+    expected = d2ext.ms_deform_attn(
+        value.float(), spatial_shapes, level_start_index, locations, weights, backend="cpp"
+    )
+    assert output.dtype == torch.bfloat16
+    assert torch.equal(output.view(torch.int16), expected.bfloat16().view(torch.int16))
+
+
+@requires_cpp
+def test_cpu_bfloat16_output_rounds_halfway_to_even():
+    """Outputs halfway between two bfloat16 values go to the one with the even last
+    bit, as torch rounds (not down, not up), and NaN stays NaN: each query samples
+    the centre of pixel 0, whose channels are 1, -1, 2, NaN, ..., with attention
+    weight 1 + 2**-8 or 1 + 3 * 2**-8. The 37 channels take the blocks of 32, 4
+    and 1."""
+    D = 37
+    spatial_shapes, level_start_index, S = level_tensors([(1, 4)])
+    pattern = torch.tensor([1.0, -1.0, 2.0, float("nan")])
+    value = torch.zeros(1, S, 1, D, dtype=torch.bfloat16)
+    value[0, 0, 0] = pattern.repeat(10)[:D].bfloat16()
+    locations = torch.tensor([0.5 / 4, 0.5]).expand(1, 2, 1, 1, 1, 2).contiguous()
+    weights = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8]).view(1, 2, 1, 1, 1)
+    output = d2ext.ms_deform_attn(
+        value, spatial_shapes, level_start_index, locations, weights, backend="cpp"
+    )
+    nan = float("nan")
+    expected = torch.tensor(
+        [[1.0, -1.0, 2.0, nan], [1 + 2**-6, -(1 + 2**-6), 2 + 2**-5, nan]]
+    ).repeat(1, 10)[:, :D]
+    torch.testing.assert_close(output[0].float(), expected, rtol=0, atol=0, equal_nan=True)
+    exact = weights.view(2, 1) * value[0, 0, 0].float()
+    torch.testing.assert_close(output[0], exact.bfloat16(), rtol=0, atol=0, equal_nan=True)
 
 
 @requires_cpp

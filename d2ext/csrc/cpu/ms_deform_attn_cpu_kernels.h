@@ -139,6 +139,81 @@ inline void store(acc_t* p, const Vec<acc_t, N>& v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// The bits of bfloat16 values, rounded from float32 as c10::BFloat16 does (to
+// nearest even; NaN to c10's quiet NaN), in the low half of each lane.
+template <int64_t N>
+inline void bfloat16_bits(const Vec<float, N>& v, Vec<uint32_t, N>& out) {
+  Vec<uint32_t, N> bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const Vec<uint32_t, N> rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
+  const Vec<uint32_t, N> nan = (Vec<uint32_t, N>)(v != v);
+  out = (nan & 0x7FC0u) | (~nan & rounded);
+}
+
+// v, converted from acc_t, into N channels at p.
+template <typename scalar_t, typename acc_t, int64_t N>
+inline void store_as(scalar_t* p, const Vec<acc_t, N>& v) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(p, &v, sizeof(v));
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    Vec<uint32_t, N> bits;
+    bfloat16_bits<N>(v, bits);
+    const Vec<uint16_t, N> out = __builtin_convertvector(bits, Vec<uint16_t, N>);
+    std::memcpy(p, &out, sizeof(out));
+  } else {
+    for (int64_t k = 0; k < N; ++k) {
+      p[k] = static_cast<scalar_t>(v[k]);
+    }
+  }
+}
+
+// A block of W channels of a row as K vectors of L acc_t lanes, for the
+// forward. bfloat16 rows are read as 32-bit words, each split into its even
+// channel (the word shifted up) and its odd one (the word masked): an
+// instruction per vector, where widening takes two. The vectors then hold
+// channels d0, d0 + 2, ... and d0 + 1, d0 + 3, ... in turn, which `write` puts
+// back in order.
+template <typename scalar_t, typename acc_t, int64_t W>
+struct RowBlock {
+  static constexpr bool kSplit = std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float> &&
+      W >= 2 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+  static constexpr int64_t L = kLanes<acc_t, kSplit ? W / 2 : W>;
+  static constexpr int64_t K = W / L;
+  using V = Vec<acc_t, L>;
+
+  static void read(const scalar_t* p, V (&v)[K]) {
+    if constexpr (kSplit) {
+      for (int64_t k = 0; k < K; k += 2) {
+        Vec<uint32_t, L> words;
+        std::memcpy(&words, p + k * L, sizeof(words));
+        const Vec<uint32_t, L> even = words << 16, odd = words & 0xFFFF0000u;
+        std::memcpy(&v[k], &even, sizeof(even));
+        std::memcpy(&v[k + 1], &odd, sizeof(odd));
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        v[k] = load<acc_t, L>(p + k * L);
+      }
+    }
+  }
+
+  static void write(scalar_t* p, const V (&v)[K]) {
+    if constexpr (kSplit) {
+      for (int64_t k = 0; k < K; k += 2) {
+        Vec<uint32_t, L> even, odd;
+        bfloat16_bits<L>(v[k], even);
+        bfloat16_bits<L>(v[k + 1], odd);
+        const Vec<uint32_t, L> words = even | (odd << 16);
+        std::memcpy(p + k * L, &words, sizeof(words));
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        store_as<scalar_t, acc_t, L>(p + k * L, v[k]);
+      }
+    }
+  }
+};
+
 // The sum of v's lanes, halving the vector at each step.
 template <typename acc_t, int64_t N>
 inline acc_t reduce_add(const Vec<acc_t, N>& v) {
@@ -394,27 +469,24 @@ void set_up_query(
 // [first, first + count) of a query.
 template <int64_t W, typename scalar_t, typename acc_t>
 inline void forward_block(const QueryRows<acc_t>& rows, int64_t first, int64_t count, int64_t d0, scalar_t* out) {
-  constexpr int64_t L = kLanes<acc_t, W>;
-  Vec<acc_t, L> acc[W / L] = {};
+  using Block = RowBlock<scalar_t, acc_t, W>;
+  constexpr int64_t K = Block::K;
+  typename Block::V acc[K] = {};
   const intptr_t* address = rows.address.data();
   const acc_t* weight = rows.weight.data();
   const int64_t stride = rows.stride;
   for (int64_t i = first; i < first + count; ++i) {
-    const scalar_t* v[4];
+    typename Block::V v[4][K];
     acc_t w[4];
     for (int c = 0; c < 4; ++c) {
-      v[c] = reinterpret_cast<const scalar_t*>(address[c * stride + i]);
+      Block::read(reinterpret_cast<const scalar_t*>(address[c * stride + i]) + d0, v[c]);
       w[c] = weight[c * stride + i];
     }
-    for (int64_t k = 0; k < W / L; ++k) {
-      const int64_t d = d0 + k * L;
-      acc[k] += w[0] * load<acc_t, L>(v[0] + d) + w[1] * load<acc_t, L>(v[1] + d) + w[2] * load<acc_t, L>(v[2] + d) +
-          w[3] * load<acc_t, L>(v[3] + d);
+    for (int64_t k = 0; k < K; ++k) {
+      acc[k] += w[0] * v[0][k] + w[1] * v[1][k] + w[2] * v[2][k] + w[3] * v[3][k];
     }
   }
-  for (int64_t j = 0; j < W; ++j) {
-    out[d0 + j] = static_cast<scalar_t>(acc[j / L][j % L]);
-  }
+  Block::write(out + d0, acc);
 }
 
 // index_t: the set-up's integer lanes, int32 where every pixel index fits.
