@@ -10,9 +10,10 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
 The model is benchmark_model.py's (--variant's COCO config, random weights, 80
-classes) on a random 0-255 image of --height x --width. Prints two Markdown tables:
-self CPU time per call of each kind of work, and Inductor's kernels by self time
-(their names list the operations each one fuses).
+classes) on a random 0-255 image of --height x --width. Prints three Markdown
+tables: self CPU time per call of each kind of work, Inductor's kernels by self time
+(their names list the operations each one fuses), and the other operators by self
+time (the wrapper of Inductor's graph among them).
 """
 
 import argparse
@@ -69,14 +70,16 @@ def print_kinds(totals):
     print(f"| total | {whole:.1f} | 100% | |")
 
 
-def print_generated_kernels(events, calls, top):
-    kernels = sorted(
-        (e for e in events if re.search(GENERATED_KERNEL, e.key)),
+def print_slowest(events, calls, top, generated):
+    """The `top` events by self time: Inductor's kernels if `generated`, else the
+    operators it calls (convolutions, matrix products, the MSDA op, ...)."""
+    chosen = sorted(
+        (e for e in events if bool(re.search(GENERATED_KERNEL, e.key)) == generated),
         key=lambda e: -e.self_cpu_time_total,
     )
-    print("| Inductor kernel | ms per call | calls |")
+    print(f"| {'Inductor kernel' if generated else 'operator'} | ms per call | calls |")
     print("|---|---|---|")
-    for event in kernels[:top]:
+    for event in chosen[:top]:
         name = event.key if len(event.key) <= 90 else event.key[:87] + "..."
         ms = event.self_cpu_time_total / 1000 / calls
         print(f"| `{name}` | {ms:.1f} | {event.count // calls} |")
@@ -93,7 +96,7 @@ def main(argv=None):
     parser.add_argument("--no-freezing", action="store_true", help="weights stay graph inputs")
     parser.add_argument("--warmup", type=int, default=2, help="calls after the compiling one")
     parser.add_argument("--calls", type=int, default=3, help="profiled calls")
-    parser.add_argument("--top", type=int, default=15, help="generated kernels listed")
+    parser.add_argument("--top", type=int, default=15, help="kernels and operators listed")
     args = parser.parse_args(argv)
 
     from benchmark_model import build_ours  # this folder's: the deployment benchmark's model
@@ -124,7 +127,9 @@ def main(argv=None):
     )
     print_kinds(by_kind(events, args.calls))
     print()
-    print_generated_kernels(events, args.calls, args.top)
+    print_slowest(events, args.calls, args.top, generated=True)
+    print()
+    print_slowest(events, args.calls, args.top, generated=False)
 
 
 if __name__ == "__main__":

@@ -271,15 +271,33 @@ def test_profile_inference_groups_events_by_kind_of_work():
     assert {name: profile_inference.kind_of(name) for name in expected} == expected
 
 
-def test_profile_inference_totals_are_per_call():
-    class Event:
-        def __init__(self, key, self_us, count):
-            self.key, self.self_cpu_time_total, self.count = key, self_us, count
+class _ProfilerEvent:
+    def __init__(self, key, self_us, count):
+        self.key, self.self_cpu_time_total, self.count = key, self_us, count
 
+
+def test_profile_inference_totals_are_per_call():
     events = [
-        Event("aten::addmm", 6000.0, 4),
-        Event("mkldnn::_linear_pointwise", 2000.0, 2),
-        Event("cpp_fused_add_0", 1000.0, 2),
+        _ProfilerEvent("aten::addmm", 6000.0, 4),
+        _ProfilerEvent("mkldnn::_linear_pointwise", 2000.0, 2),
+        _ProfilerEvent("cpp_fused_add_0", 1000.0, 2),
     ]
     totals = profile_inference.by_kind(events, calls=2)
     assert totals == {"matrix products": [4.0, 3], "Inductor-generated code": [0.5, 1]}
+
+
+def test_profile_inference_lists_kernels_and_operators_apart(capsys):
+    events = [
+        _ProfilerEvent("graph_0_cpp_fused_add_0", 1000.0, 2),
+        _ProfilerEvent("mkldnn::_linear_pointwise", 9000.0, 4),
+        _ProfilerEvent("graph_0_cpp_fused_softmax_1", 3000.0, 2),
+        _ProfilerEvent("aten::topk", 500.0, 2),
+    ]
+    profile_inference.print_slowest(events, calls=2, top=1, generated=True)
+    profile_inference.print_slowest(events, calls=2, top=5, generated=False)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert rows == [
+        "| `graph_0_cpp_fused_softmax_1` | 1.5 | 1 |",
+        "| `mkldnn::_linear_pointwise` | 4.5 | 2 |",
+        "| `aten::topk` | 0.2 | 1 |",
+    ]
