@@ -17,12 +17,12 @@ def load_script(relative_path: str):
     return module
 
 
-def run_command(command: list, **kwargs) -> str:
+def run_command(command: list, timeout: float = 600, **kwargs) -> str:
     """The stdout of `command` run in a fresh process from ROOT; asserts that it
     succeeded (a warm compile cache in the test's own process would hide first-use
     failures)."""
     result = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=600, **kwargs
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout

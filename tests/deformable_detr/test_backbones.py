@@ -4,7 +4,6 @@ the deformable convolution on torchvision's op against plain convolutions; the
 optimizer rules of Swin and ViT; export through TorchScript and ONNX."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,7 @@ from detectron2.solver import get_default_optimizer_params
 
 from deformable_detr.backbones import TorchvisionDeformBottleneckBlock, TorchvisionDeformConv
 
-from ..scripts import ROOT
+from ..scripts import run_command
 from .backbone_configs import BACKBONES, VARIANTS, shrunk_model
 from .tiny_model import detection_batch
 
@@ -153,15 +152,11 @@ def test_vit_lr_decays_layer_by_layer():
 
 # ------------------------------------------------------------------ export
 def _export_parity(fmt, *backbones):
-    result = subprocess.run(
+    stdout = run_command(
         [sys.executable, "-m", "tests.deformable_detr.backbone_export_parity", fmt, *backbones],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _assert_parity(runs, where):
