@@ -105,10 +105,12 @@ class MSDeformAttn(nn.Module):
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
         value = value.view(N, S, M, self.hidden_dim // M)
-        offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-        weights = (
-            self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
-        )
+        # Offsets and weights in the reference points' dtype: under bfloat16 autocast
+        # these layers compute in bfloat16, and a location, or a level size above 256,
+        # is not a bfloat16 number.
+        offsets = self.sampling_offsets(query).to(reference_points.dtype).view(N, Lq, M, L, P, 2)
+        logits = self.attention_weights(query).to(reference_points.dtype)
+        weights = logits.view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
 
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalize x by W and y by H. Done for
@@ -116,7 +118,7 @@ class MSDeformAttn(nn.Module):
             # the last two dims made Inductor emit vector code 2 lanes wide for this
             # element-wise work, as slow as the MSDA op (docs/benchmarks.md).
             references = reference_points[:, :, None, :, None, :]
-            sizes = spatial_shapes.to(offsets.dtype)[:, None]  # (L, 1, 2): (H, W)
+            sizes = spatial_shapes.to(reference_points.dtype)[:, None]  # (L, 1, 2): (H, W)
             locations = torch.stack(
                 [
                     references[..., 0] + offsets[..., 0] / sizes[..., 1],

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """AP and time of a trained model's inference at each precision, on its config's
 test set: the eager model in float32, in bfloat16 with the layers that place
-samples and boxes in float32 (deformable_detr.export.precision.FLOAT32_MODULES, the "bf16"
-switch) and in bfloat16 everywhere; its ONNX export on onnxruntime in float32, in
-int8 with the same layers in float32 (the "int8" switch, calibrated on the first
+boxes in float32 (deformable_detr.export.precision.BF16_FLOAT32_MODULES, the "bf16"
+switch), with the int8 paths' kept layers in float32 (those and the layers that place
+samples: INT8_FLOAT32_MODULES) and in bfloat16 everywhere; its ONNX export on
+onnxruntime in float32, in int8 with INT8_FLOAT32_MODULES in float32 (the "int8"
+switch, calibrated on the first
 --calibration-images training images, never on the test set) and in int8 everywhere;
 and its int8 AOTInductor package (PyTorch's PT2E quantization,
 deformable_detr.export.pt2e_int8, calibrated on the same images) with the same layers in
@@ -42,7 +44,8 @@ from deformable_detr.export.artefacts import (
     save_aoti,
 )
 from deformable_detr.export.precision import (
-    FLOAT32_MODULES,
+    BF16_FLOAT32_MODULES,
+    INT8_FLOAT32_MODULES,
     detection_agreement,
     set_inference_precision,
 )
@@ -52,12 +55,13 @@ from deformable_detr.export.quantization import calibration_images, quantize_onn
 # (row name, path, precision, layers kept in float32)
 SETTINGS = (
     ("fp32", "eager", "fp32", ()),
-    ("bf16 (kept layers in fp32)", "eager", "bf16", FLOAT32_MODULES),
+    ("bf16 (kept layers in fp32)", "eager", "bf16", BF16_FLOAT32_MODULES),
     ("bf16 everywhere", "eager", "bf16", ()),
+    ("bf16 (int8's kept layers in fp32)", "eager", "bf16", INT8_FLOAT32_MODULES),
     ("ONNX fp32", "onnx", "fp32", ()),
-    ("ONNX int8 (kept layers in fp32)", "onnx", "int8", FLOAT32_MODULES),
+    ("ONNX int8 (kept layers in fp32)", "onnx", "int8", INT8_FLOAT32_MODULES),
     ("ONNX int8 everywhere", "onnx", "int8", ()),
-    ("aoti int8 (kept layers in fp32)", "aoti", "int8", FLOAT32_MODULES),
+    ("aoti int8 (kept layers in fp32)", "aoti", "int8", INT8_FLOAT32_MODULES),
     ("aoti int8 everywhere", "aoti", "int8", ()),
 )
 BOX_IOU = 0.9

@@ -65,3 +65,36 @@ def test_bad_configuration_and_reference_points():
         attn(query, reference[..., :1], features, spatial_shapes, level_start_index)
     with pytest.raises(ValueError, match="this module has 2 levels"):
         attn(query, reference, features, spatial_shapes[:1], level_start_index[:1])
+
+
+@pytest.mark.parametrize("box", [False, True], ids=["points", "boxes"])
+def test_bf16_autocast_places_samples_in_float32(monkeypatch, box):
+    """Under bfloat16 autocast the offset and weight layers compute in bfloat16, and
+    the locations and weights that reach the op are float32, from exact level sizes
+    (257 is not a bfloat16 number: it rounds to 256)."""
+    attn = d2ext.MSDeformAttn(hidden_dim=32, num_levels=2, num_heads=4, num_points=3)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.1)
+    query, reference, value, spatial_shapes, starts = _inputs(shapes=((2, 257), (1, 3)), box=box)
+    seen = {}
+
+    def record(value, spatial_shapes, starts, locations, weights, backend):
+        seen.update(locations=locations, weights=weights)
+        return value.new_zeros(value.shape[0], locations.shape[1], 32)
+
+    monkeypatch.setattr(d2ext.modules, "ms_deform_attn", record)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attn(query, reference, value, spatial_shapes, starts)
+        offsets = attn.sampling_offsets(query).float().view(2, 6, 4, 2, 3, 2)
+        logits = attn.attention_weights(query).float()
+    assert seen["locations"].dtype == seen["weights"].dtype == torch.float32
+    if box:
+        expected = (
+            reference[:, :, None, :, None, :2]
+            + offsets / 3 * reference[:, :, None, :, None, 2:] * 0.5
+        )
+    else:
+        sizes = spatial_shapes.flip(-1).float()[:, None]  # (L, 1, 2): (W, H)
+        expected = reference[:, :, None, :, None] + offsets / sizes
+    torch.testing.assert_close(seen["locations"], expected, rtol=0, atol=0)
+    weights = logits.view(2, 6, 4, 6).softmax(-1).view(2, 6, 4, 2, 3)
+    torch.testing.assert_close(seen["weights"], weights, rtol=0, atol=0)

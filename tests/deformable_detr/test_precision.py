@@ -10,6 +10,7 @@ from torch import nn
 
 from deformable_detr.export.artefacts import export, load_artefact
 from deformable_detr.export.precision import (
+    INT8_FLOAT32_MODULES,
     has_native_bfloat16,
     inference_autocast,
     keep_float32,
@@ -22,18 +23,23 @@ from .tiny_model import build_model
 
 def test_kept_modules_run_in_float32_under_autocast():
     model = nn.Sequential()
+    model.add_module("reference_points", nn.Linear(4, 4))
     model.add_module("sampling_offsets", nn.Linear(4, 4))
     model.add_module("value_proj", nn.Linear(4, 4))
     model.add_module("bbox_embed", nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)]))
     keys = list(model.state_dict())
     assert keep_float32(model, ()) == 0  # no names keep nothing, not every numbered child
-    assert keep_float32(model) == 3  # sampling_offsets, bbox_embed.0, bbox_embed.1
+    assert keep_float32(model) == 3  # reference_points, bbox_embed.0, bbox_embed.1
     assert keep_float32(model) == 0 and list(model.state_dict()) == keys
     x = torch.randn(2, 4)
     with inference_autocast("bf16", x.device):
-        assert model.sampling_offsets(x).dtype == torch.float32
+        assert model.reference_points(x).dtype == torch.float32
         assert model.bbox_embed[1](x.bfloat16()).dtype == torch.float32
         assert model.value_proj(x).dtype == torch.bfloat16
+        assert model.sampling_offsets(x).dtype == torch.bfloat16  # bf16 keeps it reduced
+    assert keep_float32(model, INT8_FLOAT32_MODULES) == 1  # the int8 list adds it
+    with inference_autocast("bf16", x.device):
+        assert model.sampling_offsets(x).dtype == torch.float32
     torch.testing.assert_close(
         model.sampling_offsets(x),
         nn.functional.linear(x, model.sampling_offsets.weight, model.sampling_offsets.bias),
