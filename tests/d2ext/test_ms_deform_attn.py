@@ -256,6 +256,37 @@ def test_cpu_backward_is_deterministic():
     assert torch.equal(grads[0], grads[1])
 
 
+@requires_cpp
+def test_cpu_gradients_do_not_depend_on_how_heads_are_split():
+    """The CPU backward splits the N * M heads among threads and sets up a thread's
+    samples of a query in vectors from its first head on: with L * P = 6 samples a
+    head, 3 and 4 threads start mid-vector (heads 4 and 3 of 5), and must give the
+    gradients of one thread bit for bit, out-of-map and non-finite locations included."""
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        2, 37, 5, 7, [(4, 5), (2, 3)], 3, dtype=torch.float32
+    )
+    flat = locations.view(-1, 2)
+    flat[1, 0] = float("nan")
+    flat[4] = 3.0
+    flat[8, 1] = -float("inf")
+    grads = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 3, 4):
+            torch.set_num_threads(threads)
+            leaves = [t.detach().requires_grad_() for t in (value, locations, weights)]
+            output = d2ext.ms_deform_attn(
+                leaves[0], spatial_shapes, level_start_index, leaves[1], leaves[2], backend="cpp"
+            )
+            grads.append(torch.autograd.grad(output.sum(), leaves))
+    finally:
+        torch.set_num_threads(previous)
+    assert grads[0][1].isnan().any(), "a NaN location must give a NaN location gradient"
+    for split in grads[1:]:
+        for one_thread, threads in zip(grads[0], split):
+            torch.testing.assert_close(threads, one_thread, rtol=0, atol=0, equal_nan=True)
+
+
 def test_auto_backend_and_env_override(monkeypatch):
     inputs = make_inputs(1, 3, 1, 2, [(2, 2)], 1)
     expected = ms_deform_attn_reference(*inputs)

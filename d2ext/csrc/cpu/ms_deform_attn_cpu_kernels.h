@@ -36,53 +36,6 @@ namespace cpu {
 namespace D2EXT_CPU_ISA {
 namespace {
 
-// The backward's four corner rows of a sample, each a pointer to D channels,
-// their gradient rows, and their weights (bilinear times attention). A corner
-// outside the map points at a row of zeros with weight 0 and at a scratch row
-// for its gradient, so the channel loops below run branch-free over all four
-// corners at once. (The forward sets up its rows in vectors: QueryRows.)
-template <typename scalar_t, typename acc_t>
-struct CornerRows {
-  const scalar_t* value[4];
-  acc_t* grad[4];
-  acc_t weight[4];
-};
-
-template <typename scalar_t, typename acc_t>
-CornerRows<scalar_t, acc_t> corner_rows(
-    const BilinearCorners<acc_t>& corners,
-    acc_t scale,
-    const scalar_t* value_level,
-    acc_t* grad_level,
-    int64_t row_stride,
-    const scalar_t* zeros,
-    acc_t* scratch) {
-  CornerRows<scalar_t, acc_t> rows;
-  for (int c = 0; c < 4; ++c) {
-    const bool inside = corners.pixel[c] >= 0;
-    rows.value[c] = inside ? value_level + corners.pixel[c] * row_stride : zeros;
-    rows.grad[c] = inside ? grad_level + corners.pixel[c] * row_stride : scratch;
-    rows.weight[c] = inside ? scale * corners.weight[c] : acc_t(0);
-  }
-  return rows;
-}
-
-// Asks for the first and last cache lines of a sample's corner rows and their
-// gradient rows (all of a row of D <= 32 float32), which the backward's channel
-// loops then read and write: the rows of a (query, head) are scattered over the
-// maps, and fetching them all at once overlaps the misses. (The forward, which
-// sets up a whole query in vectors, measured faster without prefetching: the
-// core then overlaps the misses of its channel loops by itself.)
-template <typename scalar_t, typename acc_t>
-inline void prefetch(const CornerRows<scalar_t, acc_t>& r, int64_t D) {
-  for (int c = 0; c < 4; ++c) {
-    __builtin_prefetch(r.value[c]);
-    __builtin_prefetch(r.value[c] + D - 1);
-    __builtin_prefetch(r.grad[c], 1);
-    __builtin_prefetch(r.grad[c] + D - 1, 1);
-  }
-}
-
 // The channel loops take the D channels in blocks of a width fixed at compile
 // time, each block held in vectors of GCC and Clang's vector extensions, as
 // wide as the target's registers (D2EXT_CPU_VECTOR_BYTES): D = 32 float32 is one
@@ -245,35 +198,7 @@ inline void for_each_block(int64_t d, int64_t D, const Fn& fn) {
   }
 }
 
-// For each sample: dots[4 * i + c] += <grad_output, corner row c> over the
-// block's channels, and grad row c += weight c * grad_output.
-template <int64_t W, typename scalar_t, typename acc_t>
-inline void backward_block(
-    const CornerRows<scalar_t, acc_t>* rows,
-    int64_t count,
-    int64_t d0,
-    const scalar_t* grad_output,
-    acc_t* dots) {
-  constexpr int64_t L = kLanes<acc_t, W>;
-  Vec<acc_t, L> g[W / L];
-  for (int64_t k = 0; k < W / L; ++k) {
-    g[k] = load<acc_t, L>(grad_output + d0 + k * L);
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    const CornerRows<scalar_t, acc_t>& r = rows[i];
-    for (int c = 0; c < 4; ++c) {
-      Vec<acc_t, L> dot = {};
-      for (int64_t k = 0; k < W / L; ++k) {
-        const int64_t d = d0 + k * L;
-        dot += g[k] * load<acc_t, L>(r.value[c] + d);
-        store<acc_t, L>(r.grad[c] + d, load<acc_t, L>(r.grad[c] + d) + r.weight[c] * g[k]);
-      }
-      dots[4 * i + c] += reduce_add<acc_t, L>(dot);
-    }
-  }
-}
-
-// The forward's bilinear set-up takes the M * L * P samples of a query in
+// The bilinear set-up (forward and backward) takes the samples of a query in
 // vectors of kSetupLanes samples, as wide as the target's registers, and
 // their corner addresses kAddressLanes at a time (GCC computes a vector wider
 // than the registers lane by lane in places).
@@ -287,8 +212,9 @@ constexpr int64_t round_up(int64_t n, int64_t multiple) {
 }
 
 // What the set-up needs of the level of each sample slot (m, l, p) of a query,
-// the same for every query; padded to whole vectors (the padding lanes are
-// computed and never used).
+// the same for every query; padded by whole vectors, so that the set-up of any
+// run of slots reads whole vectors (the padding lanes are computed and never
+// used).
 template <typename acc_t, typename index_t>
 struct SlotLevels {
   std::vector<acc_t> height, width; // H and W
@@ -304,7 +230,7 @@ SlotLevels<acc_t, index_t> slot_levels(
     const int64_t* spatial_shapes,
     const int64_t* level_start_index) {
   const int64_t samples = s.M * s.L * s.P;
-  const int64_t padded = round_up(samples, kSetupLanes<acc_t>);
+  const int64_t padded = round_up(samples, kSetupLanes<acc_t>) + kSetupLanes<acc_t>;
   const intptr_t pixel_bytes = s.M * s.D * sizeof(scalar_t);
   SlotLevels<acc_t, index_t> levels{
       std::vector<acc_t>(padded), std::vector<acc_t>(padded), std::vector<index_t>(padded),
@@ -335,6 +261,37 @@ struct QueryRows {
       : stride(round_up(samples, kSetupLanes<acc_t>)), address(4 * stride), weight(4 * stride) {}
 };
 
+// The backward's set-up of a query's samples: the forward's rows and weights,
+// the rows of grad_value that take their gradients (grad_address, laid out as
+// address; a scratch row for a corner outside the map), and what the location
+// gradient needs once the channel loops have summed the dot products.
+template <typename scalar_t, typename acc_t, typename index_t>
+struct BackwardRows : QueryRows<acc_t> {
+  // grad_value (acc_t) has value's layout: a row's bytes from the image scale by this
+  static_assert(sizeof(acc_t) % sizeof(scalar_t) == 0, "grad_value's elements must be a multiple of value's");
+  static constexpr intptr_t kGradScale = sizeof(acc_t) / sizeof(scalar_t);
+  std::vector<intptr_t> grad_address;
+  std::vector<acc_t> lh, lw; // the fractional parts of the pixel coordinate
+  std::vector<acc_t> outside; // outside_sample(x, y)
+  std::vector<index_t> valid; // -1 where the location has a corner inside the map, else 0
+
+  explicit BackwardRows(int64_t samples)
+      : QueryRows<acc_t>(samples),
+        grad_address(4 * this->stride),
+        lh(this->stride),
+        lw(this->stride),
+        outside(this->stride),
+        valid(this->stride) {}
+};
+
+// The rows a query's corners point at.
+struct RowBases {
+  intptr_t value; // an image's value
+  intptr_t zeros; // a row of zeros, for a corner outside the map
+  intptr_t grad; // the image's grad_value (backward only)
+  intptr_t scratch; // a row for the gradients of corners outside the map (backward only)
+};
+
 // Lanes [0, count) from p, the others 0: the last vector of a query reads no
 // further than its samples.
 template <typename T, int64_t V>
@@ -346,6 +303,16 @@ inline Vec<T, V> load_lanes(const T* p, int64_t count) {
     std::memcpy(&v, p, count * sizeof(T));
   }
   return v;
+}
+
+// Lanes [0, count) of v into p.
+template <typename T, int64_t V>
+inline void store_lanes(T* p, const Vec<T, V>& v, int64_t count) {
+  if (count >= V) {
+    std::memcpy(p, &v, sizeof(v));
+  } else if (count > 0) {
+    std::memcpy(p, &v, count * sizeof(T));
+  }
 }
 
 // x and y of the (x, y) pairs at p (lanes past count are 0).
@@ -366,6 +333,25 @@ inline void load_pairs(const acc_t* p, int64_t count, Vec<acc_t, V>& x, Vec<acc_
 #endif
 }
 
+// The first `count` (x, y) pairs of lanes x and y into p: load_pairs reversed.
+template <typename acc_t, int64_t V>
+inline void store_pairs(acc_t* p, int64_t count, const Vec<acc_t, V>& x, const Vec<acc_t, V>& y) {
+  Vec<acc_t, V> lo, hi;
+#if D2EXT_HAS_SHUFFLEVECTOR
+  [&]<size_t... I>(std::index_sequence<I...>) {
+    lo = __builtin_shufflevector(x, y, (I % 2 * V + I / 2)...);
+    hi = __builtin_shufflevector(x, y, (I % 2 * V + V / 2 + I / 2)...);
+  }(std::make_index_sequence<V>{});
+#else
+  for (int64_t k = 0; k < V; ++k) {
+    lo[k] = k % 2 ? y[k / 2] : x[k / 2];
+    hi[k] = k % 2 ? y[V / 2 + k / 2] : x[V / 2 + k / 2];
+  }
+#endif
+  store_lanes<acc_t, V>(p, lo, 2 * count);
+  store_lanes<acc_t, V>(p + V, hi, 2 * count - V);
+}
+
 // floor_to_int lane by lane, for values within index_t's range (an output
 // argument: a returned vector wider than the target's registers draws GCC's
 // ABI warning wherever the function is not inlined).
@@ -382,86 +368,220 @@ inline void lanes_of(const Vec<T, V>& v, int64_t first, Vec<T, N>& out) {
   std::memcpy(&out, reinterpret_cast<const char*>(&v) + first * sizeof(T), sizeof(out));
 }
 
-// The corner rows of the `count` samples of one query, from their locations
-// (count, 2) and attention weights (count,): lane for lane what
-// bilinear_corners and corner_rows give (bilinear.h), zero padding included. A
-// location with no corner inside the map (or not finite) has its sample (zero,
-// or NaN) as the weight of a row of zeros, as outside_sample gives it.
+// A vector of kSetupLanes samples, lane for lane what bilinear_corners gives
+// (bilinear.h), zero padding included: whether the location has a corner
+// inside the map (NaN has none), the fractional parts, the four bilinear
+// weights and which corners are inside, in (h, w) order (low, low), (low,
+// high), (high, low), (high, high), and the pixel index of corner 0.
 template <typename acc_t, typename index_t>
-void set_up_query(
+struct SampleLanes {
+  static constexpr int64_t V = kSetupLanes<acc_t>;
+  using F = Vec<acc_t, V>; // coordinates and weights
+  using I = Vec<index_t, V>; // pixel coordinates and indices
+  using Mask = decltype(F{} < F{});
+
+  F scale; // the attention weights
+  F outside; // outside_sample(x, y)
+  Mask valid;
+  F lh, lw;
+  F bilinear[4];
+  I is_valid; // valid, as index_t lanes
+  I inside[4];
+  I pixel; // h_low * W + w_low; wraps (unsigned) where corner 0 is outside, and is not used there
+};
+
+// The lanes of samples [i, i + V) of a query whose first sample is slot
+// `slot` of the levels; locations (count, 2) and attention_weights (count,)
+// hold the query's samples from i on.
+template <typename acc_t, typename index_t>
+inline void sample_lanes(
     const SlotLevels<acc_t, index_t>& levels,
+    int64_t slot,
     const acc_t* locations,
     const acc_t* attention_weights,
     int64_t count,
-    intptr_t image,
-    intptr_t zeros,
-    QueryRows<acc_t>& rows) {
+    SampleLanes<acc_t, index_t>& s) {
+  constexpr int64_t V = SampleLanes<acc_t, index_t>::V;
+  using F = typename SampleLanes<acc_t, index_t>::F;
+  using I = typename SampleLanes<acc_t, index_t>::I;
+  using U = Vec<std::make_unsigned_t<index_t>, V>;
+  F x, y;
+  load_pairs<acc_t, V>(locations, count, x, y);
+  s.scale = load_lanes<acc_t, V>(attention_weights, count);
+  const F H = load_lanes<acc_t, V>(levels.height.data() + slot, V);
+  const F W = load_lanes<acc_t, V>(levels.width.data() + slot, V);
+  const F h_im = y * H - acc_t(0.5);
+  const F w_im = x * W - acc_t(0.5);
+  // Written so that NaN fails it too.
+  s.valid = (h_im >= acc_t(-1)) & (h_im < H) & (w_im >= acc_t(-1)) & (w_im < W);
+  I h_low, w_low;
+  floor_lanes<index_t, acc_t, V>(s.valid ? h_im : F{}, h_low);
+  floor_lanes<index_t, acc_t, V>(s.valid ? w_im : F{}, w_low);
+  s.lh = h_im - __builtin_convertvector(h_low, F);
+  s.lw = w_im - __builtin_convertvector(w_low, F);
+  const F hh = acc_t(1) - s.lh;
+  const F hw = acc_t(1) - s.lw;
+  s.bilinear[0] = hh * hw;
+  s.bilinear[1] = hh * s.lw;
+  s.bilinear[2] = s.lh * hw;
+  s.bilinear[3] = s.lh * s.lw;
+
+  const I H_px = load_lanes<index_t, V>(levels.height_px.data() + slot, V);
+  const I W_px = load_lanes<index_t, V>(levels.width_px.data() + slot, V);
+  s.is_valid = __builtin_convertvector(s.valid, I);
+  const I h_low_in = s.is_valid & (h_low >= 0) & (h_low < H_px);
+  const I h_high_in = s.is_valid & (h_low + 1 < H_px);
+  const I w_low_in = (w_low >= 0) & (w_low < W_px);
+  const I w_high_in = w_low + 1 < W_px;
+  s.inside[0] = h_low_in & w_low_in;
+  s.inside[1] = h_low_in & w_high_in;
+  s.inside[2] = h_high_in & w_low_in;
+  s.inside[3] = h_high_in & w_high_in;
+  s.outside = (x - x) + (y - y);
+  s.pixel = (I)((U)h_low * (U)W_px + (U)w_low);
+}
+
+// Sets up samples [0, count) of a query, slots [slot, slot + count) of the
+// levels, from their locations (count, 2) and attention weights (count,): the
+// weight and the value row of each corner into rows (a corner outside the map
+// points at bases.zeros with weight 0; a location with no corner inside, or not
+// finite, has its sample, zero or NaN, as corner 0's weight, as outside_sample
+// gives it). BackwardRows also take the corners' grad_value rows (bases.grad,
+// or bases.scratch outside the map) and the location gradient's terms.
+template <typename acc_t, typename index_t, typename Rows>
+void set_up_query(
+    const SlotLevels<acc_t, index_t>& levels,
+    int64_t slot,
+    const acc_t* locations,
+    const acc_t* attention_weights,
+    int64_t count,
+    const RowBases& bases,
+    Rows& rows) {
+  constexpr bool kBackward = !std::is_same_v<Rows, QueryRows<acc_t>>;
   constexpr int64_t V = kSetupLanes<acc_t>;
   constexpr int64_t VA = kAddressLanes<acc_t>;
-  using F = Vec<acc_t, V>; // coordinates and weights
-  using I = Vec<index_t, V>; // pixel coordinates and indices
-  using U = Vec<std::make_unsigned_t<index_t>, V>;
+  using F = typename SampleLanes<acc_t, index_t>::F;
+  using Mask = typename SampleLanes<acc_t, index_t>::Mask;
   using IA = Vec<index_t, VA>;
   using A = Vec<intptr_t, VA>; // addresses
-  using Mask = decltype(F{} < F{});
   intptr_t* const address_out = rows.address.data();
   acc_t* const weight_out = rows.weight.data();
   const int64_t stride = rows.stride;
   const intptr_t next_pixel = levels.next_pixel;
-  const A zero_row = A{} + zeros;
+  const A zero_row = A{} + bases.zeros;
   for (int64_t i = 0; i < count; i += V) {
-    F x, y;
-    load_pairs<acc_t, V>(locations + 2 * i, count - i, x, y);
-    const F scale = load_lanes<acc_t, V>(attention_weights + i, count - i);
-    const F H = load_lanes<acc_t, V>(levels.height.data() + i, V);
-    const F W = load_lanes<acc_t, V>(levels.width.data() + i, V);
-    const F h_im = y * H - acc_t(0.5);
-    const F w_im = x * W - acc_t(0.5);
-    // Written so that NaN fails it too.
-    const Mask valid = (h_im >= acc_t(-1)) & (h_im < H) & (w_im >= acc_t(-1)) & (w_im < W);
-    I h_low, w_low;
-    floor_lanes<index_t, acc_t, V>(valid ? h_im : F{}, h_low);
-    floor_lanes<index_t, acc_t, V>(valid ? w_im : F{}, w_low);
-    const F lh = h_im - __builtin_convertvector(h_low, F);
-    const F lw = w_im - __builtin_convertvector(w_low, F);
-    const F hh = acc_t(1) - lh;
-    const F hw = acc_t(1) - lw;
-    const F bilinear[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-
-    const I H_px = load_lanes<index_t, V>(levels.height_px.data() + i, V);
-    const I W_px = load_lanes<index_t, V>(levels.width_px.data() + i, V);
-    const I is_valid = __builtin_convertvector(valid, I);
-    const I h_low_in = is_valid & (h_low >= 0) & (h_low < H_px);
-    const I h_high_in = is_valid & (h_low + 1 < H_px);
-    const I w_low_in = (w_low >= 0) & (w_low < W_px);
-    const I w_high_in = w_low + 1 < W_px;
-    const I inside[4] = {h_low_in & w_low_in, h_low_in & w_high_in, h_high_in & w_low_in, h_high_in & w_high_in};
-
-    const F outside = scale * ((x - x) + (y - y)); // outside_sample(x, y)
+    SampleLanes<acc_t, index_t> s;
+    sample_lanes(levels, slot + i, locations + 2 * i, attention_weights + i, count - i, s);
     for (int c = 0; c < 4; ++c) {
-      F weight = __builtin_convertvector(inside[c], Mask) ? scale * bilinear[c] : F{};
+      F weight = __builtin_convertvector(s.inside[c], Mask) ? s.scale * s.bilinear[c] : F{};
       if (c == 0) {
-        weight = valid ? weight : outside;
+        weight = s.valid ? weight : s.scale * s.outside;
       }
       std::memcpy(weight_out + c * stride + i, &weight, sizeof(weight));
     }
+    if constexpr (kBackward) {
+      std::memcpy(rows.lh.data() + i, &s.lh, sizeof(s.lh));
+      std::memcpy(rows.lw.data() + i, &s.lw, sizeof(s.lw));
+      std::memcpy(rows.outside.data() + i, &s.outside, sizeof(s.outside));
+      std::memcpy(rows.valid.data() + i, &s.is_valid, sizeof(s.is_valid));
+    }
 
-    // h_low * W + w_low wraps (unsigned) where a corner is outside, and is not used there
-    const I pixel = (I)((U)h_low * (U)W_px + (U)w_low);
     for (int64_t j = 0; j < V; j += VA) {
       IA pixel_j;
-      lanes_of<index_t, V, VA>(pixel, j, pixel_j);
-      const A low_low = image + load_lanes<intptr_t, VA>(levels.first_row.data() + i + j, VA) +
+      lanes_of<index_t, V, VA>(s.pixel, j, pixel_j);
+      const A low_low = bases.value + load_lanes<intptr_t, VA>(levels.first_row.data() + slot + i + j, VA) +
           __builtin_convertvector(pixel_j, A) * next_pixel;
-      const A below = load_lanes<intptr_t, VA>(levels.next_line.data() + i + j, VA);
+      const A below = load_lanes<intptr_t, VA>(levels.next_line.data() + slot + i + j, VA);
       const A corner[4] = {low_low, low_low + next_pixel, low_low + below, low_low + below + next_pixel};
       for (int c = 0; c < 4; ++c) {
         IA inside_j;
-        lanes_of<index_t, V, VA>(inside[c], j, inside_j);
-        const A address = __builtin_convertvector(inside_j, A) ? corner[c] : zero_row;
+        lanes_of<index_t, V, VA>(s.inside[c], j, inside_j);
+        const A inside = __builtin_convertvector(inside_j, A);
+        const A address = inside ? corner[c] : zero_row;
         std::memcpy(address_out + c * stride + i + j, &address, sizeof(address));
+        if constexpr (kBackward) {
+          const A grad = inside ? bases.grad + (corner[c] - bases.value) * Rows::kGradScale : A{} + bases.scratch;
+          std::memcpy(rows.grad_address.data() + c * stride + i + j, &grad, sizeof(grad));
+        }
       }
     }
+  }
+}
+
+// For samples [first, first + count) of rows: dots[c * stride + i] +=
+// <grad_output, corner row c> over the block's channels, and grad row c +=
+// weight c * grad_output.
+template <int64_t W, typename scalar_t, typename acc_t, typename index_t>
+inline void backward_block(
+    const BackwardRows<scalar_t, acc_t, index_t>& rows,
+    int64_t first,
+    int64_t count,
+    int64_t d0,
+    const scalar_t* grad_output,
+    acc_t* dots) {
+  constexpr int64_t L = kLanes<acc_t, W>;
+  Vec<acc_t, L> g[W / L];
+  for (int64_t k = 0; k < W / L; ++k) {
+    g[k] = load<acc_t, L>(grad_output + d0 + k * L);
+  }
+  const int64_t stride = rows.stride;
+  for (int64_t i = first; i < first + count; ++i) {
+    for (int c = 0; c < 4; ++c) {
+      // offset by d0 here, so that the channels below sit at constant offsets
+      const auto* value = reinterpret_cast<const scalar_t*>(rows.address[c * stride + i]) + d0;
+      auto* grad = reinterpret_cast<acc_t*>(rows.grad_address[c * stride + i]) + d0;
+      const acc_t weight = rows.weight[c * stride + i];
+      Vec<acc_t, L> dot = {};
+      for (int64_t k = 0; k < W / L; ++k) {
+        dot += g[k] * load<acc_t, L>(value + k * L);
+        store<acc_t, L>(grad + k * L, load<acc_t, L>(grad + k * L) + weight * g[k]);
+      }
+      dots[c * stride + i] += reduce_add<acc_t, L>(dot);
+    }
+  }
+}
+
+// The gradients of samples [0, count) of a query set up from slot `slot`, given
+// dots[c * stride + i] = <grad_output, corner row c of sample i>: bilinear_grad
+// (bilinear.h) lane for lane, into grad_attention_weights (count,) and, times
+// the attention weights (count,), grad_locations (count, 2). A location with
+// no corner inside the map has its sample (zero, or NaN) as both.
+template <typename scalar_t, typename acc_t, typename index_t>
+void location_grads(
+    const SlotLevels<acc_t, index_t>& levels,
+    int64_t slot,
+    const BackwardRows<scalar_t, acc_t, index_t>& rows,
+    const acc_t* dots,
+    const acc_t* attention_weights,
+    int64_t count,
+    acc_t* grad_attention_weights,
+    acc_t* grad_locations) {
+  constexpr int64_t V = kSetupLanes<acc_t>;
+  using F = typename SampleLanes<acc_t, index_t>::F;
+  using Mask = typename SampleLanes<acc_t, index_t>::Mask;
+  const int64_t stride = rows.stride;
+  for (int64_t i = 0; i < count; i += V) {
+    F dot[4];
+    for (int c = 0; c < 4; ++c) {
+      dot[c] = load_lanes<acc_t, V>(dots + c * stride + i, V);
+    }
+    const F lh = load_lanes<acc_t, V>(rows.lh.data() + i, V);
+    const F lw = load_lanes<acc_t, V>(rows.lw.data() + i, V);
+    const F H = load_lanes<acc_t, V>(levels.height.data() + slot + i, V);
+    const F W = load_lanes<acc_t, V>(levels.width.data() + slot + i, V);
+    const F hh = acc_t(1) - lh;
+    const F hw = acc_t(1) - lw;
+    const F weight[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
+    const F sampled = weight[0] * dot[0] + weight[1] * dot[1] + weight[2] * dot[2] + weight[3] * dot[3];
+    const F grad_x = (hh * (dot[1] - dot[0]) + lh * (dot[3] - dot[2])) * W;
+    const F grad_y = (hw * (dot[2] - dot[0]) + lw * (dot[3] - dot[1])) * H;
+
+    const Mask valid = __builtin_convertvector(load_lanes<index_t, V>(rows.valid.data() + i, V), Mask);
+    const F outside = load_lanes<acc_t, V>(rows.outside.data() + i, V);
+    const F scale = load_lanes<acc_t, V>(attention_weights + i, count - i);
+    store_lanes<acc_t, V>(grad_attention_weights + i, valid ? sampled : outside, count - i);
+    store_pairs<acc_t, V>(
+        grad_locations + 2 * i, count - i, scale * (valid ? grad_x : outside), scale * (valid ? grad_y : outside));
   }
 }
 
@@ -509,9 +629,9 @@ void forward_kernel(
     QueryRows<acc_t> rows(samples);
     for (int64_t nq = begin; nq < end; ++nq) {
       const scalar_t* image = value + (nq / s.Lq) * s.S * s.M * s.D;
+      const RowBases bases{reinterpret_cast<intptr_t>(image), reinterpret_cast<intptr_t>(zeros.data()), 0, 0};
       set_up_query(
-          levels, sampling_locations + 2 * nq * samples, attention_weights + nq * samples, samples,
-          reinterpret_cast<intptr_t>(image), reinterpret_cast<intptr_t>(zeros.data()), rows);
+          levels, 0, sampling_locations + 2 * nq * samples, attention_weights + nq * samples, samples, bases, rows);
       for (int64_t m = 0; m < s.M; ++m) {
         scalar_t* out = output + (nq * s.M + m) * s.D;
         for_each_block(0, s.D, [&](auto width, int64_t d0) {
@@ -522,15 +642,7 @@ void forward_kernel(
   });
 }
 
-// A sample with a corner inside the map, kept for the location gradient once
-// the channel loops have summed its dot products.
-template <typename acc_t>
-struct InsideSample {
-  BilinearCorners<acc_t> corners;
-  int64_t index, H, W;
-};
-
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename index_t>
 void backward_kernel(
     const Sizes& s,
     const scalar_t* grad_output,
@@ -542,12 +654,14 @@ void backward_kernel(
     acc_t* grad_value,
     acc_t* grad_sampling_locations,
     acc_t* grad_attention_weights) {
-  const int64_t row_stride = s.M * s.D;
+  const int64_t samples = s.M * s.L * s.P; // of a query
+  const int64_t head_samples = s.L * s.P;
+  const int64_t image_size = s.S * s.M * s.D;
+  const auto levels = slot_levels<scalar_t, acc_t, index_t>(s, spatial_shapes, level_start_index);
   at::parallel_for(0, s.N * s.M, 1, [&](int64_t begin, int64_t end) {
-    std::vector<CornerRows<scalar_t, acc_t>> rows(s.L * s.P);
-    std::vector<InsideSample<acc_t>> inside(s.L * s.P);
-    std::vector<acc_t> dots(4 * s.L * s.P);
-    std::vector<scalar_t> zeros(s.D, scalar_t(0));
+    BackwardRows<scalar_t, acc_t, index_t> rows(samples);
+    std::vector<acc_t> dots(4 * rows.stride);
+    const std::vector<scalar_t> zeros(s.D, scalar_t(0));
     std::vector<acc_t> scratch(s.D);
     // Query by query over the thread's heads of one image: a query's rows of
     // grad_output, locations and weights are then read in memory order. Each
@@ -556,53 +670,42 @@ void backward_kernel(
     for (int64_t n = begin / s.M; n * s.M < end; ++n) {
       const int64_t m_begin = std::max(begin - n * s.M, int64_t(0));
       const int64_t m_end = std::min(end - n * s.M, s.M);
+      // the thread's samples of a query: slots [first, first + count)
+      const int64_t first = m_begin * head_samples, count = (m_end - m_begin) * head_samples;
+      const RowBases bases{
+          reinterpret_cast<intptr_t>(value + n * image_size), reinterpret_cast<intptr_t>(zeros.data()),
+          reinterpret_cast<intptr_t>(grad_value + n * image_size), reinterpret_cast<intptr_t>(scratch.data())};
       for (int64_t q = 0; q < s.Lq; ++q) {
+        const int64_t sample = (n * s.Lq + q) * samples + first;
+        set_up_query(levels, first, sampling_locations + 2 * sample, attention_weights + sample, count, bases, rows);
+        std::fill(dots.begin(), dots.end(), acc_t(0));
+        // No prefetching: with the set-up in vectors, prefetching the corner
+        // rows of a head (just before its channel loops, or a head ahead) did
+        // not make the backward faster.
         for (int64_t m = m_begin; m < m_end; ++m) {
-          const int64_t head_offset = n * s.S * row_stride + m * s.D;
-          const int64_t nqm = (n * s.Lq + q) * s.M + m;
-          int64_t count = 0;
-          int64_t sample = nqm * s.L * s.P;
-          for (int64_t l = 0; l < s.L; ++l) {
-            const int64_t H = spatial_shapes[2 * l], W = spatial_shapes[2 * l + 1];
-            const int64_t level_offset = head_offset + level_start_index[l] * row_stride;
-            for (int64_t p = 0; p < s.P; ++p, ++sample) {
-              const acc_t x = sampling_locations[2 * sample], y = sampling_locations[2 * sample + 1];
-              const acc_t weight = attention_weights[sample];
-              InsideSample<acc_t>& in = inside[count];
-              if (bilinear_corners(x, y, H, W, in.corners)) {
-                in.index = sample;
-                in.H = H;
-                in.W = W;
-                rows[count] = corner_rows<scalar_t, acc_t>(
-                    in.corners, weight, value + level_offset, grad_value + level_offset, row_stride, zeros.data(),
-                    scratch.data());
-                prefetch(rows[count++], s.D);
-                continue;
-              }
-              // zero, or NaN for a location or weight that is not finite; grad_value stays zero
-              const acc_t outside = outside_sample(x, y);
-              grad_attention_weights[sample] = outside;
-              grad_sampling_locations[2 * sample] = weight * outside;
-              grad_sampling_locations[2 * sample + 1] = weight * outside;
-            }
-          }
-          std::fill(dots.begin(), dots.begin() + 4 * count, acc_t(0));
-          const scalar_t* g = grad_output + nqm * s.D;
+          const int64_t i = (m - m_begin) * head_samples;
+          const scalar_t* g = grad_output + ((n * s.Lq + q) * s.M + m) * s.D;
           for_each_block(0, s.D, [&](auto width, int64_t d0) {
-            backward_block<decltype(width)::value>(rows.data(), count, d0, g, dots.data());
+            backward_block<decltype(width)::value>(rows, i, head_samples, d0, g, dots.data());
           });
-          for (int64_t i = 0; i < count; ++i) {
-            const InsideSample<acc_t>& in = inside[i];
-            const acc_t weight = attention_weights[in.index];
-            const BilinearGrad<acc_t> bg = bilinear_grad(in.corners, &dots[4 * i], in.H, in.W);
-            grad_attention_weights[in.index] = bg.sampled;
-            grad_sampling_locations[2 * in.index] = weight * bg.grad_x;
-            grad_sampling_locations[2 * in.index + 1] = weight * bg.grad_y;
-          }
         }
+        location_grads(
+            levels, first, rows, dots.data(), attention_weights + sample, count, grad_attention_weights + sample,
+            grad_sampling_locations + 2 * sample);
       }
     }
   });
+}
+
+// Calls run(index_t{}) with the set-up's integer lanes: int32 where every
+// pixel index fits (a level's H, W and pixel indices are all at most S).
+template <typename Fn>
+void with_index_type(const Sizes& s, const Fn& run) {
+  if (s.S <= std::numeric_limits<int32_t>::max()) {
+    run(int32_t{});
+  } else {
+    run(int64_t{});
+  }
 }
 
 void forward(
@@ -615,7 +718,7 @@ void forward(
     const at::Tensor& output) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto run = [&](auto index) {
+    with_index_type(s, [&](auto index) {
       forward_kernel<scalar_t, acc_t, decltype(index)>(
           s,
           value.const_data_ptr<scalar_t>(),
@@ -624,13 +727,7 @@ void forward(
           sampling_locations.const_data_ptr<acc_t>(),
           attention_weights.const_data_ptr<acc_t>(),
           output.mutable_data_ptr<scalar_t>());
-    };
-    // The set-up's integer lanes hold a level's H, W and pixel indices, all at most S.
-    if (s.S <= std::numeric_limits<int32_t>::max()) {
-      run(int32_t{});
-    } else {
-      run(int64_t{});
-    }
+    });
   });
 }
 
@@ -647,17 +744,19 @@ void backward(
     const at::Tensor& grad_attention_weights) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t, acc_t>(
-        s,
-        grad_output.const_data_ptr<scalar_t>(),
-        value.const_data_ptr<scalar_t>(),
-        spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<acc_t>(),
-        attention_weights.const_data_ptr<acc_t>(),
-        grad_value.mutable_data_ptr<acc_t>(),
-        grad_sampling_locations.mutable_data_ptr<acc_t>(),
-        grad_attention_weights.mutable_data_ptr<acc_t>());
+    with_index_type(s, [&](auto index) {
+      backward_kernel<scalar_t, acc_t, decltype(index)>(
+          s,
+          grad_output.const_data_ptr<scalar_t>(),
+          value.const_data_ptr<scalar_t>(),
+          spatial_shapes.const_data_ptr<int64_t>(),
+          level_start_index.const_data_ptr<int64_t>(),
+          sampling_locations.const_data_ptr<acc_t>(),
+          attention_weights.const_data_ptr<acc_t>(),
+          grad_value.mutable_data_ptr<acc_t>(),
+          grad_sampling_locations.mutable_data_ptr<acc_t>(),
+          grad_attention_weights.mutable_data_ptr<acc_t>());
+    });
   });
 }
 
