@@ -10,7 +10,7 @@ from torch import nn
 
 from deformable_detr.export.artefacts import export, load_artefact
 from deformable_detr.export.precision import (
-    INT8_FLOAT32_MODULES,
+    ONNX_INT8_FLOAT32_MODULES,
     has_native_bfloat16,
     inference_autocast,
     keep_float32,
@@ -37,7 +37,7 @@ def test_kept_modules_run_in_float32_under_autocast():
         assert model.bbox_embed[1](x.bfloat16()).dtype == torch.float32
         assert model.value_proj(x).dtype == torch.bfloat16
         assert model.sampling_offsets(x).dtype == torch.bfloat16  # bf16 keeps it reduced
-    assert keep_float32(model, INT8_FLOAT32_MODULES) == 1  # the int8 list adds it
+    assert keep_float32(model, ONNX_INT8_FLOAT32_MODULES) == 1  # the ONNX int8 list adds it
     with inference_autocast("bf16", x.device):
         assert model.sampling_offsets(x).dtype == torch.float32
     torch.testing.assert_close(

@@ -22,7 +22,8 @@ from deformable_detr.export.artefacts import (
     load_artefact,
 )
 from deformable_detr.export.precision import (
-    INT8_FLOAT32_MODULES,
+    FLOAT32_MODULES,
+    ONNX_INT8_FLOAT32_MODULES,
     detection_agreement,
     module_name_pattern,
     set_inference_precision,
@@ -55,14 +56,14 @@ def test_convolutions_and_linear_layers_are_quantized_except_the_kept_ones(float
     graph = onnx.load(float32_onnx[0])
     nodes = {node.name: node for node in graph.graph.node}
     chosen = quantizable_nodes(graph)
-    kept = module_name_pattern(INT8_FLOAT32_MODULES)
+    kept = module_name_pattern(ONNX_INT8_FLOAT32_MODULES)
     scopes = {name: _module_names(nodes[name]) for name in nodes}
     assert {"Conv", "MatMul"} <= {nodes[name].op_type for name in chosen} <= set(QUANTIZED_OPS)
     assert not any(kept.search(s) for name in chosen for s in scopes[name])
     # what the kept list leaves in float32: the offset, weight, reference-point and box layers
     everywhere = quantizable_nodes(graph, ())
     left_out = set(everywhere) - set(chosen)
-    for name in INT8_FLOAT32_MODULES:
+    for name in ONNX_INT8_FLOAT32_MODULES:
         pattern = module_name_pattern([name])
         assert any(pattern.search(s) for n in left_out for s in scopes[n]), name
     # float32 either way: the decoder self-attention's products of two activations, and its
@@ -122,7 +123,7 @@ def test_pt2e_quantizes_convolutions_and_linear_layers_except_the_kept_ones(pt2e
     assert len(convs) == sum(isinstance(m, nn.Conv2d) for m in module.modules())
     assert all(int8(node) for node in convs)
     # the kept modules hold no quantize or dequantize op, nor take an input from one
-    kept = module_name_pattern(INT8_FLOAT32_MODULES)
+    kept = module_name_pattern(FLOAT32_MODULES)
     in_kept = [n for n in nodes if any(kept.search(path) for path in _module_paths(n))]
     assert not any(_is_qdq(n) or any(map(_is_qdq, n.all_input_nodes)) for n in in_kept)
     kept_linears = [n for n in in_kept if n.target == torch.ops.aten.linear.default]

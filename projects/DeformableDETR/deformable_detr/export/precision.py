@@ -4,7 +4,7 @@ boxes kept in float32.
 Under "bf16" the model's inference runs in ``torch.autocast(dtype=torch.bfloat16)``:
 convolutions and linear layers compute in bfloat16 (the MSDA op samples bfloat16
 values and accumulates in float32, with float32 locations and weights), while
-the modules named by ``BF16_FLOAT32_MODULES`` run in float32 on float32 inputs, and the
+the modules named by ``FLOAT32_MODULES`` run in float32 on float32 inputs, and the
 post-processing (scores, top-k, boxes) is float32. ``set_inference_precision``
 switches a built model; the configs' ``model.inference_precision`` (yacs
 ``MODEL.DEFORMABLE_DETR.INFERENCE_PRECISION``) sets it at build time.
@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "BF16_FLOAT32_MODULES",
-    "INT8_FLOAT32_MODULES",
+    "FLOAT32_MODULES",
+    "ONNX_INT8_FLOAT32_MODULES",
     "PRECISIONS",
     "detection_agreement",
     "full_precision",
@@ -36,18 +36,19 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 
-# Module names (the last part of the qualified name) kept in float32 under "bf16":
-# the decoder's reference points and the box heads, whose outputs are box
-# coordinates (bfloat16's 8 bits would round a coordinate near 1 to 1/256 of the
-# image side). The sampling offsets and attention weights run in bfloat16: an offset
-# so computed is off by about 1/256 of its value, a small part of a pixel for the
-# offsets the model learns, and in float32 these two layers cost the compiled model
-# a large share of its time on CPUs with AMX. docs/benchmarks.md ("Inference
-# precision (CPU)") has the measurement behind the list.
-BF16_FLOAT32_MODULES = ("reference_points", "bbox_embed")
-# Kept in float32 by the int8 paths: int8's per-tensor activation steps would move
-# the samples, so the layers that place them stay float32 there too.
-INT8_FLOAT32_MODULES = ("sampling_offsets", "attention_weights", *BF16_FLOAT32_MODULES)
+# Module names (the last part of the qualified name) kept in float32 by the reduced
+# precisions (bf16, and int8 through PT2E): the decoder's reference points and the box
+# heads, whose outputs are box coordinates (bfloat16's 8 bits would round a
+# coordinate near 1 to 1/256 of the image side). The sampling offsets and attention
+# weights run reduced: an offset so computed is off by a small part of a pixel, their
+# outputs are turned to float32 before the samples are placed (d2ext.MSDeformAttn),
+# and in float32 these two layers cost the compiled model a large share of its time
+# on CPUs with AMX. docs/benchmarks.md ("Inference precision (CPU)") has the
+# measurements behind the list.
+FLOAT32_MODULES = ("reference_points", "bbox_embed")
+# onnxruntime's int8 (MinMax ranges, 7-bit weights) keeps the sampling layers in
+# float32 too: with them in int8 it lost AP and classes at rank on the synthetic set.
+ONNX_INT8_FLOAT32_MODULES = ("sampling_offsets", "attention_weights", *FLOAT32_MODULES)
 
 
 def _check(precision: str) -> None:
@@ -97,7 +98,7 @@ def module_name_pattern(names: Sequence[str]):
     return re.compile(rf"(^|\.)({'|'.join(map(re.escape, names))})(\.\d+)?$")
 
 
-def keep_float32(model: nn.Module, names: Sequence[str] = BF16_FLOAT32_MODULES) -> int:
+def keep_float32(model: nn.Module, names: Sequence[str] = FLOAT32_MODULES) -> int:
     """Makes every submodule named one of `names` (or an element of a ModuleList so
     named) run in float32 on float32 inputs inside an autocast region (its
     parameters and state_dict are unchanged). Returns how many modules it changed;
@@ -123,7 +124,7 @@ def has_native_bfloat16() -> bool:
 
 
 def set_inference_precision(
-    model: nn.Module, precision: str, float32_modules: Sequence[str] = BF16_FLOAT32_MODULES
+    model: nn.Module, precision: str, float32_modules: Sequence[str] = FLOAT32_MODULES
 ) -> nn.Module:
     """Sets `model`'s inference precision ("fp32" or "bf16", with `float32_modules`
     kept in float32); returns the model. Warns when bfloat16 is asked for on a CPU

@@ -6,11 +6,12 @@ int8 per output channel, activations uint8 per tensor with ranges observed on a 
 calibration images (histograms, never the test set: take them with
 ``deformable_detr.export.quantization.calibration_images``). Quantized are the
 convolutions (backbone and input projections) and the linear layers, except the modules
-named by ``deformable_detr.export.precision.INT8_FLOAT32_MODULES`` (sampling offsets,
-attention weights, reference points, box heads), which stay float32 as in the ONNX
-int8 path. The decoder self-attention (``nn.MultiheadAttention``, whose linear
-layers the quantizer does not see as ``nn.Linear``), MSDA's sampling, normalizations,
-softmax and post-processing stay float32 too.
+named by ``deformable_detr.export.precision.FLOAT32_MODULES`` (reference points and
+box heads), which stay float32 as in the bf16 path; the sampling offsets and attention
+weights are quantized (the ONNX int8 path keeps them in float32). The decoder
+self-attention (``nn.MultiheadAttention``, whose linear layers the quantizer does not
+see as ``nn.Linear``), MSDA's sampling, normalizations, softmax and post-processing
+stay float32 too.
 
 Inductor compiles the quantized graph with freezing, as the inference paths of
 ``deformable_detr.export.artefacts`` do (``compile_inference``, ``save_aoti``): it folds
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from .artefacts import ImageToDetections, export_program
-from .precision import INT8_FLOAT32_MODULES, module_name_pattern
+from .precision import FLOAT32_MODULES, module_name_pattern
 
 __all__ = ["float32_module_names", "quantize"]
 
@@ -63,7 +64,7 @@ def _quantizer_api():
 
 
 def float32_module_names(
-    module: nn.Module, float32_modules: Sequence[str] = INT8_FLOAT32_MODULES
+    module: nn.Module, float32_modules: Sequence[str] = FLOAT32_MODULES
 ) -> List[str]:
     """Qualified names of `module`'s submodules named one of `float32_modules` (or an
     element of a ModuleList so named), every name of a shared module included: a model
@@ -81,7 +82,7 @@ def float32_module_names(
 def quantize(
     module: ImageToDetections,
     images: Sequence[torch.Tensor],
-    float32_modules: Sequence[str] = INT8_FLOAT32_MODULES,
+    float32_modules: Sequence[str] = FLOAT32_MODULES,
 ) -> torch.fx.GraphModule:
     """The int8 graph of `module` (a float32 ImageToDetections), calibrated on `images`
     (each (3, H, W) float32 0-255, as the module takes them), with `float32_modules` kept

@@ -9,8 +9,9 @@ onnxruntime runs the quantized convolutions and matrix products in int8. Weights
 7 bits (``reduce_range``): CPUs without VNNI multiply uint8 by int8 in pairs that
 saturate int16 at 8 bits. Quantized are the convolutions (backbone, input
 projections) and the linear layers with a constant weight, except those named by
-``deformable_detr.export.precision.INT8_FLOAT32_MODULES`` (sampling offsets, attention weights,
-reference points, box heads: their outputs place samples and boxes). The decoder
+``deformable_detr.export.precision.ONNX_INT8_FLOAT32_MODULES`` (sampling offsets,
+attention weights, reference points, box heads: their outputs place samples and
+boxes; PT2E's int8 quantizes the first two, with less loss). The decoder
 self-attention stays float32 too: its products of two activations, and its
 in-projections, whose packed weight the graph splits at run time. Everything else
 (MSDA's sampling, normalizations, softmax, post-processing) stays float32.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data.build import build_test_loader, dataset_source
-from .precision import INT8_FLOAT32_MODULES, module_name_pattern
+from .precision import ONNX_INT8_FLOAT32_MODULES, module_name_pattern
 
 __all__ = ["QUANTIZED_OPS", "calibration_images", "quantizable_nodes", "quantize_onnx"]
 
@@ -37,7 +38,9 @@ def _module_names(node) -> List[str]:
     return ast.literal_eval(scopes) if scopes else []
 
 
-def quantizable_nodes(model, float32_modules: Sequence[str] = INT8_FLOAT32_MODULES) -> List[str]:
+def quantizable_nodes(
+    model, float32_modules: Sequence[str] = ONNX_INT8_FLOAT32_MODULES
+) -> List[str]:
     """Names of the nodes of `model` (an onnx.ModelProto from the exporter) to run in
     int8: QUANTIZED_OPS with a constant weight, outside modules named one of
     `float32_modules`."""
@@ -98,7 +101,7 @@ def quantize_onnx(
     source: str,
     destination: str,
     images: Sequence[torch.Tensor],
-    float32_modules: Sequence[str] = INT8_FLOAT32_MODULES,
+    float32_modules: Sequence[str] = ONNX_INT8_FLOAT32_MODULES,
 ) -> int:
     """Writes the int8 model of the float32 ONNX file `source` (from
     deformable_detr.export.artefacts) to `destination`, calibrated on `images` (each (3, H, W)
