@@ -138,8 +138,16 @@ def test_pt2e_quantizes_convolutions_and_linear_layers_except_the_kept_ones(pt2e
     # the other linear layers run in int8, except the decoder self-attention's
     linears = [node for node in nodes if node.target == torch.ops.aten.linear.default]
     int8_owners = {_module_paths(node)[-1] for node in linears if int8(node)}
-    int8_layers = ["value_proj", "output_proj", "linear1", "linear2", "class_embed"]
-    for name in int8_layers + ["sampling_offsets", "attention_weights"]:
+    int8_layers = (
+        "value_proj",
+        "output_proj",
+        "sampling_offsets",
+        "attention_weights",
+        "linear1",
+        "linear2",
+        "class_embed",
+    )
+    for name in int8_layers:
         assert any(name in owner for owner in int8_owners), name
     others = {_module_paths(n)[-1] for n in linears if not int8(n) and n not in kept_linears}
     assert others and all(owner.endswith(".self_attn") for owner in others), others
