@@ -170,6 +170,18 @@ def test_compiled_pt2e_int8_follows_float32():
         assert max(run["box_errors"][:5]) <= 0.25, run
 
 
+@pytest.mark.slow
+def test_int8_feed_forward_fuses_relu_and_residual_with_a_free_token_count():
+    """In an AOTInductor package exported with a free image size (a free encoder token
+    count), oneDNN's int8 linear1 carries its ReLU (and quantizes its own output) and
+    linear2 its residual add: on 3-D input Inductor left both unfused, and linear1's
+    float32 output made the int8 package 1.5x slower (docs/benchmarks.md)."""
+    stdout = run_command([sys.executable, "-m", "tests.deformable_detr.int8_fusion"])
+    fused = json.loads(stdout.strip().splitlines()[-1])
+    assert fused["unary"] == ["relu"], fused
+    assert len(fused["binary"]) == 1, fused
+
+
 def test_artefact_detector_returns_the_eager_instances_in_original_pixels():
     torch.manual_seed(0)
     model = build_model("multi_scale").eval()

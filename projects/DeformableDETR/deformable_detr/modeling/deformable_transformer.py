@@ -68,7 +68,13 @@ class FeedForward(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.dropout2(self.linear2(self.dropout1(F.relu(self.linear1(x))))))
+        """x: (..., hidden_dim), computed as (tokens, hidden_dim) rows."""
+        # 2-D rows let Inductor fuse the int8 linear1 with its ReLU and output quantization
+        # when the token count is a free size (an exported encoder); on 3-D input it leaves
+        # linear1's float32 output for a kernel of its own
+        rows = x.reshape(-1, x.shape[-1])
+        hidden = self.dropout1(F.relu(self.linear1(rows)))
+        return self.norm(rows + self.dropout2(self.linear2(hidden))).view(x.shape)
 
 
 class EncoderLayer(nn.Module):

@@ -1,0 +1,65 @@
+"""Quantizes one FeedForward block (PT2E, the x86 Inductor quantizer, as
+deformable_detr.export.pt2e_int8 does) with a free token count, as an exported encoder
+has it, compiles it into an AOTInductor package with freezing (as save_aoti does) and
+prints, as one JSON line, the post-operations Inductor gave oneDNN's int8 linear
+kernels in the package's generated code:
+
+    python -m tests.deformable_detr.int8_fusion
+
+{"unary": [...], "binary": [...]}: for each qlinear_pointwise call, the name of its
+fused element-wise operation ("relu", "none"), and for each binary one, its binary
+operation ("sum" for a fused residual add). Run in a fresh process by
+test_quantization.py (a warm compile cache would hide the first compile's result).
+"""
+
+import json
+import os
+import re
+import tempfile
+import zipfile
+
+import torch
+
+from deformable_detr.export.artefacts import INDUCTOR_INFERENCE_OPTIONS
+from deformable_detr.export.pt2e_int8 import _quantizer_api
+from deformable_detr.modeling.deformable_transformer import FeedForward
+
+# the post-operation argument of the generated calls of oneDNN's int8 linear kernels
+UNARY_CALL = r'aoti_torch_cpu__qlinear_pointwise_tensor\([^;]*?"(\w+)", std::array'
+BINARY_CALL = r'aoti_torch_cpu__qlinear_pointwise_binary_tensor\([^;]*?"(sum|add)"'
+
+
+def generated_code(package_path: str) -> str:
+    """The C++ wrapper of an AOTInductor package: the calls of the operators it runs."""
+    with zipfile.ZipFile(package_path) as package:
+        (wrapper,) = [name for name in package.namelist() if name.endswith("wrapper.cpp")]
+        return package.read(wrapper).decode()
+
+
+def fused_post_operations() -> dict:
+    torch.manual_seed(0)
+    block = FeedForward(hidden_dim=32, dim_feedforward=64, dropout=0.0).eval()
+    tokens = torch.randn(1, 40, 32)
+    dynamic = {"x": {1: torch.export.Dim("tokens", min=2)}}
+    prepare_pt2e, convert_pt2e, xiq = _quantizer_api()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    with torch.no_grad():
+        program = torch.export.export(block, (tokens,), dynamic_shapes=dynamic, strict=True)
+        prepared = prepare_pt2e(program.module(), quantizer)
+        prepared(tokens)
+        quantized = convert_pt2e(prepared)
+        program = torch.export.export(quantized, (tokens,), dynamic_shapes=dynamic)
+        with tempfile.TemporaryDirectory() as scratch:
+            code = generated_code(
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=os.path.join(scratch, "block_aoti.pt2"),
+                    inductor_configs=INDUCTOR_INFERENCE_OPTIONS,
+                )
+            )
+    return {"unary": re.findall(UNARY_CALL, code), "binary": re.findall(BINARY_CALL, code)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(fused_post_operations()))
