@@ -44,6 +44,31 @@ C10_HOST_DEVICE inline acc_t outside_sample(acc_t x, acc_t y) {
   return (x - x) + (y - y);
 }
 
+// The weights of the corners (h_low, w_low), (h_low, w_low + 1), (h_low + 1,
+// w_low) and (h_low + 1, w_low + 1) of a location lh, lw past corner 0. T is
+// acc_t, or a vector of acc_t lanes (the CPU kernels' set-up).
+template <typename acc_t, typename T>
+C10_HOST_DEVICE inline void corner_weights(T lh, T lw, T weight[4]) {
+  const T hh = acc_t(1) - lh;
+  const T hw = acc_t(1) - lw;
+  weight[0] = hh * hw;
+  weight[1] = hh * lw;
+  weight[2] = lh * hw;
+  weight[3] = lh * lw;
+}
+
+// Given dot[c] = <grad_output, value at corner c> (0 outside the map) and the
+// corner weights of lh, lw: the sample projected on grad_output (the gradient
+// w.r.t. the attention weight) and the gradient w.r.t. the normalized location
+// (x, y) on a W x H map. T as in corner_weights.
+template <typename acc_t, typename T>
+C10_HOST_DEVICE inline void bilinear_grad_terms(
+    const T weight[4], T lh, T lw, const T dot[4], T H, T W, T& sampled, T& grad_x, T& grad_y) {
+  sampled = weight[0] * dot[0] + weight[1] * dot[1] + weight[2] * dot[2] + weight[3] * dot[3];
+  grad_x = ((acc_t(1) - lh) * (dot[1] - dot[0]) + lh * (dot[3] - dot[2])) * W;
+  grad_y = ((acc_t(1) - lw) * (dot[2] - dot[0]) + lw * (dot[3] - dot[1])) * H;
+}
+
 // Fills `corners`; returns false when the location is so far outside the map
 // (or not finite) that no corner is inside.
 template <typename acc_t>
@@ -60,8 +85,6 @@ C10_HOST_DEVICE inline bool bilinear_corners(
   const int64_t w_low = floor_to_int(w_im);
   const acc_t lh = h_im - static_cast<acc_t>(h_low);
   const acc_t lw = w_im - static_cast<acc_t>(w_low);
-  const acc_t hh = acc_t(1) - lh;
-  const acc_t hw = acc_t(1) - lw;
   // h_low < H and w_low < W hold in exact arithmetic; checked anyway, as
   // rounding of a huge H or W to acc_t could break them.
   const bool h_low_in = h_low >= 0 && h_low < H;
@@ -72,10 +95,7 @@ C10_HOST_DEVICE inline bool bilinear_corners(
   corners.pixel[1] = (h_low_in && w_high_in) ? h_low * W + w_low + 1 : -1;
   corners.pixel[2] = (h_high_in && w_low_in) ? (h_low + 1) * W + w_low : -1;
   corners.pixel[3] = (h_high_in && w_high_in) ? (h_low + 1) * W + w_low + 1 : -1;
-  corners.weight[0] = hh * hw;
-  corners.weight[1] = hh * lw;
-  corners.weight[2] = lh * hw;
-  corners.weight[3] = lh * lw;
+  corner_weights<acc_t>(lh, lw, corners.weight);
   corners.lh = lh;
   corners.lw = lw;
   return true;
@@ -94,14 +114,10 @@ struct BilinearGrad {
 template <typename acc_t>
 C10_HOST_DEVICE inline BilinearGrad<acc_t> bilinear_grad(
     const BilinearCorners<acc_t>& c, const acc_t dot[4], int64_t H, int64_t W) {
-  const acc_t lh = c.lh, lw = c.lw;
   BilinearGrad<acc_t> g;
-  g.sampled = c.weight[0] * dot[0] + c.weight[1] * dot[1] + c.weight[2] * dot[2] +
-      c.weight[3] * dot[3];
-  g.grad_x = ((acc_t(1) - lh) * (dot[1] - dot[0]) + lh * (dot[3] - dot[2])) *
-      static_cast<acc_t>(W);
-  g.grad_y = ((acc_t(1) - lw) * (dot[2] - dot[0]) + lw * (dot[3] - dot[1])) *
-      static_cast<acc_t>(H);
+  bilinear_grad_terms<acc_t>(
+      c.weight, c.lh, c.lw, dot, static_cast<acc_t>(H), static_cast<acc_t>(W), g.sampled,
+      g.grad_x, g.grad_y);
   return g;
 }
 

@@ -419,12 +419,7 @@ inline void sample_lanes(
   floor_lanes<index_t, acc_t, V>(s.valid ? w_im : F{}, w_low);
   s.lh = h_im - __builtin_convertvector(h_low, F);
   s.lw = w_im - __builtin_convertvector(w_low, F);
-  const F hh = acc_t(1) - s.lh;
-  const F hw = acc_t(1) - s.lw;
-  s.bilinear[0] = hh * hw;
-  s.bilinear[1] = hh * s.lw;
-  s.bilinear[2] = s.lh * hw;
-  s.bilinear[3] = s.lh * s.lw;
+  corner_weights<acc_t>(s.lh, s.lw, s.bilinear);
 
   const I H_px = load_lanes<index_t, V>(levels.height_px.data() + slot, V);
   const I W_px = load_lanes<index_t, V>(levels.width_px.data() + slot, V);
@@ -569,12 +564,9 @@ void location_grads(
     const F lw = load_lanes<acc_t, V>(rows.lw.data() + i, V);
     const F H = load_lanes<acc_t, V>(levels.height.data() + slot + i, V);
     const F W = load_lanes<acc_t, V>(levels.width.data() + slot + i, V);
-    const F hh = acc_t(1) - lh;
-    const F hw = acc_t(1) - lw;
-    const F weight[4] = {hh * hw, hh * lw, lh * hw, lh * lw};
-    const F sampled = weight[0] * dot[0] + weight[1] * dot[1] + weight[2] * dot[2] + weight[3] * dot[3];
-    const F grad_x = (hh * (dot[1] - dot[0]) + lh * (dot[3] - dot[2])) * W;
-    const F grad_y = (hw * (dot[2] - dot[0]) + lw * (dot[3] - dot[1])) * H;
+    F weight[4], sampled, grad_x, grad_y;
+    corner_weights<acc_t>(lh, lw, weight);
+    bilinear_grad_terms<acc_t>(weight, lh, lw, dot, H, W, sampled, grad_x, grad_y);
 
     const Mask valid = __builtin_convertvector(load_lanes<index_t, V>(rows.valid.data() + i, V), Mask);
     const F outside = load_lanes<acc_t, V>(rows.outside.data() + i, V);
