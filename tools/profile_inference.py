@@ -6,6 +6,8 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --precision bf16
     # the same without Inductor freezing (weights as graph inputs)
     python tools/profile_inference.py --precision bf16 --no-freezing
+    # the PT2E int8 graph (deformable_detr.export.pt2e_int8), calibrated on 4 random images
+    python tools/profile_inference.py --precision int8
     # smoke test
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
@@ -30,7 +32,7 @@ KINDS = [
     ("Inductor-generated code", GENERATED_KERNEL + "|CompiledFxGraph"),
     ("MSDA op", r"^d2ext"),
     ("matrix products", r"linear|addmm|(^|::)b?mm$|matmul"),
-    ("convolutions", r"convolution"),
+    ("convolutions", r"convolution|qconv"),
     ("attention (SDPA)", r"scaled_dot_product"),
     ("copies", r"copy_|_to_copy|clone|contiguous"),
 ]
@@ -90,7 +92,10 @@ def main(argv=None):
     parser.add_argument(
         "--variant", choices=("multi_scale", "box_refine", "two_stage"), default="multi_scale"
     )
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="bf16")
+    parser.add_argument(
+        "--calibration-images", type=int, default=4, help="int8: random images to calibrate on"
+    )
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--no-freezing", action="store_true", help="weights stay graph inputs")
@@ -106,10 +111,17 @@ def main(argv=None):
 
     torch.manual_seed(0)
     model = build_ours(args.variant, "cpp", 80, "cpu").eval()
-    set_inference_precision(model, args.precision)
     image = torch.rand(3, args.height, args.width) * 255
+    module = artefacts.ImageToDetections(model)
+    if args.precision == "int8":
+        from deformable_detr.export.pt2e_int8 import quantize
+
+        calibration = [torch.rand_like(image) * 255 for _ in range(args.calibration_images)]
+        module = quantize(module, calibration)
+    else:
+        set_inference_precision(model, args.precision)
     options = {"freezing": not args.no_freezing, "cpp.enable_kernel_profile": True}
-    compiled = artefacts.compile_inference(artefacts.ImageToDetections(model), options)
+    compiled = artefacts.compile_inference(module, options)
     start = time.perf_counter()
     compiled(image)
     compile_s = time.perf_counter() - start

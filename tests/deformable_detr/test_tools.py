@@ -249,7 +249,8 @@ profile_inference = load_script("tools/profile_inference.py")
 
 
 def test_profile_inference_groups_events_by_kind_of_work():
-    """The names the profiler gives our compiled inference's work, frozen or not."""
+    """The names the profiler gives our compiled inference's work, frozen or not, in
+    bfloat16 and int8 (oneDNN's quantized kernels), compiled or in an aoti package."""
     expected = {
         "d2ext_C::ms_deform_attn_forward": "MSDA op",
         "d2ext::ms_deform_attn": "MSDA op",
@@ -257,8 +258,12 @@ def test_profile_inference_groups_events_by_kind_of_work():
         "mkl::_mkl_linear": "matrix products",
         "aten::addmm": "matrix products",
         "aten::bmm": "matrix products",
+        "onednn::qlinear_pointwise": "matrix products",
+        "aoti_torch_cpu__qlinear_pointwise_binary_tensor": "matrix products",
         "mkldnn::_convolution_pointwise_": "convolutions",
         "aten::mkldnn_convolution": "convolutions",
+        "onednn::qconv_pointwise": "convolutions",
+        "onednn::qconv2d_pointwise": "convolutions",
         "aten::_scaled_dot_product_flash_attention_for_cpu": "attention (SDPA)",
         "aten::copy_": "copies",
         "aten::_to_copy": "copies",
@@ -301,3 +306,28 @@ def test_profile_inference_lists_kernels_and_operators_apart(capsys):
         "| `mkldnn::_linear_pointwise` | 4.5 | 2 |",
         "| `aten::topk` | 0.2 | 1 |",
     ]
+
+
+@pytest.mark.slow
+def test_profile_inference_profiles_the_int8_graph():
+    """--precision int8 profiles the PT2E graph compiled to oneDNN's int8 kernels (in a
+    fresh process): its quantized convolutions and linear layers count as convolutions
+    and matrix products, not as "other"."""
+    result = subprocess.run(
+        [sys.executable, "tools/profile_inference.py", "--precision", "int8", "--height", "96"]
+        + ["--width", "128", "--calls", "1", "--warmup", "0", "--calibration-images", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    kinds = {
+        cells[1].strip(): cells[2:]
+        for cells in (line.split("|") for line in result.stdout.splitlines())
+        if len(cells) == 6 and not cells[1].startswith(("-", " kind"))
+    }
+    assert result.stdout.startswith("multi_scale, int8, 96x128"), result.stdout[:200]
+    for kind in ("convolutions", "matrix products", "MSDA op"):
+        assert float(kinds[kind][0]) > 0, kinds
+    assert int(kinds["convolutions"][2]) >= 50, kinds  # the backbone's and the projections'
