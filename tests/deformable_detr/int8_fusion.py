@@ -1,5 +1,5 @@
-"""Quantizes one FeedForward block (PT2E, the x86 Inductor quantizer, as
-deformable_detr.export.pt2e_int8 does) with a free token count, as an exported encoder
+"""Quantizes one FeedForward block (deformable_detr.export.pt2e_int8.quantize_graph,
+the int8 model's recipe) with a free token count, as an exported encoder
 has it, compiles it into an AOTInductor package with freezing (as save_aoti does) and
 prints, as one JSON line, the post-operations Inductor gave oneDNN's int8 linear
 kernels in the package's generated code:
@@ -21,7 +21,7 @@ import zipfile
 import torch
 
 from deformable_detr.export.artefacts import INDUCTOR_INFERENCE_OPTIONS
-from deformable_detr.export.pt2e_int8 import _quantizer_api
+from deformable_detr.export.pt2e_int8 import quantize_graph
 from deformable_detr.modeling.deformable_transformer import FeedForward
 
 # the post-operation argument of the generated calls of oneDNN's int8 linear kernels
@@ -41,14 +41,9 @@ def fused_post_operations() -> dict:
     block = FeedForward(hidden_dim=32, dim_feedforward=64, dropout=0.0).eval()
     tokens = torch.randn(1, 40, 32)
     dynamic = {"x": {1: torch.export.Dim("tokens", min=2)}}
-    prepare_pt2e, convert_pt2e, xiq = _quantizer_api()
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     with torch.no_grad():
         program = torch.export.export(block, (tokens,), dynamic_shapes=dynamic, strict=True)
-        prepared = prepare_pt2e(program.module(), quantizer)
-        prepared(tokens)
-        quantized = convert_pt2e(prepared)
+        quantized = quantize_graph(program.module(), [(tokens,)])
         program = torch.export.export(quantized, (tokens,), dynamic_shapes=dynamic)
         with tempfile.TemporaryDirectory() as scratch:
             code = generated_code(

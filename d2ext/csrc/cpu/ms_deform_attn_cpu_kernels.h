@@ -537,9 +537,10 @@ inline void backward_block(
 }
 
 // The gradients of samples [0, count) of a query set up from slot `slot`, given
-// dots[c * stride + i] = <grad_output, corner row c of sample i>: bilinear_grad
-// (bilinear.h) lane for lane, into grad_attention_weights (count,) and, times
-// the attention weights (count,), grad_locations (count, 2). A location with
+// dots[c * stride + i] = <grad_output, corner row c of sample i>:
+// bilinear_grad_terms (bilinear.h) on vectors of lanes, into
+// grad_attention_weights (count,) and, times the attention weights (count,),
+// grad_locations (count, 2). A location with
 // no corner inside the map has its sample (zero, or NaN) as both.
 template <typename scalar_t, typename acc_t, typename index_t>
 void location_grads(

@@ -27,7 +27,7 @@ to pick on which CPU.
 """
 
 import logging
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from torch import nn
 from .artefacts import ImageToDetections, export_program
 from .precision import FLOAT32_MODULES, module_name_pattern
 
-__all__ = ["float32_module_names", "quantize"]
+__all__ = ["float32_module_names", "quantize", "quantize_graph"]
 
 
 class _EnumRegistrationNotice(logging.Filter):
@@ -93,15 +93,29 @@ def quantize(
     precision = module.model.inference_precision
     if precision != "fp32":
         raise ValueError(f"int8 quantization starts from the float32 model; it is in {precision}")
-    prepare_pt2e, convert_pt2e, xiq = _quantizer_api()
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    for name in float32_module_names(module, float32_modules):
-        quantizer.set_module_name_qconfig(name, None)
+    float32_names = float32_module_names(module, float32_modules)
     with torch.no_grad():
         # strict export records which function made each op; the quantizer finds the
         # backbone's convolutions by it (detectron2's Conv2d calls F.conv2d itself)
-        prepared = prepare_pt2e(export_program(module, images[0], strict=True).module(), quantizer)
-        for image in images:
-            prepared(image)
-    return convert_pt2e(prepared)
+        graph = export_program(module, images[0], strict=True).module()
+    return quantize_graph(graph, [(image,) for image in images], float32_names)
+
+
+def quantize_graph(
+    graph: nn.Module,
+    calibration_inputs: Sequence[Tuple[torch.Tensor, ...]],
+    float32_names: Sequence[str] = (),
+) -> torch.fx.GraphModule:
+    """The int8 graph of `graph` (an exported program's module) by this module's recipe,
+    its activation ranges observed on each tuple of `calibration_inputs`, with the
+    submodules of qualified names `float32_names` left in float32."""
+    prepare_pt2e, convert_pt2e, xiq = _quantizer_api()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    for name in float32_names:
+        quantizer.set_module_name_qconfig(name, None)
+    with torch.no_grad():
+        prepared = prepare_pt2e(graph, quantizer)
+        for inputs in calibration_inputs:
+            prepared(*inputs)
+        return convert_pt2e(prepared)
