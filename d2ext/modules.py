@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from d2ext.ops import ms_deform_attn
+from d2ext.ops import ms_deform_attn_at_offsets
 
 
 class MSDeformAttn(nn.Module):
@@ -21,6 +21,12 @@ class MSDeformAttn(nn.Module):
         num_heads: attention heads (M).
         num_points: sampling points per head and level (P).
         backend: the op's backend, see d2ext.ms_deform_attn.
+
+    Attributes:
+        sampled_value_dtype: the dtype the op samples the projected values in (it
+            accumulates in float32 for half types); None, the default: the value
+            projection's output dtype. Int8 inference sets bfloat16 (half the bytes
+            the op gathers).
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class MSDeformAttn(nn.Module):
         self.num_heads = num_heads
         self.num_points = num_points
         self.backend = backend
+        self.sampled_value_dtype = None
         self.sampling_offsets = nn.Linear(hidden_dim, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(hidden_dim, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(hidden_dim, hidden_dim)
@@ -104,6 +111,9 @@ class MSDeformAttn(nn.Module):
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        projected_dtype = value.dtype
+        if self.sampled_value_dtype is not None:
+            value = value.to(self.sampled_value_dtype)
         value = value.view(N, S, M, self.hidden_dim // M)
         # Offsets and weights in the reference points' dtype: under bfloat16 autocast
         # these layers compute in bfloat16, and a location, or a level size above 256,
@@ -116,30 +126,26 @@ class MSDeformAttn(nn.Module):
         weights = logits.view(-1, L * P).softmax(-1).view(N, Lq, M, L, P)
 
         if reference_points.shape[-1] == 2:
-            # offsets are in pixels of each level: normalize x by W and y by H. Done for
-            # x and y apart, which is the same arithmetic: a (L, 2) divisor broadcast over
-            # the last two dims made Inductor emit vector code 2 lanes wide for this
-            # element-wise work, as slow as the MSDA op (docs/benchmarks.md).
-            references = reference_points[:, :, None, :, None, :]
-            sizes = spatial_shapes.to(reference_points.dtype)[:, None]  # (L, 1, 2): (H, W)
-            locations = torch.stack(
-                [
-                    references[..., 0] + offsets[..., 0] / sizes[..., 1],
-                    references[..., 1] + offsets[..., 1] / sizes[..., 0],
-                ],
-                dim=-1,
-            )
+            # offsets are in pixels of each level: (x, y) / (W, H)
+            centers = reference_points
+            scale = 1.0 / spatial_shapes.flip(-1).to(reference_points.dtype)  # (L, 2)
         elif reference_points.shape[-1] == 4:
-            locations = (
-                reference_points[:, :, None, :, None, :2]
-                + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
-            )
+            # an offset of 1 is 0.5 / P of the box's width or height
+            centers = reference_points[..., :2]
+            scale = reference_points[..., 2:] * (0.5 / P)
         else:
             raise ValueError(
                 "reference_points must end in 2 (x, y) or 4 (cx, cy, w, h), got shape "
                 f"{tuple(reference_points.shape)}"
             )
-        output = ms_deform_attn(
-            value, spatial_shapes, level_start_index, locations, weights, backend=self.backend
-        )
+        output = ms_deform_attn_at_offsets(
+            value,
+            spatial_shapes,
+            level_start_index,
+            centers,
+            offsets,
+            scale,
+            weights,
+            backend=self.backend,
+        ).to(projected_dtype)
         return self.output_proj(output)

@@ -18,13 +18,22 @@ OPSET = 19  # GridSample needs >= 16, DeformConv (the DCN backbones) >= 19
 
 
 def ms_deform_attn_onnx(
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    backend,
+    reference_points=None,
+    offset_scale=None,
 ):
     """The reference MSDA (d2ext/reference.py) in ONNX ops; `backend` is ignored.
 
     Args:
         value: (N, S, M, D); spatial_shapes: (L, 2) int64; level_start_index: (L,) int64.
-        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y) in [0, 1].
+        sampling_locations: (N, Lq, M, L, P, 2) normalized (x, y) in [0, 1], or the
+            offsets where reference_points and offset_scale (N, Lq, L, 2) are given
+            (d2ext.ms_deform_attn_at_offsets).
         attention_weights: (N, Lq, M, L, P).
 
     Returns:
@@ -32,6 +41,12 @@ def ms_deform_attn_onnx(
     """
     _, _, M, D = value.shape
     L, P = sampling_locations.shape[3], sampling_locations.shape[4]
+    if reference_points is not None:
+        frame_axes = op.Constant(value_ints=[2, 4])  # (N, Lq, L, 2) -> (N, Lq, 1, L, 1, 2)
+        sampling_locations = op.Add(
+            op.Unsqueeze(reference_points, frame_axes),
+            op.Mul(sampling_locations, op.Unsqueeze(offset_scale, frame_axes)),
+        )
     grids = op.Sub(
         op.Mul(sampling_locations, op.Constant(value_float=2.0)), op.Constant(value_float=1.0)
     )

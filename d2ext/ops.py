@@ -9,6 +9,7 @@ with whichever backend the machine that runs it has.
 """
 
 import warnings
+from typing import Optional
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -16,7 +17,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from d2ext.backends import BACKENDS, resolve_backend
 from d2ext.reference import ms_deform_attn_reference, ms_deform_attn_reference_backward
 
-__all__ = ["ms_deform_attn"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_at_offsets", "sampling_locations_at_offsets"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -102,6 +103,85 @@ def ms_deform_attn(
         torch.Size([2, 100, 256])
     """
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    return _call_op(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend
+    )
+
+
+def ms_deform_attn_at_offsets(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    offset_scale: torch.Tensor,
+    attention_weights: torch.Tensor,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """`ms_deform_attn` at the sampling locations
+
+        reference_points[:, :, None, :, None] + sampling_offsets * offset_scale[:, :, None, :, None]
+
+    computed inside the op: the CPU kernel computes each query's locations as it
+    samples them, so they are never stored (the other backends compute them first).
+    Gradients flow to all three.
+
+    Args:
+        value, spatial_shapes, level_start_index, attention_weights, backend: as
+            in `ms_deform_attn`.
+        reference_points: (N, Lq, L, 2) floating point, normalized (x, y).
+        sampling_offsets: (N, Lq, M, L, P, 2) floating point.
+        offset_scale: broadcastable to (N, Lq, L, 2): what turns an offset into
+            normalized units, e.g. (1 / W_l, 1 / H_l) for offsets in pixels of level l.
+
+    Returns:
+        (N, Lq, M * D), as `ms_deform_attn`.
+    """
+    _check_inputs(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_offsets,
+        attention_weights,
+        locations_name="sampling_offsets",
+    )
+    N, Lq, _, L, _, _ = sampling_offsets.shape
+    frame = (N, Lq, L, 2)
+    for name, t in (("reference_points", reference_points), ("offset_scale", offset_scale)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point torch.Tensor, got {_kind(t)}")
+        if t.device != value.device:
+            raise ValueError(
+                f"all tensors must be on one device: value is on {value.device}, {name} on "
+                f"{t.device}"
+            )
+    if tuple(reference_points.shape) != frame:
+        raise ValueError(
+            f"reference_points must be (N, Lq, L, 2) = {_shape(frame)} for sampling_offsets "
+            f"{_shape(sampling_offsets)}, got {_shape(reference_points)}"
+        )
+    try:
+        offset_scale = offset_scale.expand(frame)
+    except RuntimeError:
+        raise ValueError(
+            f"offset_scale must broadcast to (N, Lq, L, 2) = {_shape(frame)}, got "
+            f"{_shape(offset_scale)}"
+        ) from None
+    return _call_op(
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_offsets,
+        attention_weights,
+        backend,
+        reference_points,
+        offset_scale,
+    )
+
+
+def _call_op(value, spatial_shapes, level_start_index, locations, weights, backend, *frame):
+    """The custom op on checked inputs, in the dtypes and layout the kernels take."""
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     dtype = compute_dtype(value.dtype)
@@ -109,10 +189,20 @@ def ms_deform_attn(
         value.contiguous(),
         spatial_shapes.to(torch.int64).contiguous(),
         level_start_index.to(torch.int64).contiguous(),
-        sampling_locations.to(dtype).contiguous(),
-        attention_weights.to(dtype).contiguous(),
+        locations.to(dtype).contiguous(),
+        weights.to(dtype).contiguous(),
         backend,
+        *(t.to(dtype).contiguous() for t in frame),
     )
+
+
+def sampling_locations_at_offsets(
+    reference_points: torch.Tensor, sampling_offsets: torch.Tensor, offset_scale: torch.Tensor
+) -> torch.Tensor:
+    """(N, Lq, M, L, P, 2) locations from reference points and offsets, as
+    `ms_deform_attn_at_offsets` defines them."""
+    frame = (slice(None), slice(None), None, slice(None), None)
+    return reference_points[frame] + sampling_offsets * offset_scale[frame]
 
 
 # ---------------------------------------------------------------------------
@@ -124,18 +214,29 @@ def _shape(t_or_shape) -> str:
     return f"({', '.join(str(s) for s in shape)})"
 
 
-def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+def _kind(t) -> str:
+    return str(t.dtype) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_inputs(
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    locations_name="sampling_locations",
+):
     named = {
         "value": value,
         "spatial_shapes": spatial_shapes,
         "level_start_index": level_start_index,
-        "sampling_locations": sampling_locations,
+        locations_name: sampling_locations,
         "attention_weights": attention_weights,
     }
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name in ("value", "sampling_locations", "attention_weights"):
+    for name in ("value", locations_name, "attention_weights"):
         if not named[name].is_floating_point():
             raise ValueError(f"{name} must be a floating-point tensor, got {named[name].dtype}")
     for name in ("spatial_shapes", "level_start_index"):
@@ -166,14 +267,13 @@ def _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, 
         )
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
         raise ValueError(
-            "sampling_locations must be (N, Lq, M, L, P, 2), got shape "
-            f"{_shape(sampling_locations)}"
+            f"{locations_name} must be (N, Lq, M, L, P, 2), got shape {_shape(sampling_locations)}"
         )
     _, Lq, _, _, P, _ = sampling_locations.shape
     expected = (N, Lq, M, L, P, 2)
     if tuple(sampling_locations.shape) != expected:
         raise ValueError(
-            f"sampling_locations must be (N, Lq, M, L, P, 2) = {_shape(expected)} for value "
+            f"{locations_name} must be (N, Lq, M, L, P, 2) = {_shape(expected)} for value "
             f"{_shape(value)} and {L} levels, got {_shape(sampling_locations)}"
         )
     if tuple(attention_weights.shape) != expected[:-1]:
@@ -245,10 +345,28 @@ def _ms_deform_attn_op(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     backend: str,
+    reference_points: Optional[torch.Tensor] = None,
+    offset_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
+    """With reference_points and offset_scale, sampling_locations holds the
+    offsets (ms_deform_attn_at_offsets)."""
     # Runs eagerly even inside compiled graphs: the levels are checked here.
     _check_levels(spatial_shapes, level_start_index, value.shape[1])
     backend = resolve_backend(backend, value.device, value.dtype)
+    if reference_points is not None:
+        if backend == "cpp" and value.device.type == "cpu":
+            return torch.ops.d2ext_C.ms_deform_attn_forward_at_offsets(
+                value,
+                spatial_shapes,
+                level_start_index,
+                reference_points,
+                offset_scale,
+                sampling_locations,
+                attention_weights,
+            )
+        sampling_locations = sampling_locations_at_offsets(
+            reference_points, sampling_locations, offset_scale
+        )
     if backend == "torch":
         dtype = sampling_locations.dtype  # compute_dtype(value.dtype)
         output = ms_deform_attn_reference(
@@ -264,7 +382,16 @@ def _ms_deform_attn_op(
 
 
 @_ms_deform_attn_op.register_fake
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend):
+def _(
+    value,
+    spatial_shapes,
+    level_start_index,
+    sampling_locations,
+    attention_weights,
+    backend,
+    reference_points=None,
+    offset_scale=None,
+):
     N, _, M, D = value.shape
     return value.new_empty((N, sampling_locations.shape[1], M * D))
 
@@ -325,20 +452,47 @@ def _(
 
 
 def _setup_context(ctx, inputs, output):
-    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, backend = (
-        inputs
-    )
+    (
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        backend,
+        reference_points,
+        offset_scale,
+    ) = inputs
+    ctx.at_offsets = reference_points is not None
+    frame = (reference_points, offset_scale) if ctx.at_offsets else ()
     ctx.save_for_backward(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, *frame
     )
     ctx.backend = backend
 
 
 def _backward(ctx, grad_output):
-    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
-        grad_output.contiguous(), *ctx.saved_tensors, ctx.backend
+    value, spatial_shapes, level_start_index, locations, attention_weights, *frame = (
+        ctx.saved_tensors
     )
-    return grad_value, None, None, grad_locations, grad_weights, None
+    if ctx.at_offsets:
+        offsets = locations
+        reference_points, offset_scale = frame
+        locations = sampling_locations_at_offsets(reference_points, offsets, offset_scale)
+    grad_value, grad_locations, grad_weights = _ms_deform_attn_backward_op(
+        grad_output.contiguous(),
+        value,
+        spatial_shapes,
+        level_start_index,
+        locations,
+        attention_weights,
+        ctx.backend,
+    )
+    if not ctx.at_offsets:
+        return grad_value, None, None, grad_locations, grad_weights, None, None, None
+    grad_offsets = grad_locations * offset_scale[:, :, None, :, None]
+    grad_reference = grad_locations.sum((2, 4))
+    grad_scale = (grad_locations * offsets).sum((2, 4))
+    return grad_value, None, None, grad_offsets, grad_weights, None, grad_reference, grad_scale
 
 
 _ms_deform_attn_op.register_autograd(_backward, setup_context=_setup_context)

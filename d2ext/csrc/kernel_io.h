@@ -50,6 +50,22 @@ inline void check_kernel_inputs(
   }
 }
 
+// reference_points and offset_scale (N, Lq, L, 2), of sampling_offsets' dtype and device, contiguous.
+inline void check_offset_frame(
+    const at::Tensor& reference_points, const at::Tensor& offset_scale, const at::Tensor& sampling_offsets) {
+  const auto expected = {
+      sampling_offsets.size(0), sampling_offsets.size(1), sampling_offsets.size(3), int64_t(2)};
+  for (const at::Tensor* t : {&reference_points, &offset_scale}) {
+    TORCH_CHECK(
+        t->sizes() == at::IntArrayRef(expected), "reference_points and offset_scale must be (N, Lq, L, 2) = ",
+        at::IntArrayRef(expected), ", got ", t->sizes());
+    TORCH_CHECK(
+        t->scalar_type() == sampling_offsets.scalar_type() && t->device() == sampling_offsets.device() &&
+            t->is_contiguous(),
+        "reference_points and offset_scale must be contiguous, of sampling_offsets' dtype and device");
+  }
+}
+
 inline void check_grad_output(
     const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& sampling_locations) {
   TORCH_CHECK(

@@ -11,6 +11,10 @@ TORCH_LIBRARY(d2ext_C, m) {
       "Tensor level_start_index, Tensor sampling_locations, "
       "Tensor attention_weights) -> Tensor");
   m.def(
+      "ms_deform_attn_forward_at_offsets(Tensor value, Tensor spatial_shapes, "
+      "Tensor level_start_index, Tensor reference_points, Tensor offset_scale, "
+      "Tensor sampling_offsets, Tensor attention_weights) -> Tensor");
+  m.def(
       "ms_deform_attn_backward(Tensor grad_output, Tensor value, "
       "Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights) "

@@ -77,24 +77,57 @@ def test_bf16_autocast_places_samples_in_float32(monkeypatch, box):
     query, reference, value, spatial_shapes, starts = _inputs(shapes=((2, 257), (1, 3)), box=box)
     seen = {}
 
-    def record(value, spatial_shapes, starts, locations, weights, backend):
-        seen.update(locations=locations, weights=weights)
-        return value.new_zeros(value.shape[0], locations.shape[1], 32)
+    def record(value, spatial_shapes, starts, centers, offsets, scale, weights, backend):
+        seen.update(centers=centers, offsets=offsets, scale=scale, weights=weights)
+        return value.new_zeros(value.shape[0], offsets.shape[1], 32)
 
-    monkeypatch.setattr(d2ext.modules, "ms_deform_attn", record)
+    monkeypatch.setattr(d2ext.modules, "ms_deform_attn_at_offsets", record)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         attn(query, reference, value, spatial_shapes, starts)
         offsets = attn.sampling_offsets(query).float().view(2, 6, 4, 2, 3, 2)
         logits = attn.attention_weights(query).float()
-    assert seen["locations"].dtype == seen["weights"].dtype == torch.float32
+    for name in ("centers", "offsets", "scale", "weights"):
+        assert seen[name].dtype == torch.float32, name
+    torch.testing.assert_close(seen["offsets"], offsets, rtol=0, atol=0)
     if box:
+        torch.testing.assert_close(seen["centers"], reference[..., :2], rtol=0, atol=0)
+        torch.testing.assert_close(seen["scale"], reference[..., 2:] * (0.5 / 3), rtol=0, atol=0)
         expected = (
             reference[:, :, None, :, None, :2]
             + offsets / 3 * reference[:, :, None, :, None, 2:] * 0.5
         )
     else:
+        torch.testing.assert_close(seen["centers"], reference, rtol=0, atol=0)
+        # 1 / 257 from the exact size, not from 256
+        torch.testing.assert_close(
+            seen["scale"], 1.0 / torch.tensor([[257.0, 2.0], [3.0, 1.0]]), rtol=0, atol=0
+        )
         sizes = spatial_shapes.flip(-1).float()[:, None]  # (L, 1, 2): (W, H)
         expected = reference[:, :, None, :, None] + offsets / sizes
-    torch.testing.assert_close(seen["locations"], expected, rtol=0, atol=0)
+    locations = d2ext.ops.sampling_locations_at_offsets(
+        seen["centers"], seen["offsets"], seen["scale"].expand_as(seen["centers"])
+    )
+    torch.testing.assert_close(locations, expected, rtol=1e-6, atol=1e-6)
     weights = logits.view(2, 6, 4, 6).softmax(-1).view(2, 6, 4, 2, 3)
     torch.testing.assert_close(seen["weights"], weights, rtol=0, atol=0)
+
+
+def test_sampled_value_dtype_samples_bfloat16_values_into_a_float32_output(monkeypatch):
+    attn = d2ext.MSDeformAttn(hidden_dim=32, num_levels=2, num_heads=4, num_points=3)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.1)
+    inputs = _inputs()
+    expected = attn(*inputs)
+    attn.sampled_value_dtype = torch.bfloat16
+    seen = {}
+    op = d2ext.modules.ms_deform_attn_at_offsets
+
+    def record(value, *args, **kwargs):
+        seen["value"] = value.dtype
+        return op(value, *args, **kwargs)
+
+    monkeypatch.setattr(d2ext.modules, "ms_deform_attn_at_offsets", record)
+    output = attn(*inputs)
+    assert seen["value"] == torch.bfloat16
+    assert output.dtype == torch.float32
+    torch.testing.assert_close(output, expected, rtol=0.02, atol=0.02)
+    assert not torch.equal(output, expected)

@@ -77,3 +77,66 @@ def test_onnxruntime_matches_reference(onnx_path, N, Lq, shapes):
     torch.testing.assert_close(
         torch.from_numpy(output), ms_deform_attn_reference(*inputs), rtol=tol, atol=tol
     )
+
+
+class _MSDAAtOffsets(torch.nn.Module):
+    def forward(self, value, spatial_shapes, level_start_index, reference, offsets, weights):
+        scale = 1.0 / spatial_shapes.flip(-1).to(reference.dtype)
+        return d2ext.ms_deform_attn_at_offsets(
+            value, spatial_shapes, level_start_index, reference, offsets, scale, weights
+        )
+
+
+def test_at_offsets_exports_and_matches_reference(tmp_path):
+    """The reference points and offsets become locations in ONNX ops before GridSample."""
+    names = ["value", "spatial_shapes", "level_start_index", "reference", "offsets", "weights"]
+
+    def inputs(N, Lq, shapes):
+        value, spatial_shapes, level_start_index, _, weights = make_inputs(
+            N, Lq, 2, 4, shapes, 2, dtype=torch.float32
+        )
+        reference = torch.rand(N, Lq, len(shapes), 2)
+        offsets = torch.randn(N, Lq, 2, len(shapes), 2, 2) * 2
+        return value, spatial_shapes, level_start_index, reference, offsets, weights
+
+    batch, positions, queries = Dim("batch"), Dim("positions"), Dim("queries")
+    program = torch.onnx.export(
+        _MSDAAtOffsets().eval(),
+        inputs(2, 5, [(6, 5), (3, 3)]),
+        dynamo=True,
+        dynamic_shapes=(
+            {0: batch, 1: positions},
+            None,
+            None,
+            {0: batch, 1: queries},
+            {0: batch, 1: queries},
+            {0: batch, 1: queries},
+        ),
+        custom_translation_table=TRANSLATION_TABLE,
+        opset_version=OPSET,
+        input_names=names,
+    )
+    path = tmp_path / "msda_at_offsets.onnx"
+    program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    value, spatial_shapes, level_start_index, reference, offsets, weights = inputs(
+        1, 17, [(13, 7), (7, 4)]
+    )
+    (output,) = session.run(
+        None,
+        {
+            name: t.numpy()
+            for name, t in zip(
+                names, (value, spatial_shapes, level_start_index, reference, offsets, weights)
+            )
+        },
+    )
+    scale = 1.0 / spatial_shapes.flip(-1).float()
+    locations = d2ext.ops.sampling_locations_at_offsets(
+        reference, offsets, scale.expand_as(reference)
+    )
+    expected = ms_deform_attn_reference(
+        value, spatial_shapes, level_start_index, locations, weights
+    )
+    tol = TOLERANCE[torch.float32]
+    torch.testing.assert_close(torch.from_numpy(output), expected, rtol=tol, atol=tol)

@@ -13,6 +13,7 @@ from detectron2.config import instantiate
 from detectron2.evaluation import inference_on_dataset
 from torch import nn
 
+import d2ext
 from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import load_config
 from deformable_detr.export.artefacts import (
@@ -28,7 +29,7 @@ from deformable_detr.export.precision import (
     module_name_pattern,
     set_inference_precision,
 )
-from deformable_detr.export.pt2e_int8 import quantize
+from deformable_detr.export.pt2e_int8 import SAMPLED_VALUE_DTYPE, quantize
 from deformable_detr.export.quantization import (
     QUANTIZED_OPS,
     _module_names,
@@ -151,6 +152,23 @@ def test_pt2e_quantizes_convolutions_and_linear_layers_except_the_kept_ones(pt2e
         assert any(name in owner for owner in int8_owners), name
     others = {_module_paths(n)[-1] for n in linears if not int8(n) and n not in kept_linears}
     assert others and all(owner.endswith(".self_attn") for owner in others), others
+
+
+@pytest.mark.slow
+def test_pt2e_msda_samples_bfloat16_values_and_the_model_is_left_as_it_was(pt2e_graph):
+    graph, module = pt2e_graph
+    msda = [
+        node
+        for node in graph.graph.nodes
+        if node.op == "call_function" and node.target == torch.ops.d2ext.ms_deform_attn.default
+    ]
+    attentions = [m for m in module.modules() if isinstance(m, d2ext.MSDeformAttn)]
+    assert len(msda) == len(attentions) > 0
+    for node in msda:
+        value, offsets = node.args[0].meta["val"], node.args[3].meta["val"]
+        assert value.dtype == SAMPLED_VALUE_DTYPE == torch.bfloat16
+        assert offsets.dtype == torch.float32
+    assert all(m.sampled_value_dtype is None for m in attentions)
 
 
 @pytest.mark.slow

@@ -131,7 +131,29 @@ at::Tensor ms_deform_attn_forward_cpu(
   if (output.numel() > 0) {
     selected_kernels().forward(
         sizes_of(value, sampling_locations), value, spatial_shapes, level_start_index, sampling_locations,
-        attention_weights, output);
+        attention_weights, nullptr, nullptr, output);
+  }
+  return output;
+}
+
+// The forward with the sampling locations computed per query inside the kernel:
+// reference_points[n, q, l] + sampling_offsets[n, q, m, l, p] * offset_scale[n, q, l].
+at::Tensor ms_deform_attn_forward_at_offsets_cpu(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& reference_points,
+    const at::Tensor& offset_scale,
+    const at::Tensor& sampling_offsets,
+    const at::Tensor& attention_weights) {
+  check_kernel_inputs(value, spatial_shapes, level_start_index, sampling_offsets, attention_weights);
+  check_offset_frame(reference_points, offset_scale, sampling_offsets);
+  check_levels(spatial_shapes, level_start_index, value.size(1));
+  auto output = empty_output(value, sampling_offsets);
+  if (output.numel() > 0) {
+    selected_kernels().forward(
+        sizes_of(value, sampling_offsets), value, spatial_shapes, level_start_index, sampling_offsets,
+        attention_weights, &reference_points, &offset_scale, output);
   }
   return output;
 }
@@ -163,6 +185,7 @@ std::string capability() {
 
 TORCH_LIBRARY_IMPL(d2ext_C, CPU, m) {
   m.impl("ms_deform_attn_forward", &ms_deform_attn_forward_cpu);
+  m.impl("ms_deform_attn_forward_at_offsets", &ms_deform_attn_forward_at_offsets_cpu);
   m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
 }
 

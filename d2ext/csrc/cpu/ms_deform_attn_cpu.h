@@ -49,6 +49,8 @@ struct Kernels {
       const at::Tensor& level_start_index,
       const at::Tensor& sampling_locations,
       const at::Tensor& attention_weights,
+      const at::Tensor* reference_points, // with offset_scale: sampling_locations holds offsets
+      const at::Tensor* offset_scale,
       const at::Tensor& output);
   void (*backward)(
       const Sizes& s,

@@ -602,7 +602,42 @@ inline void forward_block(const QueryRows<acc_t>& rows, int64_t first, int64_t c
   Block::write(out + d0, acc);
 }
 
+// The sampling locations of a query from its reference points and offsets:
+// location (m, l, p) = reference (l) + offset (m, l, p) * offset_scale (l),
+// for x and y. `pair_level[j]` is 2 * l + (x or y) of element j of a head's
+// (L, P, 2) block; `reference` and `scale` are the query's (L, 2).
+template <typename acc_t>
+struct OffsetLocations {
+  std::vector<int64_t> pair_level;
+  std::vector<acc_t> base, factor, locations;
+
+  explicit OffsetLocations(const Sizes& s)
+      : pair_level(2 * s.L * s.P), base(2 * s.L * s.P), factor(2 * s.L * s.P), locations(2 * s.M * s.L * s.P) {
+    for (int64_t j = 0; j < 2 * s.L * s.P; ++j) {
+      pair_level[j] = j / (2 * s.P) * 2 + j % 2;
+    }
+  }
+
+  const acc_t* of_query(int64_t M, const acc_t* reference, const acc_t* scale, const acc_t* offsets) {
+    const int64_t head = static_cast<int64_t>(base.size());
+    for (int64_t j = 0; j < head; ++j) {
+      base[j] = reference[pair_level[j]];
+      factor[j] = scale[pair_level[j]];
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const acc_t* off = offsets + m * head;
+      acc_t* out = locations.data() + m * head;
+      for (int64_t j = 0; j < head; ++j) {
+        out[j] = base[j] + off[j] * factor[j];
+      }
+    }
+    return locations.data();
+  }
+};
+
 // index_t: the set-up's integer lanes, int32 where every pixel index fits.
+// With reference_points and offset_scale (N, Lq, L, 2) given, sampling_locations
+// holds the offsets (see OffsetLocations); else both are null.
 template <typename scalar_t, typename acc_t, typename index_t>
 void forward_kernel(
     const Sizes& s,
@@ -611,6 +646,8 @@ void forward_kernel(
     const int64_t* level_start_index,
     const acc_t* sampling_locations,
     const acc_t* attention_weights,
+    const acc_t* reference_points,
+    const acc_t* offset_scale,
     scalar_t* output) {
   const int64_t work_per_item = std::max<int64_t>(1, s.M * s.L * s.P * s.D);
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / work_per_item);
@@ -620,11 +657,16 @@ void forward_kernel(
   at::parallel_for(0, s.N * s.Lq, grain, [&](int64_t begin, int64_t end) {
     const std::vector<scalar_t> zeros(s.D, scalar_t(0));
     QueryRows<acc_t> rows(samples);
+    OffsetLocations<acc_t> at_offsets(s);
     for (int64_t nq = begin; nq < end; ++nq) {
       const scalar_t* image = value + (nq / s.Lq) * s.S * s.M * s.D;
       const RowBases bases{reinterpret_cast<intptr_t>(image), reinterpret_cast<intptr_t>(zeros.data()), 0, 0};
-      set_up_query(
-          levels, 0, sampling_locations + 2 * nq * samples, attention_weights + nq * samples, samples, bases, rows);
+      const acc_t* locations = sampling_locations + 2 * nq * samples;
+      if (reference_points != nullptr) {
+        locations = at_offsets.of_query(
+            s.M, reference_points + 2 * nq * s.L, offset_scale + 2 * nq * s.L, locations);
+      }
+      set_up_query(levels, 0, locations, attention_weights + nq * samples, samples, bases, rows);
       for (int64_t m = 0; m < s.M; ++m) {
         scalar_t* out = output + (nq * s.M + m) * s.D;
         for_each_block(0, s.D, [&](auto width, int64_t d0) {
@@ -708,6 +750,8 @@ void forward(
     const at::Tensor& level_start_index,
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights,
+    const at::Tensor* reference_points,
+    const at::Tensor* offset_scale,
     const at::Tensor& output) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -719,6 +763,8 @@ void forward(
           level_start_index.const_data_ptr<int64_t>(),
           sampling_locations.const_data_ptr<acc_t>(),
           attention_weights.const_data_ptr<acc_t>(),
+          reference_points ? reference_points->const_data_ptr<acc_t>() : nullptr,
+          offset_scale ? offset_scale->const_data_ptr<acc_t>() : nullptr,
           output.mutable_data_ptr<scalar_t>());
     });
   });

@@ -8,7 +8,8 @@ calibration images (histograms, never the test set: take them with
 convolutions (backbone and input projections) and the linear layers, except the modules
 named by ``deformable_detr.export.precision.FLOAT32_MODULES`` (reference points and
 box heads), which stay float32 as in the bf16 path; the sampling offsets and attention
-weights are quantized (the ONNX int8 path keeps them in float32). The decoder
+weights are quantized (the ONNX int8 path keeps them in float32). MSDA samples the
+projected values in bfloat16 (``SAMPLED_VALUE_DTYPE``), accumulating in float32. The decoder
 self-attention (``nn.MultiheadAttention``, whose linear layers the quantizer does not
 see as ``nn.Linear``), MSDA's sampling, normalizations, softmax and post-processing
 stay float32 too.
@@ -26,16 +27,25 @@ to pick on which CPU.
     boxes, scores, classes = detect(image)
 """
 
+import contextlib
 import logging
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from d2ext.modules import MSDeformAttn
+
 from .artefacts import ImageToDetections, export_program
 from .precision import FLOAT32_MODULES, module_name_pattern
 
-__all__ = ["float32_module_names", "quantize", "quantize_graph"]
+__all__ = [
+    "SAMPLED_VALUE_DTYPE",
+    "float32_module_names",
+    "quantize",
+    "quantize_graph",
+    "sampled_values_in",
+]
 
 
 class _EnumRegistrationNotice(logging.Filter):
@@ -79,14 +89,37 @@ def float32_module_names(
     ]
 
 
+# The dtype MSDA samples the projected values in, in the int8 graph: the value
+# projection's int8 output is dequantized to float32, and bfloat16 halves the bytes
+# the op gathers (it accumulates in float32). docs/benchmarks.md has the measurement.
+SAMPLED_VALUE_DTYPE = torch.bfloat16
+
+
+@contextlib.contextmanager
+def sampled_values_in(module: nn.Module, dtype: Optional[torch.dtype]):
+    """Every MSDeformAttn of `module` samples its values in `dtype` (None: the value
+    projection's output dtype) inside the block, and as before after it."""
+    attentions = [m for m in module.modules() if isinstance(m, MSDeformAttn)]
+    before = [m.sampled_value_dtype for m in attentions]
+    for m in attentions:
+        m.sampled_value_dtype = dtype
+    try:
+        yield
+    finally:
+        for m, dtype_before in zip(attentions, before):
+            m.sampled_value_dtype = dtype_before
+
+
 def quantize(
     module: ImageToDetections,
     images: Sequence[torch.Tensor],
     float32_modules: Sequence[str] = FLOAT32_MODULES,
+    sampled_value_dtype: Optional[torch.dtype] = SAMPLED_VALUE_DTYPE,
 ) -> torch.fx.GraphModule:
     """The int8 graph of `module` (a float32 ImageToDetections), calibrated on `images`
     (each (3, H, W) float32 0-255, as the module takes them), with `float32_modules` kept
-    in float32. It takes an image of any size as the module does; run it through
+    in float32 and MSDA sampling values of `sampled_value_dtype` (None: float32). It
+    takes an image of any size as the module does; run it through
     artefacts.compile_inference or save_aoti (as it is, it computes in float32)."""
     if len(images) == 0:
         raise ValueError("int8 quantization needs calibration images; got none")
@@ -94,7 +127,7 @@ def quantize(
     if precision != "fp32":
         raise ValueError(f"int8 quantization starts from the float32 model; it is in {precision}")
     float32_names = float32_module_names(module, float32_modules)
-    with torch.no_grad():
+    with torch.no_grad(), sampled_values_in(module, sampled_value_dtype):
         # strict export records which function made each op; the quantizer finds the
         # backbone's convolutions by it (detectron2's Conv2d calls F.conv2d itself)
         graph = export_program(module, images[0], strict=True).module()
