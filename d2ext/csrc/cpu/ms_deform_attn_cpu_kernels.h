@@ -604,34 +604,37 @@ inline void forward_block(const QueryRows<acc_t>& rows, int64_t first, int64_t c
 
 // The sampling locations of a query from its reference points and offsets:
 // location (m, l, p) = reference (l) + offset (m, l, p) * offset_scale (l),
-// for x and y. `pair_level[j]` is 2 * l + (x or y) of element j of a head's
-// (L, P, 2) block; `reference` and `scale` are the query's (L, 2).
+// for x and y; `reference` and `scale` are the query's (L, 2). A head's (L, P, 2)
+// block of base and factor is laid out first, so that the product runs over
+// contiguous rows of every head.
 template <typename acc_t>
 struct OffsetLocations {
-  std::vector<int64_t> pair_level;
+  int64_t L, P;
   std::vector<acc_t> base, factor, locations;
 
   explicit OffsetLocations(const Sizes& s)
-      : pair_level(2 * s.L * s.P), base(2 * s.L * s.P), factor(2 * s.L * s.P), locations(2 * s.M * s.L * s.P) {
-    for (int64_t j = 0; j < 2 * s.L * s.P; ++j) {
-      pair_level[j] = j / (2 * s.P) * 2 + j % 2;
-    }
-  }
+      : L(s.L), P(s.P), base(2 * s.L * s.P), factor(2 * s.L * s.P), locations(2 * s.M * s.L * s.P) {}
 
   const acc_t* of_query(int64_t M, const acc_t* reference, const acc_t* scale, const acc_t* offsets) {
-    const int64_t head = static_cast<int64_t>(base.size());
-    for (int64_t j = 0; j < head; ++j) {
-      base[j] = reference[pair_level[j]];
-      factor[j] = scale[pair_level[j]];
-    }
-    for (int64_t m = 0; m < M; ++m) {
-      const acc_t* off = offsets + m * head;
-      acc_t* out = locations.data() + m * head;
-      for (int64_t j = 0; j < head; ++j) {
-        out[j] = base[j] + off[j] * factor[j];
+    const int64_t head = 2 * L * P;
+    acc_t* __restrict__ b = base.data();
+    acc_t* __restrict__ f = factor.data();
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t p = 0; p < P; ++p) {
+        b[2 * (l * P + p)] = reference[2 * l];
+        b[2 * (l * P + p) + 1] = reference[2 * l + 1];
+        f[2 * (l * P + p)] = scale[2 * l];
+        f[2 * (l * P + p) + 1] = scale[2 * l + 1];
       }
     }
-    return locations.data();
+    acc_t* __restrict__ out = locations.data();
+    const acc_t* __restrict__ off = offsets;
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t j = 0; j < head; ++j) {
+        out[m * head + j] = b[j] + off[m * head + j] * f[j];
+      }
+    }
+    return out;
   }
 };
 
