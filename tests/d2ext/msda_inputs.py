@@ -1,12 +1,26 @@
-"""Random inputs of the MSDA op, and the parity check against the reference,
-shared by the backends' tests."""
+"""Random inputs of the MSDA op, the parity check against the reference, and the
+backends that run here, shared by the backends' tests."""
 
+import numba
+import pytest
 import torch
 
 import d2ext
 from d2ext.reference import ms_deform_attn_reference
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+CPP = d2ext.available_backends()["cpp"].available
+NUMBA_DEVICE = "cpu" if numba.config.ENABLE_CUDASIM else "cuda"
+NUMBA = d2ext.available_backends()["numba"].available
+requires_cpp = pytest.mark.skipif(not CPP, reason="d2ext._C is not built")
+
+# (backend, device) of every backend that runs here
+BACKENDS = (
+    [("torch", "cpu")]
+    + ([("cpp", "cpu")] if CPP else [])
+    + ([("numba", NUMBA_DEVICE)] if NUMBA else [])
+)
 
 
 def assert_close_to_scale(actual, expected, tol, msg):

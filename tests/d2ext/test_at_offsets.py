@@ -9,8 +9,7 @@ import torch
 import d2ext
 from d2ext.ops import sampling_locations_at_offsets
 
-from .msda_inputs import TOLERANCE, assert_close_to_scale, level_tensors
-from .test_op_contract import BACKENDS
+from .msda_inputs import BACKENDS, TOLERANCE, assert_close_to_scale, level_tensors, requires_cpp
 
 SHAPES = [(9, 11), (5, 6), (3, 3)]
 
@@ -67,11 +66,10 @@ def test_output_and_gradients_equal_the_op_at_the_locations(backend, device, box
         )
 
 
+@requires_cpp
 def test_cpp_kernel_places_the_samples_as_the_locations_do():
     """The CPU kernel's own arithmetic (reference + offset * scale per query) against
     the kernel fed the stored locations: the same samples, to float32 rounding."""
-    if not d2ext.available_backends()["cpp"].available:
-        pytest.skip("d2ext._C is not built")
     value, shapes, starts, reference, offsets, _, weights = _inputs(dtype=torch.float32, P=5)
     scale = torch.rand(*reference.shape) * 0.05  # a scale per query and level
     fused = torch.ops.d2ext_C.ms_deform_attn_forward_at_offsets(
@@ -82,10 +80,8 @@ def test_cpp_kernel_places_the_samples_as_the_locations_do():
     torch.testing.assert_close(fused, stored, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_cpp), "torch"])
 def test_gradcheck_float64(backend):
-    if backend == "cpp" and not d2ext.available_backends()["cpp"].available:
-        pytest.skip("d2ext._C is not built")
     value, shapes, starts, reference, offsets, _, weights = _inputs(N=1, Lq=2, M=2, D=3, P=2)
     scale = torch.rand(*reference.shape, dtype=torch.float64) * 0.1
 
@@ -156,9 +152,8 @@ def test_bad_input_raises_value_error(name):
         d2ext.ms_deform_attn_at_offsets(*inputs)
 
 
+@requires_cpp
 def test_kernel_entry_point_checks_the_reference_points():
-    if not d2ext.available_backends()["cpp"].available:
-        pytest.skip("d2ext._C is not built")
     value, shapes, starts, reference, offsets, scale, weights = _inputs(dtype=torch.float32)
     scale = scale.expand_as(reference).contiguous()
     with pytest.raises(RuntimeError, match=r"reference_points and offset_scale must be"):

@@ -25,29 +25,30 @@ class _MSDA(torch.nn.Module):
         )
 
 
-@pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory):
-    inputs = make_inputs(2, 5, 2, 4, [(6, 5), (3, 3), (2, 1)], 2, dtype=torch.float32)
+def _export(module, inputs, names, path):
+    """Exports `module` with d2ext's translation to `path`; the batch and query counts
+    (dim 1 of the inputs after the level tensors) and value's positions are dynamic."""
     batch, positions, queries = Dim("batch"), Dim("positions"), Dim("queries")
-    dynamic_shapes = (
-        {0: batch, 1: positions},
-        None,
-        None,
-        {0: batch, 1: queries},
-        {0: batch, 1: queries},
+    dynamic_shapes = ({0: batch, 1: positions}, None, None) + tuple(
+        {0: batch, 1: queries} for _ in inputs[3:]
     )
     program = torch.onnx.export(
-        _MSDA().eval(),
+        module.eval(),
         inputs,
         dynamo=True,
         dynamic_shapes=dynamic_shapes,
         custom_translation_table=TRANSLATION_TABLE,
         opset_version=OPSET,
-        input_names=NAMES,
+        input_names=names,
     )
-    path = tmp_path_factory.mktemp("onnx") / "msda.onnx"
     program.save(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory):
+    inputs = make_inputs(2, 5, 2, 4, [(6, 5), (3, 3), (2, 1)], 2, dtype=torch.float32)
+    return _export(_MSDA(), inputs, NAMES, tmp_path_factory.mktemp("onnx") / "msda.onnx")
 
 
 def test_exported_graph_has_only_standard_ops(onnx_path):
@@ -99,25 +100,9 @@ def test_at_offsets_exports_and_matches_reference(tmp_path):
         offsets = torch.randn(N, Lq, 2, len(shapes), 2, 2) * 2
         return value, spatial_shapes, level_start_index, reference, offsets, weights
 
-    batch, positions, queries = Dim("batch"), Dim("positions"), Dim("queries")
-    program = torch.onnx.export(
-        _MSDAAtOffsets().eval(),
-        inputs(2, 5, [(6, 5), (3, 3)]),
-        dynamo=True,
-        dynamic_shapes=(
-            {0: batch, 1: positions},
-            None,
-            None,
-            {0: batch, 1: queries},
-            {0: batch, 1: queries},
-            {0: batch, 1: queries},
-        ),
-        custom_translation_table=TRANSLATION_TABLE,
-        opset_version=OPSET,
-        input_names=names,
+    path = _export(
+        _MSDAAtOffsets(), inputs(2, 5, [(6, 5), (3, 3)]), names, tmp_path / "msda_at_offsets.onnx"
     )
-    path = tmp_path / "msda_at_offsets.onnx"
-    program.save(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     value, spatial_shapes, level_start_index, reference, offsets, weights = inputs(
         1, 17, [(13, 7), (7, 4)]

@@ -8,25 +8,18 @@ import subprocess
 import sys
 import textwrap
 
-import numba
 import pytest
 import torch
 
 import d2ext
 from d2ext.reference import ms_deform_attn_reference
 
-from .msda_inputs import level_tensors, make_inputs, reference_with_grads
-
-CPP = d2ext.available_backends()["cpp"].available
-NUMBA_DEVICE = "cpu" if numba.config.ENABLE_CUDASIM else "cuda"
-NUMBA = d2ext.available_backends()["numba"].available
-requires_cpp = pytest.mark.skipif(not CPP, reason="d2ext._C is not built")
-
-# (backend, device) of every backend that runs here
-BACKENDS = (
-    [("torch", "cpu")]
-    + ([("cpp", "cpu")] if CPP else [])
-    + ([("numba", NUMBA_DEVICE)] if NUMBA else [])
+from .msda_inputs import (
+    BACKENDS,
+    level_tensors,
+    make_inputs,
+    reference_with_grads,
+    requires_cpp,
 )
 
 
