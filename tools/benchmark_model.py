@@ -15,7 +15,8 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     # (exports and compiles first); --precisions bf16 int8 adds our bfloat16 paths
     # and the int8 ones (torch.compile and AOTInductor through PT2E quantization, and
     # ONNX Runtime); --hf-compile adds HF under torch.compile (minutes of
-    # compiling; slower than HF eager where it was measured, docs/benchmarks.md)
+    # compiling; slower than HF eager where it was measured, docs/benchmarks.md);
+    # --reuse-freed-memory: malloc keeps freed memory, for all models (fewer page faults)
     python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16 int8
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
@@ -440,11 +441,22 @@ def main():
         default=4,
         help="--deploy with int8: generated images that calibrate the quantized model",
     )
+    parser.add_argument(
+        "--reuse-freed-memory",
+        action="store_true",
+        help="malloc keeps freed memory for reuse (deformable_detr.export.host_memory), "
+        "for every model timed, HF's included: fewer page faults, on CPUs (glibc)",
+    )
     args = parser.parse_args()
     if "fp32" not in args.hf_precisions:
         parser.error("--hf-precisions must include fp32: every ratio is to HF fp32")
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
+    if args.reuse_freed_memory:
+        from deformable_detr.export.host_memory import reuse_freed_memory
+
+        if not reuse_freed_memory():
+            parser.error("--reuse-freed-memory needs glibc's malloc")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -463,7 +475,8 @@ def main():
     print(
         f"variant {args.variant} ({VARIANTS[args.variant]}), {args.num_classes} classes, "
         f"image {args.height}x{args.width}, {args.boxes} boxes/image, amp {args.amp}, "
-        f"warmup {args.warmup}, repeats {args.repeats}"
+        f"warmup {args.warmup}, repeats {args.repeats}, freed memory "
+        f"{'reused' if args.reuse_freed_memory else 'returned (malloc as it is)'}"
     )
 
     if args.deploy:

@@ -169,6 +169,8 @@ def test_demo_yaml(tiny_checkpoint, images, tmp_path):
             str(output),
             "--device",
             "cpu",
+            # the allocator setting is process-wide: not in the test process
+            "--no-reuse-freed-memory",
             "--confidence-threshold",
             "0",
             "--opts",
