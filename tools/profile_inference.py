@@ -8,6 +8,8 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --precision bf16 --no-freezing
     # the PT2E int8 graph (deformable_detr.export.pt2e_int8), calibrated on 4 random images
     python tools/profile_inference.py --precision int8
+    # malloc keeping freed memory (no page faults of the buffers at each call)
+    python tools/profile_inference.py --precision int8 --reuse-freed-memory
     # smoke test
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
@@ -102,7 +104,17 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="calls after the compiling one")
     parser.add_argument("--calls", type=int, default=3, help="profiled calls")
     parser.add_argument("--top", type=int, default=15, help="kernels and operators listed")
+    parser.add_argument(
+        "--reuse-freed-memory",
+        action="store_true",
+        help="malloc keeps freed memory for reuse (deformable_detr.export.host_memory)",
+    )
     args = parser.parse_args(argv)
+    if args.reuse_freed_memory:
+        from deformable_detr.export.host_memory import reuse_freed_memory
+
+        if not reuse_freed_memory():
+            parser.error("--reuse-freed-memory needs glibc's malloc")
 
     from benchmark_model import build_ours  # this folder's: the deployment benchmark's model
 
@@ -133,7 +145,8 @@ def main(argv=None):
 
     print(
         f"{args.variant}, {args.precision}, {args.height}x{args.width}, freezing "
-        f"{'off' if args.no_freezing else 'on'}, {torch.get_num_threads()} threads: "
+        f"{'off' if args.no_freezing else 'on'}, freed memory "
+        f"{'reused' if args.reuse_freed_memory else 'returned'}, {torch.get_num_threads()} threads: "
         f"compiled in {compile_s:.0f} s, {wall_ms:.0f} ms per profiled call "
         f"(mean of {args.calls})\n"
     )
