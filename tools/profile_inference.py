@@ -14,14 +14,16 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
 The model is benchmark_model.py's (--variant's COCO config, random weights, 80
-classes) on a random 0-255 image of --height x --width. Prints three Markdown
-tables: self CPU time per call of each kind of work, Inductor's kernels by self time
-(their names list the operations each one fuses), and the other operators by self
-time (the wrapper of Inductor's graph among them).
+classes) on a random 0-255 image of --height x --width. Prints the page faults and
+system CPU time per call (the kernel's share: buffers malloc took from the system
+afresh), then three Markdown tables: self CPU time per call of each kind of work,
+Inductor's kernels by self time (their names list the operations each one fuses),
+and the other operators by self time (the wrapper of Inductor's graph among them).
 """
 
 import argparse
 import re
+import resource
 import time
 from collections import defaultdict
 
@@ -139,16 +141,22 @@ def main(argv=None):
     compile_s = time.perf_counter() - start
     for _ in range(args.warmup):
         compiled(image)
+    before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     events = profile(lambda: compiled(image), args.calls)
     wall_ms = (time.perf_counter() - start) * 1000 / args.calls
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    faults = (after.ru_minflt - before.ru_minflt) / args.calls
+    system_ms = (after.ru_stime - before.ru_stime) * 1000 / args.calls
 
     print(
         f"{args.variant}, {args.precision}, {args.height}x{args.width}, freezing "
         f"{'off' if args.no_freezing else 'on'}, freed memory "
-        f"{'reused' if args.reuse_freed_memory else 'returned'}, {torch.get_num_threads()} threads: "
+        f"{'reused' if args.reuse_freed_memory else 'returned'}, "
+        f"{torch.get_num_threads()} threads: "
         f"compiled in {compile_s:.0f} s, {wall_ms:.0f} ms per profiled call "
-        f"(mean of {args.calls})\n"
+        f"(mean of {args.calls}); per call {faults:.0f} page faults, {system_ms:.0f} ms of "
+        "system CPU time (all threads)\n"
     )
     print_kinds(by_kind(events, args.calls))
     print()
