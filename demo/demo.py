@@ -51,8 +51,8 @@ from deformable_detr.data import synthetic
 from deformable_detr.data.build import dataset_name, register_yacs_datasets
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.data.dataset_mapper import detr_test_augmentation
+from deformable_detr.engine.host_memory import reuse_freed_memory
 from deformable_detr.export.artefacts import ArtefactDetector, artefact_format, load_artefact
-from deformable_detr.export.host_memory import reuse_freed_memory
 from deformable_detr.modeling.sliced_inference import slice_predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -88,7 +88,7 @@ def parse_args(argv=None):
         default=True,
         help="on a CPU, malloc keeps freed memory for the next image instead of returning "
         "it to the system: faster, at the cost of keeping the peak memory "
-        "(deformable_detr.export.host_memory)",
+        "(deformable_detr.engine.host_memory)",
     )
     parser.add_argument(
         "--scale", type=float, default=1.0, help="resize factor of the written images"
@@ -204,9 +204,9 @@ def main(argv=None):
     paths = expand_inputs(args.input)
     if not paths:
         raise SystemExit(f"--input {' '.join(args.input)}: no image matches")
+    predictor, metadata = setup(args)
     if args.reuse_freed_memory and torch.device(args.device).type == "cpu":
         reuse_freed_memory()
-    predictor, metadata = setup(args)
     os.makedirs(args.output, exist_ok=True)
     for path in tqdm.tqdm(paths, desc="demo", unit="image"):
         image = read_image(path, format="BGR")

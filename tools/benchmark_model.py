@@ -444,7 +444,7 @@ def main():
     parser.add_argument(
         "--reuse-freed-memory",
         action="store_true",
-        help="malloc keeps freed memory for reuse (deformable_detr.export.host_memory), "
+        help="malloc keeps freed memory for reuse (deformable_detr.engine.host_memory), "
         "for every model timed, HF's included: fewer page faults, on CPUs (glibc)",
     )
     args = parser.parse_args()
@@ -453,7 +453,7 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     if args.reuse_freed_memory:
-        from deformable_detr.export.host_memory import reuse_freed_memory
+        from deformable_detr.engine.host_memory import reuse_freed_memory
 
         if not reuse_freed_memory():
             parser.error("--reuse-freed-memory needs glibc's malloc")

@@ -16,7 +16,8 @@ a key the config does not have is an error naming the closest one, +key=value
 adds one. Flags such as --resume may come before or after them. The config's `train` holds
 the recipe's loop settings: amp (enabled, dtype), clip_max_norm, checkpointer
 period, eval_period, eval_after_train, log_period, device, seed (a fixed one makes a
---resume after a kill end bit-identical to an uninterrupted run on the CPU).
+--resume after a kill end bit-identical to an uninterrupted run on the CPU), and
+reuse_freed_memory (on a CPU, malloc keeps freed memory for the next iteration).
 
 One run at a time per train.output_dir (train.lock in it). Weights files load as
 data only and checkpoints are written atomically (see deformable_detr.checkpoint.checkpointer).
@@ -45,11 +46,17 @@ from deformable_detr.checkpoint.checkpointer import (
     UnreadableCheckpointError,
 )
 from deformable_detr.checkpoint.loading_rule import ClassNames, LoadingRule
-from deformable_detr.config.build import ConfigKindError, build_model, load_config
+from deformable_detr.config.build import (
+    ConfigKindError,
+    build_model,
+    configured_device,
+    load_config,
+)
 from deformable_detr.config.overrides import ConfigOverrideError
 from deformable_detr.data.build import build_train_loader, data_class_names
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.engine.hooks import ResumablePeriodicCheckpointer
+from deformable_detr.engine.host_memory import reuse_freed_memory
 from deformable_detr.engine.output import (
     AtomicJSONWriter,
     DiskFullError,
@@ -164,6 +171,8 @@ def main(args):
     default_setup(cfg, args)
     # this package's messages (dropped boxes, resuming, ...) also go to log.txt
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="deformable_detr")
+    if configured_device(cfg) == "cpu" and cfg.train.get("reuse_freed_memory", True):
+        reuse_freed_memory()
     if args.eval_only:
         model = build_model(cfg, class_names=data_class_names(cfg, "test"))  # strict
         return do_test(cfg, ddp(model, cfg))

@@ -109,11 +109,11 @@ def main(argv=None):
     parser.add_argument(
         "--reuse-freed-memory",
         action="store_true",
-        help="malloc keeps freed memory for reuse (deformable_detr.export.host_memory)",
+        help="malloc keeps freed memory for reuse (deformable_detr.engine.host_memory)",
     )
     args = parser.parse_args(argv)
     if args.reuse_freed_memory:
-        from deformable_detr.export.host_memory import reuse_freed_memory
+        from deformable_detr.engine.host_memory import reuse_freed_memory
 
         if not reuse_freed_memory():
             parser.error("--reuse-freed-memory needs glibc's malloc")

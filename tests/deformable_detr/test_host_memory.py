@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from deformable_detr.export import host_memory
+from deformable_detr.engine import host_memory
 
 from ..scripts import run_command
 
@@ -17,7 +17,7 @@ from ..scripts import run_command
 KEPT_AFTER_FREE = """
 import os, sys
 import torch
-from deformable_detr.export.host_memory import reuse_freed_memory
+from deformable_detr.engine.host_memory import reuse_freed_memory
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()
 def resident_mb():

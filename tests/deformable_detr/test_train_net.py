@@ -11,6 +11,8 @@ from ..train_net_runs import iterations as _iterations
 
 pytestmark = pytest.mark.slow  # every test here trains or runs a tool end to end
 
+FREED_MEMORY_KEPT = "malloc keeps the memory it frees for reuse"  # engine.host_memory
+
 
 def _train_net(datasets, *overrides, flags=()):
     return train_net(datasets, *flags, *overrides)
@@ -38,6 +40,7 @@ def test_trains_and_evaluates(trained):
     assert _iterations(output_dir) == [0, 1, 2]
     assert "Evaluation results for bbox" in log
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    assert FREED_MEMORY_KEPT in log  # train.device=cpu
 
 
 def test_resume_continues_from_the_saved_iteration(trained):
@@ -52,8 +55,11 @@ def test_resume_continues_from_the_saved_iteration(trained):
 def test_eval_only(trained):
     datasets, output_dir, common, _ = trained
     checkpoint = f"train.init_checkpoint={output_dir / 'model_final.pth'}"
-    log = _train_net(datasets, *common, checkpoint, flags=["--eval-only"])
+    log = _train_net(
+        datasets, *common, checkpoint, "train.reuse_freed_memory=False", flags=["--eval-only"]
+    )
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    assert FREED_MEMORY_KEPT not in log
 
 
 def test_default_predictor_on_the_checkpoint(trained):

@@ -1,16 +1,19 @@
-"""How the process's C allocator hands memory back to the system, for CPU inference.
+"""How the process's C allocator hands memory back to the system, for CPU training and
+inference.
 
-A model frees and allocates the same large buffers on every call (an encoder
-activation at 800x1333 is tens of MB). glibc's malloc serves a block of more than a
-few MB with a fresh mmap and unmaps it when it is freed, so each call page-faults its
-buffers in again, a large share of a compiled model's time on a CPU
+A model frees and allocates the same large buffers on every call or training
+iteration (an encoder activation at 800x1333 is tens of MB). glibc's malloc serves a
+block of more than a few MB with a fresh mmap and unmaps it when it is freed, so each
+call page-faults its buffers in again, a large share of a model's time on a CPU
 (docs/benchmarks.md). ``reuse_freed_memory`` makes malloc keep freed memory for the
 next call instead: no mmap for large blocks, no trimming of the heap's top. The price
-is that the process keeps its peak memory after a call, as a server that runs one
-model does anyway.
+is that the process keeps its peak memory, as a server that runs one model, or a
+training, does anyway.
 
-It is process-wide. demo/demo.py calls it on a CPU (--no-reuse-freed-memory not to);
-tools/benchmark_model.py --reuse-freed-memory calls it for every model it times.
+It is process-wide. tools/lazyconfig_train_net.py calls it when train.device is "cpu"
+(train.reuse_freed_memory=False not to), demo/demo.py on a CPU
+(--no-reuse-freed-memory not to); tools/benchmark_model.py --reuse-freed-memory calls
+it for every model it times.
 """
 
 import ctypes
@@ -51,6 +54,8 @@ def reuse_freed_memory() -> bool:
         return False
     # mallopt returns 1 on success
     done = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
-    if not done:
+    if done:
+        logger.info("malloc keeps the memory it frees for reuse (no mmap, no heap trimming)")
+    else:
         logger.warning("reuse_freed_memory: glibc's mallopt refused the settings")
     return done
