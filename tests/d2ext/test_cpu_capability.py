@@ -14,11 +14,15 @@ import torch
 
 import d2ext
 
-from .msda_inputs import TOLERANCE, assert_close_to_scale, make_inputs, reference_with_grads
-
-pytestmark = pytest.mark.skipif(
-    not d2ext.available_backends()["cpp"].available, reason="d2ext._C is not built"
+from .msda_inputs import (
+    TOLERANCE,
+    assert_close_to_scale,
+    make_inputs,
+    reference_with_grads,
+    requires_cpp,
 )
+
+pytestmark = requires_cpp
 
 ENV_VAR = "D2EXT_CPU_CAPABILITY"
 

@@ -9,18 +9,16 @@ import d2ext
 from d2ext.reference import ms_deform_attn_reference
 
 from .msda_inputs import (
+    CPP,
     assert_backend_matches_reference,
     assert_lattice_parity,
     level_tensors,
     make_inputs,
     reference_with_grads,
+    requires_cpp,
 )
 
-CPP_CPU = d2ext.available_backends()["cpp"].available
-CPP_CUDA = (
-    CPP_CPU and "cuda" in d2ext.available_backends()["cpp"].devices and torch.cuda.is_available()
-)
-requires_cpp = pytest.mark.skipif(not CPP_CPU, reason="d2ext._C is not built")
+CPP_CUDA = CPP and "cuda" in d2ext.available_backends()["cpp"].devices and torch.cuda.is_available()
 
 DEVICES = ["cpu"] + (["cuda"] if CPP_CUDA else [])
 
@@ -55,7 +53,7 @@ def test_cpp_on_the_pixel_lattice(device):
 
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_gradcheck_float64(backend):
-    if backend == "cpp" and not CPP_CPU:
+    if backend == "cpp" and not CPP:
         pytest.skip("d2ext._C is not built")
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(
         2, 3, 2, 3, [(4, 3), (2, 3)], 2, dtype=torch.float64
