@@ -16,7 +16,8 @@ same configuration, on the same device, in one run. Prints Markdown tables.
     # and the int8 ones (torch.compile and AOTInductor through PT2E quantization, and
     # ONNX Runtime); --hf-compile adds HF under torch.compile (minutes of
     # compiling; slower than HF eager where it was measured, docs/benchmarks.md);
-    # --reuse-freed-memory: malloc keeps freed memory, for all models (fewer page faults)
+    # --reuse-freed-memory: malloc keeps freed memory, for all models (fewer page faults);
+    # --fixed-size-package adds the aoti package compiled for the one image size
     python tools/benchmark_model.py --deploy --device cpu --precisions fp32 bf16 int8
 
 Both models have random weights (nothing is downloaded): ResNet-50 (frozen BN,
@@ -44,6 +45,7 @@ and optimizer state included.
 
 import argparse
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -236,17 +238,23 @@ def bench_infer(kind, model, batch, args, device):
 
 
 # ----------------------------------------------------------------------------- deployment
-def deploy_runners(model, image, precision, workdir, calibration=()):
+def deploy_runners(model, image, precision, workdir, calibration=(), fixed_size=False):
     """name -> (seconds to export or compile, fn) for our model's CPU paths on one
     image (3, H, W) at `precision` (model.inference_precision); each fn runs
     inference with post-processing (top-100 boxes in pixels). The compiled paths
     are built, and run once, here. bf16: no ONNX (onnxruntime's CPU provider has no
     bfloat16 convolution); int8: no eager path, the compiled paths through PT2E
     quantization (deformable_detr.export.pt2e_int8) and ONNX Runtime's, each calibrated
-    on `calibration` images within its setup time."""
+    on `calibration` images within its setup time. `fixed_size` adds the aoti package
+    compiled for `image`'s size only ("ours aoti, fixed size")."""
     import time
 
-    from deformable_detr.export.artefacts import ImageToDetections, compile_inference, export
+    from deformable_detr.export.artefacts import (
+        ImageToDetections,
+        compile_inference,
+        export,
+        load_artefact,
+    )
     from deformable_detr.export.precision import set_inference_precision
     from deformable_detr.export.pt2e_int8 import quantize
 
@@ -270,9 +278,11 @@ def deploy_runners(model, image, precision, workdir, calibration=()):
         feed = {"image": image.numpy()}
         return lambda: session.run(None, feed)
 
-    def aoti_package():
-        path, _ = export(model, image, "aoti", workdir, precision, calibration)
-        fn = torch._inductor.aoti_load_package(path)
+    def aoti_package(fixed=False):
+        output = os.path.join(workdir, "fixed" if fixed else "free")
+        os.makedirs(output, exist_ok=True)
+        path, _ = export(model, image, "aoti", output, precision, calibration, fixed)
+        fn = load_artefact(path, "aoti")
         return lambda: fn(image)
 
     if precision != "int8":  # int8 is a quantized graph, with no eager path
@@ -283,6 +293,8 @@ def deploy_runners(model, image, precision, workdir, calibration=()):
     if precision != "bf16":
         build("ours onnxruntime", onnxruntime_session)
     build("ours aoti", aoti_package)
+    if fixed_size:
+        build("ours aoti, fixed size", lambda: aoti_package(fixed=True))
     return runners
 
 
@@ -348,7 +360,9 @@ def bench_deploy(args, device):
     with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
         for precision in args.precisions:
             model = build_ours(args.variant, "auto", args.num_classes, device).eval()
-            runners = deploy_runners(model, images[0], precision, workdir, calibration)
+            runners = deploy_runners(
+                model, images[0], precision, workdir, calibration, args.fixed_size_package
+            )
             for name, (seconds, fn) in runners.items():
                 setup[(name, precision)] = seconds
                 for b in args.infer_batches:
@@ -434,6 +448,12 @@ def main():
         action="store_true",
         help="--deploy: also HF under torch.compile at each --hf-precisions (slower than HF "
         "eager on the CPUs measured, and minutes of compiling: off by default)",
+    )
+    parser.add_argument(
+        "--fixed-size-package",
+        action="store_true",
+        help="--deploy: also the aoti package compiled for --height x --width only "
+        "(tools/deploy/export_model.py --fixed-size)",
     )
     parser.add_argument(
         "--calibration-images",

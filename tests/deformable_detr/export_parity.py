@@ -2,18 +2,22 @@
 the eager model's at image sizes other than the export size. Run in a fresh
 process by test_export.py (a warm compile cache would hide first-use failures):
 
-    python -m tests.deformable_detr.export_parity FORMAT VARIANT [VARIANT ...] [--int8]
+    python -m tests.deformable_detr.export_parity FORMAT VARIANT [VARIANT ...] \
+        [--int8] [--fixed-size]
 
 FORMAT is an export format or "compile" (compile_inference, the deployment
 benchmark's torch.compile path, with the aoti package's Inductor options). --int8
 quantizes the model (onnx, aoti and compile), calibrated on generated images, after
 giving its box heads random last layers: their zero initialization would make every
-box a reference point, the same for any image and any precision.
+box a reference point, the same for any image and any precision. --fixed-size (aoti)
+exports the package for the export size only, compares there, and records what
+loading it answers to another size.
 
 Prints one JSON line: {variant: [{"size", "count", "eager_count", "classes_equal",
 "boxes", "scores", "box_errors"}, ...]}, with the largest absolute box and score
 differences, and for each eager detection, best first, the distance in pixels (largest
-coordinate difference) to the nearest artefact detection of its class.
+coordinate difference) to the nearest artefact detection of its class; with
+--fixed-size, a last entry {"size", "refused"}: the error's message at another size.
 """
 
 import json
@@ -66,7 +70,16 @@ def int8_ready(model, generator):
     return [torch.rand((3, *EXPORT_SIZE), generator=generator) * 255 for _ in range(4)]
 
 
-def main(fmt, variants, int8=False):
+def refusal(artefact, size, generator):
+    """The message of the ValueError `artefact` raises on an image of `size`, or None."""
+    try:
+        artefact(torch.rand((3, *size), generator=generator) * 255)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def main(fmt, variants, int8=False, fixed_size=False):
     results = {}
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as workdir:
@@ -79,12 +92,24 @@ def main(fmt, variants, int8=False):
                 module = ImageToDetections(model)
                 artefact = compile_inference(quantize(module, calibration) if int8 else module)
             else:
-                path, _ = export(model, sample, fmt, workdir, "int8" if int8 else None, calibration)
+                precision = "int8" if int8 else None
+                path, _ = export(model, sample, fmt, workdir, precision, calibration, fixed_size)
                 artefact = load_artefact(path, fmt)
-            results[variant] = [compare(model, artefact, size, generator) for size in RUN_SIZES]
+            if fixed_size:
+                runs = [compare(model, artefact, EXPORT_SIZE, generator)]
+                other = RUN_SIZES[0]
+                runs.append({"size": list(other), "refused": refusal(artefact, other, generator)})
+            else:
+                runs = [compare(model, artefact, size, generator) for size in RUN_SIZES]
+            results[variant] = runs
     print(json.dumps(results))
 
 
 if __name__ == "__main__":
     arguments = sys.argv[2:]
-    main(sys.argv[1], [a for a in arguments if a != "--int8"], int8="--int8" in arguments)
+    main(
+        sys.argv[1],
+        [a for a in arguments if not a.startswith("--")],
+        int8="--int8" in arguments,
+        fixed_size="--fixed-size" in arguments,
+    )

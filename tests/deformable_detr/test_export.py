@@ -10,9 +10,10 @@ import torch
 
 from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import input_format, load_config
-from deformable_detr.export.artefacts import ImageToDetections, load_artefact
+from deformable_detr.export.artefacts import ImageToDetections, export, load_artefact
 
 from ..scripts import ROOT, load_script, run_command
+from .export_parity import EXPORT_SIZE
 from .tiny_model import VARIANTS, build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
@@ -49,6 +50,39 @@ def test_artefacts_match_eager_at_other_sizes(fmt, variants):
             assert run["count"] == run["eager_count"] > 0, where
             assert run["classes_equal"], where
             assert run["boxes"] <= TOLERANCE and run["scores"] <= TOLERANCE, f"{where}: {run}"
+
+
+@pytest.mark.slow
+def test_fixed_size_package_matches_eager_and_refuses_other_sizes():
+    stdout = run_command(
+        [
+            sys.executable,
+            "-m",
+            "tests.deformable_detr.export_parity",
+            "aoti",
+            "multi_scale",
+            "--fixed-size",
+        ]
+    )
+    matched, other = json.loads(stdout.strip().splitlines()[-1])["multi_scale"]
+    assert matched["size"] == list(EXPORT_SIZE)
+    assert matched["count"] == matched["eager_count"] > 0 and matched["classes_equal"]
+    assert matched["boxes"] <= TOLERANCE and matched["scores"] <= TOLERANCE, matched
+    height, width = EXPORT_SIZE
+    assert other["refused"] is not None, "a fixed-size package ran an image of another size"
+    got = (3, *other["size"])
+    expected = f"was exported for images of {height}x{width} (3, H, W) only, got {got}"
+    assert expected in other["refused"], other["refused"]
+
+
+def test_fixed_size_is_refused_outside_aoti(tmp_path):
+    model = build_model("multi_scale").eval()
+    with pytest.raises(
+        ValueError,
+        match="a fixed image size is for aoti packages.*onnx artefacts take any image size",
+    ):
+        export(model, torch.rand(3, 96, 128) * 255, "onnx", str(tmp_path), fixed_size=True)
+    assert not list(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- the wrapper
@@ -164,4 +198,15 @@ def test_tool_errors_name_the_problem(capsys, tmp_path, synthetic_checkpoint):
     torch.save({"model": build_model("single_scale").state_dict()}, single_scale)
     error = _tool_error(capsys, "--format", "onnx", *out, f"train.init_checkpoint={single_scale}")
     assert error.startswith(f"export_model: {single_scale}: the weights do not fit the model")
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+    error = _tool_error(
+        capsys,
+        "--format",
+        "onnx",
+        "--fixed-size",
+        *out,
+        f"train.init_checkpoint={synthetic_checkpoint}",
+    )
+    assert error.startswith("export_model: a fixed image size is for aoti packages")
     assert not (tmp_path / "out" / "model.onnx").exists()

@@ -19,7 +19,9 @@ through PyTorch's PT2E quantization, run by Inductor's int8 kernels
 one image (3, H, W) float32 in the config's input format,
 resized as for DefaultPredictor, and returns boxes (K, 4) (x1, y1, x2, y2 in
 its pixels), scores (K,) and classes (K,) (see deformable_detr.export.artefacts). The
-sample image (--sample-image, else a generated one) only drives the tracing.
+sample image (--sample-image, else a generated one) only drives the tracing, except
+with --fixed-size (aoti), where the package is compiled for its size and takes images
+of that size only.
 """
 
 import argparse
@@ -64,6 +66,13 @@ def parse_args(argv=None):
         default=16,
         help="int8: how many of the training set's first images calibrate the activation "
         "ranges (never the test set's)",
+    )
+    parser.add_argument(
+        "--fixed-size",
+        action="store_true",
+        help="aoti: compile the package for the size of --sample-image only (the size the "
+        "package will be given, after resizing); it refuses other sizes, and runs faster "
+        "on CPUs (docs/benchmarks.md)",
     )
     parser.add_argument(
         "opts",
@@ -116,12 +125,16 @@ def main(argv=None):
 
             calibration = calibration_images(cfg, args.calibration_images)
         image = sample_image(args.sample_image, input_format(cfg))
-        path, usage = export(model, image, args.format, output, args.precision, calibration)
+        path, usage = export(
+            model, image, args.format, output, args.precision, calibration, args.fixed_size
+        )
     except (ValueError, OSError, UnreadableCheckpointError) as e:
         sys.exit(f"export_model: {e}")
     print(f"wrote {path}")
+    height, width = image.shape[-2:]
+    size = f"H x W = {height} x {width} only" if args.fixed_size else f"H and W >= {MIN_SIZE}"
     print(
-        f"input: image (3, H, W) float32 0-255, {input_format(cfg)}, H and W >= {MIN_SIZE}; "
+        f"input: image (3, H, W) float32 0-255, {input_format(cfg)}, {size}; "
         "outputs: boxes (K, 4) x1y1x2y2 pixels, scores (K,), classes (K,)"
     )
     print(f"load and run: {usage}")

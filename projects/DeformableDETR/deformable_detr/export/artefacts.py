@@ -16,8 +16,14 @@ Precisions: "fp32"; "bf16" (bfloat16 autocast, deformable_detr.export.precision)
 torchscript, exported-program and aoti; "int8" (static quantization calibrated on a few
 images) for ONNX, run by onnxruntime (deformable_detr.export.quantization), and for aoti,
 PT2E quantization compiled by Inductor (deformable_detr.export.pt2e_int8).
+
+An aoti package may instead be compiled for the sample image's size only
+(``fixed_size``): Inductor then packs every convolution's weights once, for that
+size, where a free size leaves oneDNN to pick or reorder them at each call
+(docs/benchmarks.md measures the difference). load_artefact refuses other sizes.
 """
 
+import functools
 import os
 import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,6 +47,7 @@ __all__ = [
     "compile_inference",
     "dynamic_image_shapes",
     "export",
+    "fixed_image_size",
     "load_artefact",
 ]
 
@@ -92,11 +99,15 @@ def dynamic_image_shapes():
 
 
 def export_program(
-    module: nn.Module, image: torch.Tensor, strict: bool = False
+    module: nn.Module, image: torch.Tensor, strict: bool = False, fixed_size: bool = False
 ) -> torch.export.ExportedProgram:
+    """torch.export of `module` traced on `image`, for any image size (or `image`'s only)."""
     with torch.no_grad():
         return torch.export.export(
-            module, (image,), dynamic_shapes=dynamic_image_shapes(), strict=strict
+            module,
+            (image,),
+            dynamic_shapes=None if fixed_size else dynamic_image_shapes(),
+            strict=strict,
         )
 
 
@@ -148,12 +159,20 @@ def compile_inference(module: nn.Module, options: Optional[Dict] = None) -> Call
     return run
 
 
-def save_aoti(module: nn.Module, image: torch.Tensor, path: str):
+# The package metadata that names the one image size ("HxW") a fixed-size package takes.
+FIXED_SIZE_KEY = "image_size"
+
+
+def save_aoti(module: nn.Module, image: torch.Tensor, path: str, fixed_size: bool = False):
+    options = dict(INDUCTOR_INFERENCE_OPTIONS)
+    if fixed_size:
+        height, width = image.shape[-2:]
+        options["aot_inductor.metadata"] = {FIXED_SIZE_KEY: f"{height}x{width}"}
     with torch.no_grad():  # Inductor freezes only a graph compiled without autograd
         torch._inductor.aoti_compile_and_package(
-            export_program(module, image),
+            export_program(module, image, fixed_size=fixed_size),
             package_path=path,
-            inductor_configs=INDUCTOR_INFERENCE_OPTIONS,
+            inductor_configs=options,
         )
 
 
@@ -186,6 +205,13 @@ FORMATS: Dict[str, Tuple[str, Callable, str]] = {
 }
 
 
+# A fixed-size package loads through load_artefact, which checks the image size: the
+# package itself reads its inputs at the compiled size whatever their shape.
+FIXED_SIZE_USAGE = (
+    "import d2ext; from deformable_detr.export.artefacts import load_artefact; "
+    "model = load_artefact('{path}', 'aoti'); boxes, scores, classes = model(image)"
+)
+
 EXPORT_PRECISIONS = PRECISIONS + ("int8",)
 INT8_FORMATS = ("onnx", "aoti")
 
@@ -216,13 +242,14 @@ def _save_int8(
     fmt: str,
     path: str,
     calibration_images: Sequence[torch.Tensor],
+    fixed_size: bool = False,
 ):
     """Writes the int8 artefact of `module` (float32) in `fmt` (one of INT8_FORMATS),
     calibrated on `calibration_images`, to `path`."""
     if fmt == "aoti":
         from .pt2e_int8 import quantize
 
-        save_aoti(quantize(module, calibration_images), image, path)
+        save_aoti(quantize(module, calibration_images), image, path, fixed_size)
         return
     from .quantization import quantize_onnx
 
@@ -239,18 +266,25 @@ def export(
     output_dir: str,
     precision: Optional[str] = None,
     calibration_images: Sequence[torch.Tensor] = (),
+    fixed_size: bool = False,
 ) -> Tuple[str, str]:
     """Exports `model` in format `fmt` (a key of FORMATS), traced on `image` (3, H, W),
     into output_dir, at `precision` (one of EXPORT_PRECISIONS; default the model's
     inference_precision, which this sets). "int8" (onnx and aoti) quantizes the float32
     graph, calibrated on `calibration_images` (each (3, H, W) as the artefact takes
-    them, from the training set), into model_int8.onnx or model_int8_aoti.pt2. Returns
+    them, from the training set), into model_int8.onnx or model_int8_aoti.pt2.
+    `fixed_size` (aoti only) compiles the package for `image`'s size only. Returns
     the artefact's path and a line of Python that loads and runs it on an `image` tensor."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     check_exportable(model)
     precision = precision or model.inference_precision
     check_precision(fmt, precision)
+    if fixed_size and fmt != "aoti":
+        raise ValueError(
+            f"a fixed image size is for aoti packages, which Inductor compiles for that size; "
+            f"{fmt} artefacts take any image size: export {fmt} without it, or use --format aoti"
+        )
     if precision == "int8" and len(calibration_images) == 0:
         raise ValueError(
             "int8 export needs calibration images (a few of the training set); got none"
@@ -259,9 +293,12 @@ def export(
     if model.inference_precision != float_precision:
         set_inference_precision(model, float_precision)
     file_name, save, usage = FORMATS[fmt]
+    if fixed_size:
+        save = functools.partial(save_aoti, fixed_size=True)
+        usage = FIXED_SIZE_USAGE
     if precision == "int8":
         path = os.path.join(output_dir, file_name.replace("model", "model_int8", 1))
-        _save_int8(ImageToDetections(model), image, fmt, path, calibration_images)
+        _save_int8(ImageToDetections(model), image, fmt, path, calibration_images, fixed_size)
         return path, usage.format(path=path)
     path = os.path.join(output_dir, file_name)
     save(ImageToDetections(model), image, path)
@@ -289,11 +326,38 @@ def load_artefact(path: str, fmt: str) -> Callable:
     if fmt == "exported-program":
         return torch.export.load(path).module()
     if fmt == "aoti":
-        return torch._inductor.aoti_load_package(path)
+        package = torch._inductor.aoti_load_package(path)
+        size = fixed_image_size(package)
+        return package if size is None else _FixedSizePackage(package, size, path)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return lambda image: [torch.from_numpy(x) for x in session.run(None, {"image": image.numpy()})]
+
+
+def fixed_image_size(package) -> Optional[Tuple[int, int]]:
+    """The (H, W) a loaded aoti package was compiled for, or None if it takes any size."""
+    size = package.get_metadata().get(FIXED_SIZE_KEY)
+    if size is None:
+        return None
+    height, width = size.split("x")
+    return int(height), int(width)
+
+
+class _FixedSizePackage:
+    """A fixed-size aoti package that refuses images of another size."""
+
+    def __init__(self, package, size: Tuple[int, int], path: str):
+        self.package, self.size, self.path = package, size, path
+
+    def __call__(self, image: torch.Tensor):
+        if tuple(image.shape) != (3, *self.size):
+            raise ValueError(
+                f"{self.path} was exported for images of {self.size[0]}x{self.size[1]} "
+                f"(3, H, W) only, got {tuple(image.shape)}: resize to that size, or export "
+                "the package without a fixed size to take any size"
+            )
+        return self.package(image)
 
 
 class ArtefactDetector:
