@@ -52,7 +52,12 @@ from deformable_detr.data.build import dataset_name, register_yacs_datasets
 from deformable_detr.data.coco_json import DatasetError
 from deformable_detr.data.dataset_mapper import detr_test_augmentation
 from deformable_detr.engine.host_memory import reuse_freed_memory
-from deformable_detr.export.artefacts import ArtefactDetector, artefact_format, load_artefact
+from deformable_detr.export.artefacts import (
+    ArtefactDetector,
+    ImageSizeError,
+    artefact_format,
+    load_artefact,
+)
 from deformable_detr.modeling.sliced_inference import slice_predictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -210,7 +215,10 @@ def main(argv=None):
     os.makedirs(args.output, exist_ok=True)
     for path in tqdm.tqdm(paths, desc="demo", unit="image"):
         image = read_image(path, format="BGR")
-        instances = predictor(image)["instances"]
+        try:
+            instances = predictor(image)["instances"]
+        except ImageSizeError as e:  # a fixed-size package; the config resized the image
+            raise SystemExit(f"error: {path}, as the config resizes it: {e}")
         out = os.path.join(args.output, os.path.basename(path))
         if not cv2.imwrite(
             out, visualize(image, instances, metadata, args.confidence_threshold, args.scale)

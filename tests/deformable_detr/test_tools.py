@@ -233,6 +233,30 @@ def test_demo_runs_an_exported_artefact_as_the_model(tiny_checkpoint, images, tm
         demo.setup(demo.parse_args(["--artefact", str(tiny_checkpoint), *arguments]))
 
 
+def test_demo_stops_at_an_image_a_fixed_size_package_refuses(
+    tiny_checkpoint, images, tmp_path, monkeypatch
+):
+    from deformable_detr.export.artefacts import FixedSizePackage
+
+    package = tmp_path / "model_aoti.pt2"
+    package.write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(
+        demo, "load_artefact", lambda path, fmt: FixedSizePackage(calls.append, (50, 50), path)
+    )
+    config = str(ROOT / "configs" / "synthetic" / "deformable_detr_tiny.yaml")
+    with pytest.raises(SystemExit) as stop:
+        demo.main(
+            ["--config-file", config, "--input", str(images), "--output", str(tmp_path / "out")]
+            + ["--artefact", str(package), "--device", "cpu", "--no-reuse-freed-memory"]
+            + ["--opts", "MODEL.WEIGHTS", str(tiny_checkpoint)]
+        )
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and ", as the config resizes it: " in message
+    assert f"{package} was exported for images of 50x50 (3, H, W) only, got (3, " in message
+    assert calls == []
+
+
 def test_demo_no_input(tmp_path):
     with pytest.raises(SystemExit, match="no image matches"):
         demo.main(

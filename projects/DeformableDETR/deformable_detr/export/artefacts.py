@@ -41,6 +41,8 @@ __all__ = [
     "EXPORT_PRECISIONS",
     "FORMATS",
     "ArtefactDetector",
+    "FixedSizePackage",
+    "ImageSizeError",
     "ImageToDetections",
     "artefact_format",
     "check_precision",
@@ -328,7 +330,7 @@ def load_artefact(path: str, fmt: str) -> Callable:
     if fmt == "aoti":
         package = torch._inductor.aoti_load_package(path)
         size = fixed_image_size(package)
-        return package if size is None else _FixedSizePackage(package, size, path)
+        return package if size is None else FixedSizePackage(package, size, path)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
@@ -344,15 +346,20 @@ def fixed_image_size(package) -> Optional[Tuple[int, int]]:
     return int(height), int(width)
 
 
-class _FixedSizePackage:
-    """A fixed-size aoti package that refuses images of another size."""
+class ImageSizeError(ValueError):
+    """An image of another size than the one a fixed-size package was compiled for."""
+
+
+class FixedSizePackage:
+    """A fixed-size aoti package (a function image -> boxes, scores, classes) that
+    raises ImageSizeError on images of another size."""
 
     def __init__(self, package, size: Tuple[int, int], path: str):
         self.package, self.size, self.path = package, size, path
 
     def __call__(self, image: torch.Tensor):
         if tuple(image.shape) != (3, *self.size):
-            raise ValueError(
+            raise ImageSizeError(
                 f"{self.path} was exported for images of {self.size[0]}x{self.size[1]} "
                 f"(3, H, W) only, got {tuple(image.shape)}: resize to that size, or export "
                 "the package without a fixed size to take any size"
