@@ -19,8 +19,9 @@ PT2E quantization compiled by Inductor (deformable_detr.export.pt2e_int8).
 
 An aoti package may instead be compiled for the sample image's size only
 (``fixed_size``): Inductor then packs every convolution's weights once, for that
-size, where a free size leaves oneDNN to pick or reorder them at each call
-(docs/benchmarks.md measures the difference). load_artefact refuses other sizes.
+size, where with a free size it packs int8 weights without knowing the size and float
+ones at each call (docs/benchmarks.md measures the difference). load_artefact refuses
+other sizes.
 """
 
 import functools
