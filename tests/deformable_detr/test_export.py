@@ -5,6 +5,8 @@ variant, parity with the eager model at image sizes other than the export size
 import json
 import sys
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -200,13 +202,21 @@ def test_tool_errors_name_the_problem(capsys, tmp_path, synthetic_checkpoint):
     assert error.startswith(f"export_model: {single_scale}: the weights do not fit the model")
     assert not (tmp_path / "out" / "model.onnx").exists()
 
+    sample = tmp_path / "sample.png"
+    cv2.imwrite(str(sample), np.zeros((96, 128, 3), np.uint8))
     error = _tool_error(
         capsys,
         "--format",
         "onnx",
         "--fixed-size",
+        "--sample-image",
+        str(sample),
         *out,
         f"train.init_checkpoint={synthetic_checkpoint}",
     )
     assert error.startswith("export_model: a fixed image size is for aoti packages")
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+    error = _tool_error(capsys, "--format", "aoti", "--fixed-size", *out)
+    assert error.startswith("export_model: --fixed-size compiles the package for the size of")
+    assert not (tmp_path / "out" / "model_aoti.pt2").exists()

@@ -113,6 +113,11 @@ def writable_directory(path: str) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.fixed_size and args.sample_image is None:
+        sys.exit(
+            "export_model: --fixed-size compiles the package for the size of --sample-image "
+            "only; give --sample-image an image of the size the package will be given"
+        )
     try:
         output = writable_directory(args.output)
         cfg = load_config(args.config_file, args.opts)
