@@ -120,10 +120,12 @@ class MSDeformAttn(nn.Module):
         # is not a bfloat16 number.
         offsets = self.sampling_offsets(query).to(reference_points.dtype).view(N, Lq, M, L, P, 2)
         logits = self.attention_weights(query).to(reference_points.dtype)
-        # softmax over each (query, head)'s L * P samples, on a 2-D view: on the 4-D
-        # (N, Lq, M, L * P) view Inductor stored the exponentials transposed, Lq
-        # innermost, in scalar code, four times slower (docs/benchmarks.md)
-        weights = logits.view(-1, L * P).softmax(-1).view(N, Lq, M, L, P)
+        # softmax over each (query, head)'s L * P samples, on a (N * Lq, M, L * P) view.
+        # On the 4-D (N, Lq, M, L * P) view Inductor stored the exponentials transposed,
+        # Lq innermost, in scalar code; on a 2-D (N * Lq * M, L * P) view with a free
+        # image size it read each logit at an index taken modulo the token count, an
+        # expression of the image size; both several times slower (docs/benchmarks.md)
+        weights = logits.view(N * Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
 
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: (x, y) / (W, H)

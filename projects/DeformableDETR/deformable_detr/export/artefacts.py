@@ -37,6 +37,7 @@ from torch import nn
 from ..modeling.deformable_transformer import sizes_as_tensor
 from ..modeling.meta_arch.set_prediction import SetPredictionDetector
 from .precision import PRECISIONS, full_precision, inference_autocast, set_inference_precision
+from .weight_packing import packed_for_example_size
 
 __all__ = [
     "EXPORT_PRECISIONS",
@@ -156,7 +157,7 @@ def compile_inference(module: nn.Module, options: Optional[Dict] = None) -> Call
 
     def run(*inputs):
         # torch.compile's options= does not reach freezing, which is read before them
-        with torch.no_grad(), torch._inductor.config.patch(options):
+        with torch.no_grad(), torch._inductor.config.patch(options), packed_for_example_size():
             return compiled(*inputs)
 
     return run
@@ -171,7 +172,8 @@ def save_aoti(module: nn.Module, image: torch.Tensor, path: str, fixed_size: boo
     if fixed_size:
         height, width = image.shape[-2:]
         options["aot_inductor.metadata"] = {FIXED_SIZE_KEY: f"{height}x{width}"}
-    with torch.no_grad():  # Inductor freezes only a graph compiled without autograd
+    # Inductor freezes only a graph compiled without autograd
+    with torch.no_grad(), packed_for_example_size():
         torch._inductor.aoti_compile_and_package(
             export_program(module, image, fixed_size=fixed_size),
             package_path=path,
