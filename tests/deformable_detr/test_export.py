@@ -3,6 +3,7 @@ variant, parity with the eager model at image sizes other than the export size
 (each format exported in a fresh process), and the tool's errors."""
 
 import json
+import logging
 import sys
 
 import cv2
@@ -12,6 +13,7 @@ import torch
 
 from deformable_detr.config.build import build_model as build_configured_model
 from deformable_detr.config.build import input_format, load_config
+from deformable_detr.export import weight_packing
 from deformable_detr.export.artefacts import ImageToDetections, export, load_artefact
 
 from ..scripts import ROOT, load_script, run_command
@@ -110,6 +112,31 @@ def test_free_size_int8_package_packs_each_weight_for_the_traced_size():
     assert linear is not None and np.prod(linear) == tokens * 32, results
     # a layout only: at another size the package computes what the int8 graph does
     assert results["difference"] <= 1e-3 * results["scale"], results
+
+
+def test_weight_packing_gives_inductor_back_and_warns_without_its_freezing_step(
+    monkeypatch, caplog
+):
+    from torch._inductor import freezing
+
+    original = freezing.freezing_passes
+    with pytest.raises(RuntimeError, match="inside"):
+        with weight_packing.packed_for_example_size():
+            assert freezing.freezing_passes is not original
+            raise RuntimeError("inside")
+    assert freezing.freezing_passes is original
+
+    # a torch whose Inductor moved the step: export still works, and says what it lacks
+    monkeypatch.delattr(freezing, "freezing_passes")
+    weight_packing._warn_without_freezing_passes.cache_clear()
+    logging.getLogger(weight_packing.__name__).addHandler(caplog.handler)
+    try:
+        with weight_packing.packed_for_example_size():
+            pass
+    finally:
+        logging.getLogger(weight_packing.__name__).removeHandler(caplog.handler)
+        weight_packing._warn_without_freezing_passes.cache_clear()
+    assert "no freezing.freezing_passes" in caplog.text
 
 
 def test_fixed_size_is_refused_outside_aoti(tmp_path):

@@ -18,10 +18,11 @@ images) for ONNX, run by onnxruntime (deformable_detr.export.quantization), and 
 PT2E quantization compiled by Inductor (deformable_detr.export.pt2e_int8).
 
 An aoti package may instead be compiled for the sample image's size only
-(``fixed_size``): Inductor then packs every convolution's weights once, for that
-size, where with a free size it packs int8 weights without knowing the size and float
-ones at each call (docs/benchmarks.md measures the difference). load_artefact refuses
-other sizes.
+(``fixed_size``): Inductor then specializes every kernel and packs every convolution's
+weights for that size. With a free size the int8 weights are packed for the sample
+image's size too (deformable_detr.export.weight_packing), the float convolution
+weights at each call. load_artefact refuses other sizes to a fixed-size package;
+docs/benchmarks.md measures the difference.
 """
 
 import functools

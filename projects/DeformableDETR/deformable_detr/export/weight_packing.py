@@ -17,12 +17,16 @@ measures the difference.
 """
 
 import contextlib
+import functools
+import logging
 from typing import Iterator, List, Optional
 
 import torch
 from torch.fx.experimental.symbolic_shapes import has_free_symbols, optimization_hint
 
 __all__ = ["pack_weights_for_example_size", "packed_for_example_size"]
+
+logger = logging.getLogger(__name__)
 
 
 def _example_shape(node: torch.fx.Node) -> Optional[List[int]]:
@@ -67,13 +71,25 @@ def pack_weights_for_example_size(graph: torch.fx.Graph) -> int:
     return changed
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_without_freezing_passes():
+    logger.warning(
+        "this torch's Inductor has no freezing.freezing_passes to follow: int8 weights "
+        "of a free image size are packed for no size in particular (slower convolutions)"
+    )
+
+
 @contextlib.contextmanager
 def packed_for_example_size() -> Iterator[None]:
-    """Within it, Inductor's freezing packs weights for the example input's size
+    """Within it, Inductor's freezing packs int8 weights for the example input's size
     (pack_weights_for_example_size) in every graph it compiles."""
     from torch._inductor import freezing
 
-    freezing_passes = freezing.freezing_passes
+    freezing_passes = getattr(freezing, "freezing_passes", None)
+    if freezing_passes is None:
+        _warn_without_freezing_passes()
+        yield
+        return
 
     def passes_then_packing(gm: torch.fx.GraphModule, example_inputs):
         freezing_passes(gm, example_inputs)
