@@ -14,13 +14,13 @@ by test_export.py (a warm compile cache would skip the compile).
 import json
 import re
 import tempfile
-import zipfile
 
 import torch
 
 from deformable_detr.export.artefacts import export
 
 from .export_parity import EXPORT_SIZE
+from .int8_fusion import generated_code
 from .tiny_model import build_model
 
 KERNEL = re.compile(r'extern "C"\s+void\s+(\w+)\(')
@@ -29,9 +29,7 @@ MODULO = "% static_cast<int64_t>("
 
 def kernel_sources(package_path: str) -> dict:
     """Kernel name -> its C++ source, from the package's generated kernel file."""
-    with zipfile.ZipFile(package_path) as package:
-        (name,) = [n for n in package.namelist() if n.endswith("kernel.cpp")]
-        code = package.read(name).decode()
+    code = generated_code(package_path, "kernel")
     starts = [(m.start(), m.group(1)) for m in KERNEL.finditer(code)]
     ends = [start for start, _ in starts[1:]] + [len(code)]
     return {name: code[start:end] for (start, name), end in zip(starts, ends)}

@@ -29,11 +29,12 @@ UNARY_CALL = r'aoti_torch_cpu__qlinear_pointwise_tensor\([^;]*?"(\w+)", std::arr
 BINARY_CALL = r'aoti_torch_cpu__qlinear_pointwise_binary_tensor\([^;]*?"(sum|add)"'
 
 
-def generated_code(package_path: str) -> str:
-    """The C++ wrapper of an AOTInductor package: the calls of the operators it runs."""
+def generated_code(package_path: str, kind: str = "wrapper") -> str:
+    """The C++ source of an AOTInductor package: its "wrapper" (the calls of the
+    operators it runs) or its "kernel" file (the kernels Inductor generated)."""
     with zipfile.ZipFile(package_path) as package:
-        (wrapper,) = [name for name in package.namelist() if name.endswith("wrapper.cpp")]
-        return package.read(wrapper).decode()
+        (source,) = [name for name in package.namelist() if name.endswith(f"{kind}.cpp")]
+        return package.read(source).decode()
 
 
 def fused_post_operations() -> dict:
