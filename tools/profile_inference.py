@@ -10,6 +10,8 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --precision int8
     # malloc keeping freed memory (no page faults of the buffers at each call)
     python tools/profile_inference.py --precision int8 --reuse-freed-memory
+    # and the reorders oneDNN runs in one call (weights repacked at every call among them)
+    python tools/profile_inference.py --precision int8 --onednn-reorders
     # smoke test
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
@@ -18,12 +20,20 @@ classes) on a random 0-255 image of --height x --width. Prints the page faults a
 system CPU time per call (the kernel's share: buffers malloc took from the system
 afresh), then three Markdown tables: self CPU time per call of each kind of work,
 Inductor's kernels by self time (their names list the operations each one fuses),
-and the other operators by self time (the wrapper of Inductor's graph among them).
+and the other operators by self time (the wrapper of Inductor's graph among them);
+with --onednn-reorders, a fourth: the reorders oneDNN ran in one more call, read from
+its verbose output. A weight packed at compile time should not appear there: a
+weight's dims (output channels first) in that table mean it is repacked at every call.
 """
 
 import argparse
+import contextlib
+import ctypes
+import os
 import re
 import resource
+import sys
+import tempfile
 import time
 from collections import defaultdict
 
@@ -91,6 +101,53 @@ def print_slowest(events, calls, top, generated):
         print(f"| `{name}` | {ms:.1f} | {event.count // calls} |")
 
 
+@contextlib.contextmanager
+def written_to_stdout():
+    """Collects what C libraries (and Python) write to file descriptor 1 inside the
+    block into the list it yields, as one string."""
+    written = []
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield written
+        finally:
+            sys.stdout.flush()
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            written.append(sink.read().decode(errors="replace"))
+
+
+def onednn_reorders(fn):
+    """{(source layout -> destination layout, dims): [count, ms]} of the reorders oneDNN
+    executes in fn(), from its verbose output."""
+    with written_to_stdout() as written:
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            fn()
+    reorders = defaultdict(lambda: [0, 0.0])
+    for line in written[0].splitlines():
+        fields = line.split(",")
+        if not line.startswith("onednn_verbose") or fields[3:6] != ["exec", "cpu", "reorder"]:
+            continue
+        layouts = next(field for field in fields if field.startswith("src:"))
+        entry = reorders[(layouts.replace(" dst:", " -> "), fields[-2])]
+        entry[0] += 1
+        entry[1] += float(fields[-1])
+    return dict(reorders)
+
+
+def print_reorders(reorders):
+    print("| oneDNN reorder in one call | dims | count | ms |")
+    print("|---|---|---|---|")
+    for (layouts, dims), (count, ms) in sorted(reorders.items(), key=lambda item: -item[1][1]):
+        print(f"| `{layouts}` | {dims} | {count} | {ms:.1f} |")
+    if not reorders:
+        print("| none | | | |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -110,6 +167,11 @@ def main(argv=None):
         "--reuse-freed-memory",
         action="store_true",
         help="malloc keeps freed memory for reuse (deformable_detr.engine.host_memory)",
+    )
+    parser.add_argument(
+        "--onednn-reorders",
+        action="store_true",
+        help="then list the reorders oneDNN runs in one more call (from its verbose output)",
     )
     args = parser.parse_args(argv)
     if args.reuse_freed_memory:
@@ -163,6 +225,9 @@ def main(argv=None):
     print_slowest(events, args.calls, args.top, generated=True)
     print()
     print_slowest(events, args.calls, args.top, generated=False)
+    if args.onednn_reorders:
+        print()
+        print_reorders(onednn_reorders(lambda: compiled(image)))
 
 
 if __name__ == "__main__":

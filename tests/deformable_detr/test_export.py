@@ -4,6 +4,7 @@ variant, parity with the eager model at image sizes other than the export size
 
 import json
 import logging
+import os
 import sys
 
 import cv2
@@ -112,6 +113,41 @@ def test_free_size_int8_package_packs_each_weight_for_the_traced_size():
     assert linear is not None and np.prod(linear) == tokens * 32, results
     # a layout only: at another size the package computes what the int8 graph does
     assert results["difference"] <= 1e-3 * results["scale"], results
+
+
+def test_unpadded_packing_shape_keeps_the_traced_shape_unless_its_layout_is_padded():
+    traced = [1, 512, 25, 42]
+    larger = [[1, 512, 50, 84], [1, 512, 100, 168]]
+
+    def sizes(*nbytes):
+        return dict(zip(map(tuple, [traced] + larger), nbytes)).__getitem__
+
+    def choose(*nbytes):
+        return weight_packing.unpadded_packing_shape(traced, lambda s: sizes(*nbytes)(tuple(s)))
+
+    assert choose(100, 100, 100) == traced
+    assert choose(104, 100, 100) == larger[0]
+    assert choose(104, 104, 100) == larger[1]
+    assert choose(100, 96, 100) == larger[0]  # the fewest bytes, whichever shape
+
+
+def test_int8_convolution_weight_is_not_reordered_at_each_call_from_a_padded_layout():
+    """oneDNN packs an int8 convolution weight for a float32 output; the fused
+    convolution writes uint8. For R50's last 512 -> 2048 convolution at 800x1333 on
+    AVX-512 VNNI CPUs the packing holds padding (48 output channels a block) and the
+    convolution reorders the weight at every call (30 ms, 3 calls per image);
+    unpadded_packing_shape picks a packing it reads as it is. Elsewhere both packings
+    may already agree; a padded source must never be reordered either way."""
+    from .conv_weight_reorders import weight_reorders
+
+    command = [sys.executable, "-m", "tests.deformable_detr.conv_weight_reorders"]
+    results = weight_reorders(run_command(command, env=dict(os.environ, ONEDNN_VERBOSE="1")))
+    assert set(results) == {"traced", "chosen"}, results
+    chosen, traced = results["chosen"], results["traced"]
+    assert not chosen["padded"] or traced["padded"], results
+    assert not any(":p:" in reorder.split(" -> ")[0] for reorder in chosen["reorders"]), results
+    if any(":p:" in reorder.split(" -> ")[0] for reorder in traced["reorders"]):
+        assert chosen["reorders"] == [], results
 
 
 def test_weight_packing_gives_inductor_back_and_warns_without_its_freezing_step(

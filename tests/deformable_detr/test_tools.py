@@ -335,6 +335,24 @@ def test_profile_inference_lists_kernels_and_operators_apart(capsys):
     ]
 
 
+def test_profile_inference_reads_the_reorders_onednn_runs(capsys):
+    """oneDNN's verbose output of one call, read from the file descriptor it prints
+    to: an eager float convolution on contiguous (not blocked) tensors reorders its
+    weight into oneDNN's layout (at this size ATen hands the convolution to oneDNN)."""
+    image = torch.rand(1, 64, 64, 64)
+    weight = torch.rand(64, 64, 3, 3)
+    reorders = profile_inference.onednn_reorders(lambda: torch.nn.functional.conv2d(image, weight))
+    assert reorders, "no reorder read"
+    assert any(dims == "64x64x3x3" for _, dims in reorders), reorders
+    for (layouts, _), (count, ms) in reorders.items():
+        assert " -> " in layouts and count >= 1 and ms >= 0, reorders
+    print("after")  # stdout is Python's own again
+    profile_inference.print_reorders(reorders)
+    out = capsys.readouterr().out
+    assert out.startswith("after\n| oneDNN reorder in one call |"), out
+    assert "onednn_verbose" not in out
+
+
 @pytest.mark.slow
 def test_profile_inference_profiles_the_int8_graph():
     """--precision int8 profiles the PT2E graph compiled to oneDNN's int8 kernels (in a
@@ -344,7 +362,7 @@ def test_profile_inference_profiles_the_int8_graph():
     result = subprocess.run(
         [sys.executable, "tools/profile_inference.py", "--precision", "int8", "--height", "96"]
         + ["--width", "128", "--calls", "1", "--warmup", "0", "--calibration-images", "1"]
-        + ["--reuse-freed-memory"],
+        + ["--reuse-freed-memory", "--onednn-reorders"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -362,3 +380,5 @@ def test_profile_inference_profiles_the_int8_graph():
     for kind in ("convolutions", "matrix products", "MSDA op"):
         assert float(kinds[kind][0]) > 0, kinds
     assert int(kinds["convolutions"][2]) >= 50, kinds  # the backbone's and the projections'
+    assert "| oneDNN reorder in one call | dims | count | ms |" in result.stdout
+    assert "onednn_verbose" not in result.stdout  # read, not passed through

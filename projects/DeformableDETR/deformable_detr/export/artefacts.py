@@ -20,8 +20,9 @@ PT2E quantization compiled by Inductor (deformable_detr.export.pt2e_int8).
 An aoti package may instead be compiled for the sample image's size only
 (``fixed_size``): Inductor then specializes every kernel and packs every convolution's
 weights for that size. With a free size the int8 weights are packed for the sample
-image's size too (deformable_detr.export.weight_packing), the float convolution
-weights at each call. load_artefact refuses other sizes to a fixed-size package;
+image's size too (deformable_detr.export.weight_packing, which also keeps int8
+convolution weights out of padded layouts at any size), the float convolution weights
+at each call. load_artefact refuses other sizes to a fixed-size package;
 docs/benchmarks.md measures the difference.
 """
 

@@ -1,4 +1,4 @@
-"""int8 weight packing for a graph Inductor compiles with a free image size.
+"""The input shapes int8 weights are packed for, in the graphs Inductor compiles.
 
 With freezing, Inductor hands oneDNN its int8 convolution and linear weights
 pre-packed in the blocked layout its kernels read, and oneDNN picks that layout for
@@ -7,6 +7,15 @@ the input's shape. With a free image size torchao's x86 passes give it none
 the convolutions run slower at every size. Inductor packs float linear weights for the
 traced input's size (its size hint) in that case; this does the same for int8: each
 weight is packed for the shape its input had when the graph was traced.
+
+oneDNN's packing also assumes a float32 output, while the fused int8 convolutions
+mostly write uint8: for some shapes (R50's last 512 -> 2048 convolution at the 25x42
+of an 800x1333 image, on AVX-512 VNNI) it then picks a padded layout (48 output
+channels a block for 2048) that the convolution itself does not use, and the weight is
+reordered at every call, a slow reorder between two blocked layouts. So each int8
+convolution weight gets the layout packed for its input's shape unless that layout is
+padded and the layout for a larger input of the same channels is not
+(unpadded_packing_shape).
 
 The packing is a layout only: at another image size oneDNN still computes the same
 convolution, so the results do not depend on the size traced. docs/benchmarks.md
@@ -19,12 +28,17 @@ measures the difference.
 import contextlib
 import functools
 import logging
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.symbolic_shapes import has_free_symbols, optimization_hint
 
-__all__ = ["pack_weights_for_example_size", "packed_for_example_size"]
+__all__ = ["pack_weights_for_example_size", "packed_for_example_size", "unpadded_packing_shape"]
+
+# input shapes tried after the traced one, as spatial scales of it (a larger input
+# leads oneDNN's choice of output-channel block towards the one its int8 kernels use)
+SPATIAL_SCALES_TRIED = (2, 4)
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +65,66 @@ def _int8_prepacks():
     return {torch.ops.onednn.qconv_prepack: 8, torch.ops.onednn.qlinear_prepack: 1}
 
 
+def unpadded_packing_shape(shape: List[int], packed_bytes: Callable[[List[int]], int]) -> List[int]:
+    """The input shape to pack a convolution weight for: `shape` (N, C, H, W), unless
+    packed_bytes(shape), the size of the layout packed for it, exceeds that of an input
+    SPATIAL_SCALES_TRIED times larger; then the first of those with the fewest bytes
+    (the others hold padding)."""
+    candidates = [shape] + [
+        shape[:2] + [size * scale for size in shape[2:]] for scale in SPATIAL_SCALES_TRIED
+    ]
+    sizes = [packed_bytes(candidate) for candidate in candidates]
+    return candidates[sizes.index(min(sizes))]
+
+
+def _constant(node) -> Optional[torch.Tensor]:
+    """The value of a frozen constant of the graph being compiled, else None."""
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return None
+    value = getattr(node.graph.owning_module, node.target, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _conv_packing_shape(prepack: torch.fx.Node, shape: List[int]) -> List[int]:
+    """unpadded_packing_shape for an ``onednn.qconv_prepack`` node whose weight and
+    scales are frozen constants; `shape` when they are not."""
+    weight, scales = _constant(prepack.args[0]), _constant(prepack.args[1])
+    nbytes = getattr(torch.ops.mkldnn, "_nbytes", None)
+    if weight is None or scales is None or nbytes is None:
+        return shape
+
+    def packed_bytes(candidate):
+        return nbytes(torch.ops.onednn.qconv_prepack(weight, scales, *prepack.args[2:8], candidate))
+
+    # the freezing passes run under the compile's fake tensor mode; this packs for real
+    with unset_fake_temporarily():
+        return unpadded_packing_shape(shape, packed_bytes)
+
+
 def pack_weights_for_example_size(graph: torch.fx.Graph) -> int:
     """Gives each int8 weight packing in `graph` (after Inductor's freezing patterns,
     before its constants are folded) that has no input shape the shape its input had
-    when the graph was traced. Returns how many it changed."""
+    when the graph was traced, and each convolution's packing a shape whose layout is
+    not padded (unpadded_packing_shape). Returns how many it changed."""
     changed = 0
     prepacks = _int8_prepacks()
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        position = prepacks.get(getattr(node.target, "overloadpacket", node.target))
-        if position is None or len(node.args) <= position or node.args[position] is not None:
+        packet = getattr(node.target, "overloadpacket", node.target)
+        position = prepacks.get(packet)
+        if position is None or len(node.args) <= position:
             continue
-        activation = _input_of_consumer(node)
-        shape = _example_shape(activation) if activation is not None else None
-        if shape is not None:
+        shape = node.args[position]
+        if shape is None:
+            activation = _input_of_consumer(node)
+            shape = _example_shape(activation) if activation is not None else None
+        if shape is None:
+            continue
+        shape = list(shape)
+        if packet is torch.ops.onednn.qconv_prepack and len(shape) == 4:
+            shape = _conv_packing_shape(node, shape)
+        if node.args[position] is None or shape != list(node.args[position]):
             node.update_arg(position, shape)
             changed += 1
     return changed
@@ -81,8 +140,9 @@ def _warn_without_freezing_passes():
 
 @contextlib.contextmanager
 def packed_for_example_size() -> Iterator[None]:
-    """Within it, Inductor's freezing packs int8 weights for the example input's size
-    (pack_weights_for_example_size) in every graph it compiles."""
+    """Within it, Inductor's freezing packs int8 weights for the example input's size,
+    and int8 convolution weights without padding (pack_weights_for_example_size), in
+    every graph it compiles, free-size or not."""
     from torch._inductor import freezing
 
     freezing_passes = getattr(freezing, "freezing_passes", None)
