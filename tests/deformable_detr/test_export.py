@@ -115,6 +115,21 @@ def test_free_size_int8_package_packs_each_weight_for_the_traced_size():
     assert results["difference"] <= 1e-3 * results["scale"], results
 
 
+@pytest.mark.slow
+def test_compiled_float_linear_layers_run_on_onednn():
+    """Inductor packs a fixed-size graph's float32 linear weights for MKL's product,
+    far slower than oneDNN's on AMD CPUs (docs/benchmarks.md); linear_layers_on_onednn
+    gives them to oneDNN, as packages have them, with the same results."""
+    stdout = run_command([sys.executable, "-m", "tests.deformable_detr.linear_packing_check"])
+    results = json.loads(stdout.strip().splitlines()[-1])
+    assert results["ops"], results
+    assert not any(op.startswith("mkl.") for op in results["ops"]), results
+    assert "mkldnn._linear_pointwise.default" in results["ops"], results
+    if torch._C.has_mkl:
+        assert results["replaced"] == 2, results  # both layers were MKL's
+    assert results["difference"] <= 1e-5 * results["scale"], results
+
+
 def test_unpadded_packing_shape_keeps_the_traced_shape_unless_its_layout_is_padded():
     traced = [1, 512, 25, 42]
     larger = [[1, 512, 50, 84], [1, 512, 100, 168]]

@@ -21,6 +21,12 @@ The packing is a layout only: at another image size oneDNN still computes the sa
 convolution, so the results do not depend on the size traced. docs/benchmarks.md
 measures the difference.
 
+Float32 linear layers: for a graph of fixed sizes compiled in the process (not an
+AOTInductor package) Inductor packs their weights for MKL's matrix product
+(``mkl._mkl_linear``), which on AMD CPUs runs far slower than oneDNN's
+(``mkldnn._linear_pointwise``, what packages and free sizes get);
+linear_layers_on_onednn hands them to oneDNN everywhere.
+
     with packed_for_example_size():
         torch._inductor.aoti_compile_and_package(program, ...)
 """
@@ -34,7 +40,12 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.fx.experimental.symbolic_shapes import has_free_symbols, optimization_hint
 
-__all__ = ["pack_weights_for_example_size", "packed_for_example_size", "unpadded_packing_shape"]
+__all__ = [
+    "linear_layers_on_onednn",
+    "pack_weights_for_example_size",
+    "packed_for_example_size",
+    "unpadded_packing_shape",
+]
 
 # input shapes tried after the traced one, as spatial scales of it (a larger input
 # leads oneDNN's choice of output-channel block towards the one its int8 kernels use)
@@ -58,6 +69,11 @@ def _input_of_consumer(prepack: torch.fx.Node) -> Optional[torch.fx.Node]:
     if not users or not isinstance(users[0].args[0], torch.fx.Node):
         return None
     return users[0].args[0]
+
+
+def _packet(target):
+    """The op overload packet of an fx call target (Inductor's passes use both)."""
+    return getattr(target, "overloadpacket", target)
 
 
 def _int8_prepacks():
@@ -111,7 +127,7 @@ def pack_weights_for_example_size(graph: torch.fx.Graph) -> int:
     for node in graph.nodes:
         if node.op != "call_function":
             continue
-        packet = getattr(node.target, "overloadpacket", node.target)
+        packet = _packet(node.target)
         position = prepacks.get(packet)
         if position is None or len(node.args) <= position:
             continue
@@ -130,6 +146,38 @@ def pack_weights_for_example_size(graph: torch.fx.Graph) -> int:
     return changed
 
 
+def linear_layers_on_onednn(graph: torch.fx.Graph) -> int:
+    """Replaces each float linear layer Inductor's freezing gave MKL (its weight
+    packing ``mkl._mkl_reorder_linear_weight(w, batch)`` and product
+    ``mkl._mkl_linear(x, packed, w, bias, batch)``) by oneDNN's packing and product,
+    as Inductor builds them for packages. Returns how many it replaced."""
+    mkl = getattr(torch.ops, "mkl", None)
+    if mkl is None or not hasattr(mkl, "_mkl_linear") or not torch._C._has_mkldnn:
+        return 0
+    replaced = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or _packet(node.target) is not mkl._mkl_linear:
+            continue
+        activation, packed, weight, bias, batch_size = node.args
+        if _packet(getattr(packed, "target", None)) is not mkl._mkl_reorder_linear_weight:
+            continue
+        with graph.inserting_before(node):
+            repacked = graph.call_function(
+                torch.ops.mkldnn._reorder_linear_weight.default, (weight, batch_size)
+            )
+            linear = graph.call_function(
+                torch.ops.mkldnn._linear_pointwise.default,
+                (activation, repacked, bias, "none", [], ""),
+            )
+        linear.meta.update(node.meta)
+        node.replace_all_uses_with(linear)
+        graph.erase_node(node)
+        if not packed.users:
+            graph.erase_node(packed)
+        replaced += 1
+    return replaced
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_without_freezing_passes():
     logger.warning(
@@ -141,8 +189,9 @@ def _warn_without_freezing_passes():
 @contextlib.contextmanager
 def packed_for_example_size() -> Iterator[None]:
     """Within it, Inductor's freezing packs int8 weights for the example input's size,
-    and int8 convolution weights without padding (pack_weights_for_example_size), in
-    every graph it compiles, free-size or not."""
+    and int8 convolution weights without padding (pack_weights_for_example_size), and
+    gives float linear layers to oneDNN (linear_layers_on_onednn), in every graph it
+    compiles, free-size or not."""
     from torch._inductor import freezing
 
     freezing_passes = getattr(freezing, "freezing_passes", None)
@@ -153,7 +202,8 @@ def packed_for_example_size() -> Iterator[None]:
 
     def passes_then_packing(gm: torch.fx.GraphModule, example_inputs):
         freezing_passes(gm, example_inputs)
-        if pack_weights_for_example_size(gm.graph):
+        changed = pack_weights_for_example_size(gm.graph)
+        if linear_layers_on_onednn(gm.graph) + changed:
             gm.graph.lint()
             gm.recompile()
 
