@@ -1,10 +1,10 @@
 """int8 inference through PyTorch: PT2E static quantization of ImageToDetections with
 torchao's X86InductorQuantizer, for torch.compile and AOTInductor.
 
-The model's graph (torch.export) is annotated by the quantizer's default recipe: weights
-int8 per output channel, activations uint8 per tensor with ranges observed on a few
-calibration images (histograms, never the test set: take them with
-``deformable_detr.export.quantization.calibration_images``). Quantized are the
+The model's graph (torch.export) is annotated by the quantizer's default recipe, with
+weights in 7 bits (``WEIGHT_BITS``): weights int8 per output channel, activations uint8
+per tensor with ranges observed on a few calibration images (histograms, never the test
+set: take them with ``deformable_detr.export.quantization.calibration_images``). Quantized are the
 convolutions (backbone and input projections) and the linear layers, except the modules
 named by ``deformable_detr.export.precision.FLOAT32_MODULES`` (reference points and
 box heads), which stay float32 as in the bf16 path; the sampling offsets and attention
@@ -28,6 +28,7 @@ to pick on which CPU.
 """
 
 import contextlib
+import dataclasses
 import logging
 from typing import List, Optional, Sequence, Tuple
 
@@ -41,7 +42,9 @@ from .precision import FLOAT32_MODULES, module_name_pattern
 
 __all__ = [
     "SAMPLED_VALUE_DTYPE",
+    "WEIGHT_BITS",
     "float32_module_names",
+    "quantization_config",
     "quantize",
     "quantize_graph",
     "sampled_values_in",
@@ -95,6 +98,31 @@ def float32_module_names(
 SAMPLED_VALUE_DTYPE = torch.bfloat16
 
 
+# Bits of the int8 weights. oneDNN's int8 kernels for CPUs without VNNI (AVX2 alone)
+# multiply uint8 by int8 in adjacent pairs summed in int16 (vpmaddubsw), which saturates
+# with 8-bit weights (2 * 255 * 127 > 32767) and moves boxes by several times the error
+# of a VNNI CPU; 7 bits cannot saturate. An artefact may run on another CPU than the
+# one that exported it, so the weights get 7 bits whatever this CPU has, as in the ONNX
+# int8 path. docs/benchmarks.md has the measurement.
+WEIGHT_BITS = 7
+
+
+def quantization_config(weight_bits: int = WEIGHT_BITS):
+    """The x86 Inductor quantizer's default static config (uint8 activations per tensor,
+    histogram observers; int8 weights per output channel, symmetric) with the weights'
+    range cut to `weight_bits` bits (2 to 8)."""
+    if not 2 <= weight_bits <= 8:
+        raise ValueError(f"int8 weights take 2 to 8 bits; got weight_bits={weight_bits}")
+    _, _, xiq = _quantizer_api()
+    config = xiq.get_default_x86_inductor_quantization_config()
+    weight = dataclasses.replace(
+        config.weight,
+        quant_min=-(2 ** (weight_bits - 1)),
+        quant_max=2 ** (weight_bits - 1) - 1,
+    )
+    return dataclasses.replace(config, weight=weight)
+
+
 @contextlib.contextmanager
 def sampled_values_in(module: nn.Module, dtype: Optional[torch.dtype]):
     """Every MSDeformAttn of `module` samples its values in `dtype` (None: the value
@@ -115,10 +143,12 @@ def quantize(
     images: Sequence[torch.Tensor],
     float32_modules: Sequence[str] = FLOAT32_MODULES,
     sampled_value_dtype: Optional[torch.dtype] = SAMPLED_VALUE_DTYPE,
+    weight_bits: int = WEIGHT_BITS,
 ) -> torch.fx.GraphModule:
     """The int8 graph of `module` (a float32 ImageToDetections), calibrated on `images`
     (each (3, H, W) float32 0-255, as the module takes them), with `float32_modules` kept
-    in float32 and MSDA sampling values of `sampled_value_dtype` (None: float32). It
+    in float32, MSDA sampling values of `sampled_value_dtype` (None: float32) and
+    weights of `weight_bits` bits. It
     takes an image of any size as the module does; run it through
     artefacts.compile_inference or save_aoti (as it is, it computes in float32)."""
     if len(images) == 0:
@@ -131,20 +161,23 @@ def quantize(
         # strict export records which function made each op; the quantizer finds the
         # backbone's convolutions by it (detectron2's Conv2d calls F.conv2d itself)
         graph = export_program(module, images[0], strict=True).module()
-    return quantize_graph(graph, [(image,) for image in images], float32_names)
+    return quantize_graph(graph, [(image,) for image in images], float32_names, weight_bits)
 
 
 def quantize_graph(
     graph: nn.Module,
     calibration_inputs: Sequence[Tuple[torch.Tensor, ...]],
     float32_names: Sequence[str] = (),
+    weight_bits: int = WEIGHT_BITS,
 ) -> torch.fx.GraphModule:
     """The int8 graph of `graph` (an exported program's module) by this module's recipe,
     its activation ranges observed on each tuple of `calibration_inputs`, with the
-    submodules of qualified names `float32_names` left in float32."""
+    submodules of qualified names `float32_names` left in float32 and weights of
+    `weight_bits` bits."""
+    config = quantization_config(weight_bits)
     prepare_pt2e, convert_pt2e, xiq = _quantizer_api()
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(config)
     for name in float32_names:
         quantizer.set_module_name_qconfig(name, None)
     with torch.no_grad():
