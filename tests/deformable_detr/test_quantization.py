@@ -34,6 +34,7 @@ from deformable_detr.export.pt2e_int8 import (
     WEIGHT_BITS,
     quantization_config,
     quantize,
+    weight_range,
 )
 from deformable_detr.export.quantization import (
     QUANTIZED_OPS,
@@ -175,8 +176,7 @@ def test_int8_weights_of_the_recipe_multiply_exactly_on_this_cpu():
     (measured on an AVX2 EPYC: half the exact sum), and 7 bits cannot."""
     config = quantization_config()
     weight_min, weight_max = config.weight.quant_min, config.weight.quant_max
-    assert (weight_min, weight_max) == (-(2 ** (WEIGHT_BITS - 1)), 2 ** (WEIGHT_BITS - 1) - 1)
-    assert WEIGHT_BITS == 7
+    assert (weight_min, weight_max) == weight_range(WEIGHT_BITS) == (-64, 63)
     rows, depth, outputs = 8, 64, 16
     activations, weights = _extreme_operands(rows, depth, outputs, weight_min, weight_max)
     exact = activations.double() @ weights.double().t()
@@ -199,6 +199,8 @@ def test_int8_weights_of_the_recipe_multiply_exactly_on_this_cpu():
 def test_weight_bits_outside_int8_are_refused():
     with pytest.raises(ValueError, match="2 to 8"):
         quantization_config(9)
+    with pytest.raises(ValueError, match="2 to 8"):
+        quantize(None, [], weight_bits=1)  # before the export, whatever the module
 
 
 @pytest.mark.slow
@@ -210,7 +212,7 @@ def test_pt2e_weights_take_the_recipes_bits(pt2e_graph):
         if value.dtype == torch.int8 and value.dim() >= 2
     ]
     assert weights
-    low, high = -(2 ** (WEIGHT_BITS - 1)), 2 ** (WEIGHT_BITS - 1) - 1
+    low, high = weight_range()
     assert min(int(w.min()) for w in weights) >= low
     assert max(int(w.max()) for w in weights) <= high
     assert max(int(w.abs().max()) for w in weights) >= high  # the range is used

@@ -4,15 +4,15 @@ torchao's X86InductorQuantizer, for torch.compile and AOTInductor.
 The model's graph (torch.export) is annotated by the quantizer's default recipe, with
 weights in 7 bits (``WEIGHT_BITS``): weights int8 per output channel, activations uint8
 per tensor with ranges observed on a few calibration images (histograms, never the test
-set: take them with ``deformable_detr.export.quantization.calibration_images``). Quantized are the
-convolutions (backbone and input projections) and the linear layers, except the modules
-named by ``deformable_detr.export.precision.FLOAT32_MODULES`` (reference points and
-box heads), which stay float32 as in the bf16 path; the sampling offsets and attention
-weights are quantized (the ONNX int8 path keeps them in float32). MSDA samples the
-projected values in bfloat16 (``SAMPLED_VALUE_DTYPE``), accumulating in float32. The decoder
-self-attention (``nn.MultiheadAttention``, whose linear layers the quantizer does not
-see as ``nn.Linear``), MSDA's sampling, normalizations, softmax and post-processing
-stay float32 too.
+set: take them with ``deformable_detr.export.quantization.calibration_images``).
+Quantized are the convolutions (backbone and input projections) and the linear layers,
+except the modules named by ``deformable_detr.export.precision.FLOAT32_MODULES``
+(reference points and box heads), which stay float32 as in the bf16 path; the sampling
+offsets and attention weights are quantized (the ONNX int8 path keeps them in float32).
+MSDA samples the projected values in bfloat16 (``SAMPLED_VALUE_DTYPE``), accumulating in
+float32. The decoder self-attention (``nn.MultiheadAttention``, whose linear layers the
+quantizer does not see as ``nn.Linear``), MSDA's sampling, normalizations, softmax and
+post-processing stay float32 too.
 
 Inductor compiles the quantized graph with freezing, as the inference paths of
 ``deformable_detr.export.artefacts`` do (``compile_inference``, ``save_aoti``): it folds
@@ -48,6 +48,7 @@ __all__ = [
     "quantize",
     "quantize_graph",
     "sampled_values_in",
+    "weight_range",
 ]
 
 
@@ -107,19 +108,22 @@ SAMPLED_VALUE_DTYPE = torch.bfloat16
 WEIGHT_BITS = 7
 
 
+def weight_range(weight_bits: int = WEIGHT_BITS) -> Tuple[int, int]:
+    """(lowest, highest) int8 weight of `weight_bits` bits (2 to 8), symmetric as the
+    quantizer's: (-64, 63) for 7."""
+    if not 2 <= weight_bits <= 8:
+        raise ValueError(f"int8 weights take 2 to 8 bits; got weight_bits={weight_bits}")
+    return -(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1
+
+
 def quantization_config(weight_bits: int = WEIGHT_BITS):
     """The x86 Inductor quantizer's default static config (uint8 activations per tensor,
     histogram observers; int8 weights per output channel, symmetric) with the weights'
-    range cut to `weight_bits` bits (2 to 8)."""
-    if not 2 <= weight_bits <= 8:
-        raise ValueError(f"int8 weights take 2 to 8 bits; got weight_bits={weight_bits}")
+    range cut to `weight_bits` bits (``weight_range``)."""
+    lowest, highest = weight_range(weight_bits)
     _, _, xiq = _quantizer_api()
     config = xiq.get_default_x86_inductor_quantization_config()
-    weight = dataclasses.replace(
-        config.weight,
-        quant_min=-(2 ** (weight_bits - 1)),
-        quant_max=2 ** (weight_bits - 1) - 1,
-    )
+    weight = dataclasses.replace(config.weight, quant_min=lowest, quant_max=highest)
     return dataclasses.replace(config, weight=weight)
 
 
@@ -148,9 +152,10 @@ def quantize(
     """The int8 graph of `module` (a float32 ImageToDetections), calibrated on `images`
     (each (3, H, W) float32 0-255, as the module takes them), with `float32_modules` kept
     in float32, MSDA sampling values of `sampled_value_dtype` (None: float32) and
-    weights of `weight_bits` bits. It
-    takes an image of any size as the module does; run it through
-    artefacts.compile_inference or save_aoti (as it is, it computes in float32)."""
+    weights of `weight_bits` bits. It takes an image of any size as the module does; run
+    it through artefacts.compile_inference or save_aoti (as it is, it computes in
+    float32)."""
+    weight_range(weight_bits)  # a bad weight_bits fails before the export, not after
     if len(images) == 0:
         raise ValueError("int8 quantization needs calibration images; got none")
     precision = module.model.inference_precision
