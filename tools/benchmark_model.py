@@ -67,13 +67,13 @@ PIXEL_STD = [58.395, 57.120, 57.375]
 
 
 # ----------------------------------------------------------------------------- models
-def build_ours(variant, backend, num_classes, device):
-    """The variant's config with random weights, in training mode; its classes are the
-    benchmark's random labels 0 .. num_classes - 1."""
+def build_ours(variant, backend, num_classes, device, opts=()):
+    """The variant's config, with the overrides `opts` (KEY=VALUE), with random weights,
+    in training mode; its classes are the benchmark's random labels 0 .. num_classes - 1."""
     from deformable_detr.config.build import build_model, load_config
 
     overrides = [f"model.transformer.msda_backend={backend}", f"model.num_classes={num_classes}"]
-    cfg = load_config(str(ROOT / VARIANTS[variant]), overrides)
+    cfg = load_config(str(ROOT / VARIANTS[variant]), overrides + list(opts))
     labels = [str(label) for label in range(num_classes)]
     return build_model(cfg, weights=None, device=device, class_names=labels).train()
 
@@ -359,7 +359,7 @@ def bench_deploy(args, device):
     )[0]
     with torch.no_grad(), tempfile.TemporaryDirectory() as workdir:
         for precision in args.precisions:
-            model = build_ours(args.variant, "auto", args.num_classes, device).eval()
+            model = build_ours(args.variant, "auto", args.num_classes, device, args.opts).eval()
             runners = deploy_runners(
                 model, images[0], precision, workdir, calibration, args.fixed_size_package
             )
@@ -422,6 +422,13 @@ def main():
         choices=["ours-cpp", "ours-numba", "ours-torch", "hf"],
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of our model's config, e.g. model.transformer.encoder_ffn_row_blocks=8",
+    )
     parser.add_argument(
         "--deploy",
         action="store_true",
@@ -518,7 +525,7 @@ def main():
             model = (
                 build_hf(args.variant, args.num_classes, device)
                 if kind == "hf"
-                else build_ours(args.variant, backend, args.num_classes, device)
+                else build_ours(args.variant, backend, args.num_classes, device, args.opts)
             )
             row = {"model": kind, "params": trainable(model)}
             print(f"  {kind}: {row['params']:,} trainable parameters", flush=True)

@@ -12,6 +12,9 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --precision int8 --reuse-freed-memory
     # and the reorders oneDNN runs in one call (weights repacked at every call among them)
     python tools/profile_inference.py --precision int8 --onednn-reorders
+    # the encoder FFN's rows in 8 blocks (any config override of the model)
+    python tools/profile_inference.py --precision int8 \\
+        --opts model.transformer.encoder_ffn_row_blocks=8
     # smoke test
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
@@ -160,6 +163,13 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--no-freezing", action="store_true", help="weights stay graph inputs")
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the model's config, e.g. model.transformer.encoder_ffn_row_blocks=8",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="calls after the compiling one")
     parser.add_argument("--calls", type=int, default=3, help="profiled calls")
     parser.add_argument("--top", type=int, default=15, help="kernels and operators listed")
@@ -186,7 +196,7 @@ def main(argv=None):
     from deformable_detr.export.precision import set_inference_precision
 
     torch.manual_seed(0)
-    model = build_ours(args.variant, "cpp", 80, "cpu").eval()
+    model = build_ours(args.variant, "cpp", 80, "cpu", args.opts).eval()
     image = torch.rand(3, args.height, args.width) * 255
     module = artefacts.ImageToDetections(model)
     if args.precision == "int8":
@@ -212,7 +222,8 @@ def main(argv=None):
     system_ms = (after.ru_stime - before.ru_stime) * 1000 / args.calls
 
     print(
-        f"{args.variant}, {args.precision}, {args.height}x{args.width}, freezing "
+        f"{args.variant}{''.join(' ' + opt for opt in args.opts)}, {args.precision}, "
+        f"{args.height}x{args.width}, freezing "
         f"{'off' if args.no_freezing else 'on'}, freed memory "
         f"{'reused' if args.reuse_freed_memory else 'returned'}, "
         f"{torch.get_num_threads()} threads: "

@@ -3,7 +3,7 @@ the eager model's at image sizes other than the export size. Run in a fresh
 process by test_export.py (a warm compile cache would hide first-use failures):
 
     python -m tests.deformable_detr.export_parity FORMAT VARIANT [VARIANT ...] \
-        [--int8] [--fixed-size]
+        [--int8] [--fixed-size] [--encoder-ffn-row-blocks=N]
 
 FORMAT is an export format or "compile" (compile_inference, the deployment
 benchmark's torch.compile path, with the aoti package's Inductor options). --int8
@@ -11,7 +11,8 @@ quantizes the model (onnx, aoti and compile), calibrated on generated images, af
 giving its box heads random last layers: their zero initialization would make every
 box a reference point, the same for any image and any precision. --fixed-size (aoti)
 exports the package for the export size only, compares there, and records what
-loading it answers to another size.
+loading it answers to another size. --encoder-ffn-row-blocks=N builds the models with
+their encoder FFN's rows in N blocks at inference (the eager reference too).
 
 Prints one JSON line: {variant: [{"size", "count", "eager_count", "classes_equal",
 "boxes", "scores", "box_errors"}, ...]}, with the largest absolute box and score
@@ -79,13 +80,13 @@ def refusal(artefact, size, generator):
     return None
 
 
-def main(fmt, variants, int8=False, fixed_size=False):
+def main(fmt, variants, int8=False, fixed_size=False, encoder_ffn_row_blocks=1):
     results = {}
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as workdir:
         for variant in variants:
             torch.manual_seed(0)
-            model = build_model(variant).eval()
+            model = build_model(variant, encoder_ffn_row_blocks=encoder_ffn_row_blocks).eval()
             sample = torch.rand((3, *EXPORT_SIZE), generator=generator) * 255
             calibration = int8_ready(model, generator) if int8 else []
             if fmt == "compile":
@@ -105,11 +106,17 @@ def main(fmt, variants, int8=False, fixed_size=False):
     print(json.dumps(results))
 
 
+ROW_BLOCKS_OPTION = "--encoder-ffn-row-blocks="
+
 if __name__ == "__main__":
     arguments = sys.argv[2:]
+    row_blocks = [
+        int(a[len(ROW_BLOCKS_OPTION) :]) for a in arguments if a.startswith(ROW_BLOCKS_OPTION)
+    ]
     main(
         sys.argv[1],
         [a for a in arguments if not a.startswith("--")],
         int8="--int8" in arguments,
         fixed_size="--fixed-size" in arguments,
+        encoder_ffn_row_blocks=row_blocks[-1] if row_blocks else 1,
     )

@@ -4,8 +4,9 @@ has it, compiles it into an AOTInductor package with freezing (as save_aoti does
 prints, as one JSON line, the post-operations Inductor gave oneDNN's int8 linear
 kernels in the package's generated code:
 
-    python -m tests.deformable_detr.int8_fusion
+    python -m tests.deformable_detr.int8_fusion [ROW_BLOCKS]
 
+The block runs its rows in ROW_BLOCKS blocks (FeedForward's row_blocks, 1 by default).
 {"unary": [...], "binary": [...]}: for each qlinear_pointwise call, the name of its
 fused element-wise operation ("relu", "none"), and for each binary one, its binary
 operation ("sum" for a fused residual add). Run in a fresh process by
@@ -15,6 +16,7 @@ test_quantization.py (a warm compile cache would hide the first compile's result
 import json
 import os
 import re
+import sys
 import tempfile
 import zipfile
 
@@ -37,11 +39,12 @@ def generated_code(package_path: str, kind: str = "wrapper") -> str:
         return package.read(source).decode()
 
 
-def fused_post_operations() -> dict:
+def fused_post_operations(row_blocks: int = 1) -> dict:
     torch.manual_seed(0)
-    block = FeedForward(hidden_dim=32, dim_feedforward=64, dropout=0.0).eval()
+    block = FeedForward(hidden_dim=32, dim_feedforward=64, dropout=0.0, row_blocks=row_blocks)
+    block.eval()
     tokens = torch.randn(1, 40, 32)
-    dynamic = {"x": {1: torch.export.Dim("tokens", min=2)}}
+    dynamic = {"x": {1: torch.export.Dim("tokens", min=16)}}
     with torch.no_grad():
         program = torch.export.export(block, (tokens,), dynamic_shapes=dynamic, strict=True)
         quantized = quantize_graph(program.module(), [(tokens,)])
@@ -58,4 +61,4 @@ def fused_post_operations() -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(fused_post_operations()))
+    print(json.dumps(fused_post_operations(*(int(arg) for arg in sys.argv[1:2]))))

@@ -59,6 +59,21 @@ def test_coco_config_instantiates(variant):
 
 
 @pytest.mark.parametrize("route", ["lazy", "yacs"])
+def test_encoder_ffn_row_blocks_reach_the_encoder_only(route):
+    if route == "lazy":
+        cfg = _lazy("")
+        apply_overrides(cfg, ["model.transformer.encoder_ffn_row_blocks=4"])
+        model = build_configured_model(cfg, weights=None, device="cpu")
+    else:
+        cfg = _yacs("")
+        cfg.merge_from_list(["MODEL.DEFORMABLE_DETR.ENCODER_FFN_ROW_BLOCKS", 4])
+        model = build_model(cfg)
+    transformer = model.transformer
+    assert [layer.ffn.row_blocks for layer in transformer.encoder.layers] == [4] * 6
+    assert [layer.ffn.row_blocks for layer in transformer.decoder.layers] == [1] * 6
+
+
+@pytest.mark.parametrize("route", ["lazy", "yacs"])
 def test_coco_backbone_trains_as_the_recipe(route):
     """The paper's R-50: frozen batch norm everywhere, the stem and res2 frozen,
     res3 to res5 trained."""

@@ -22,14 +22,18 @@ from .tiny_model import VARIANTS, build_model
 
 SYNTHETIC = ROOT / "configs" / "synthetic" / "deformable_detr_tiny"
 ALL_VARIANTS = list(VARIANTS)
-# (format, variants) exported in one fresh process each; an AOTInductor compile
-# takes 1 to 1.5 minutes on 2 cores, so each variant gets its own process, and
-# compile_inference ("compile", the deployment benchmark's torch.compile path)
-# runs on the variant with the most modules
+# (format, variants, options) exported in one fresh process each; an AOTInductor
+# compile takes 1 to 1.5 minutes on 2 cores, so each variant gets its own process,
+# compile_inference ("compile", the deployment benchmark's torch.compile path) runs
+# on the variant with the most modules; the two_stage package and a torchscript and
+# an ONNX model run their encoder FFN in row blocks (a free token count in each)
+ROW_BLOCKS = ["--encoder-ffn-row-blocks=3"]
 FORMAT_RUNS = (
-    [(fmt, ALL_VARIANTS) for fmt in ("torchscript", "onnx", "exported-program")]
-    + [("aoti", [variant]) for variant in ALL_VARIANTS]
-    + [("compile", ["two_stage"])]
+    [(fmt, ALL_VARIANTS, []) for fmt in ("torchscript", "onnx", "exported-program")]
+    + [(fmt, ["multi_scale"], ROW_BLOCKS) for fmt in ("torchscript", "onnx")]
+    + [("aoti", [variant], []) for variant in ALL_VARIANTS if variant != "two_stage"]
+    + [("aoti", ["two_stage"], ROW_BLOCKS)]
+    + [("compile", ["two_stage"], [])]
 )
 TOLERANCE = 1e-4  # float32, boxes in pixels and scores
 
@@ -40,11 +44,15 @@ export_model = load_script("tools/deploy/export_model.py")
 # ---------------------------------------------------------------- parity, fresh process per format
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "fmt, variants", FORMAT_RUNS, ids=[f"{fmt}-{'-'.join(v)}" for fmt, v in FORMAT_RUNS]
+    "fmt, variants, options",
+    FORMAT_RUNS,
+    ids=[
+        f"{fmt}-{'-'.join(v + [o.strip('-') for o in options])}" for fmt, v, options in FORMAT_RUNS
+    ],
 )
-def test_artefacts_match_eager_at_other_sizes(fmt, variants):
+def test_artefacts_match_eager_at_other_sizes(fmt, variants, options):
     stdout = run_command(
-        [sys.executable, "-m", "tests.deformable_detr.export_parity", fmt, *variants]
+        [sys.executable, "-m", "tests.deformable_detr.export_parity", fmt, *variants, *options]
     )
     results = json.loads(stdout.strip().splitlines()[-1])
     assert sorted(results) == sorted(variants)

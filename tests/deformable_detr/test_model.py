@@ -9,6 +9,7 @@ from detectron2.config import instantiate
 from detectron2.modeling import build_model as build_yacs_model
 
 from deformable_detr.config.build import load_config
+from deformable_detr.modeling.deformable_transformer import FeedForward
 
 from ..scripts import ROOT
 from .tiny_model import PAPER_SIZES, VARIANTS, build_model, detection_batch
@@ -164,6 +165,33 @@ def test_transformer_names_the_missing_heads():
         )
     with pytest.raises(ValueError, match="query_embed"):
         multi_scale.transformer(srcs, masks, positions, None)
+
+
+def test_encoder_ffn_row_blocks_change_no_detection_and_no_training_step():
+    """The encoder FFN in row blocks (a CPU inference speed setting) detects what it
+    detects on all rows at once; in training mode it runs all rows at once."""
+    batch = detection_batch([(64, 80), (48, 64)])
+    models, losses, detections = [], [], []
+    for row_blocks in (1, 5):
+        torch.manual_seed(0)
+        model = build_model("multi_scale", encoder_ffn_row_blocks=row_blocks)
+        if models:
+            model.load_state_dict(models[0].state_dict())
+        models.append(model)
+        losses.append(sum(model(batch).values()))
+        model.eval()
+        with torch.no_grad():
+            detections.append(model(detection_batch([(64, 80)], with_targets=False)))
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=0)
+    got, expected = (d[0]["instances"] for d in detections)
+    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
+    torch.testing.assert_close(got.scores, expected.scores)
+    assert torch.equal(got.pred_classes, expected.pred_classes)
+
+
+def test_ffn_row_blocks_are_a_count_of_at_least_one():
+    with pytest.raises(ValueError, match="row_blocks is a count of row blocks, at least 1; got 0"):
+        FeedForward(32, 64, 0.0, row_blocks=0)
 
 
 @pytest.mark.parametrize("num_classes", [0, -1])

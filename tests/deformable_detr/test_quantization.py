@@ -34,6 +34,7 @@ from deformable_detr.export.pt2e_int8 import (
     WEIGHT_BITS,
     quantization_config,
     quantize,
+    quantize_graph,
     weight_range,
 )
 from deformable_detr.export.quantization import (
@@ -203,6 +204,39 @@ def test_weight_bits_outside_int8_are_refused():
         quantize(None, [], weight_bits=1)  # before the export, whatever the module
 
 
+class _LinearUsedTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.linear(x) + self.linear(x.flip(0))
+
+
+def test_pt2e_gives_each_use_of_a_weight_its_own_int8_constant():
+    """A linear layer called twice gets two dequantizes of two equal int8 weights, so
+    that Inductor cannot merge them into one dequantize of two users, which its int8
+    linear patterns do not match (those calls would run in float32)."""
+    torch.manual_seed(0)
+    module = _LinearUsedTwice().eval()
+    x = torch.randn(32, 16)
+    with torch.no_grad():
+        graph = torch.export.export(module, (x,), strict=True).module()
+        quantized = quantize_graph(graph, [(x,)])
+    weights = [
+        node.args[0]
+        for node in quantized.graph.nodes
+        if _is_qdq(node) and "dequantize" in str(node.target) and node.args[0].op == "get_attr"
+    ]
+    weights = [w for w in weights if getattr(quantized, w.target).dim() == 2]
+    assert len(weights) == 2 and weights[0].target != weights[1].target, weights
+    first, second = (getattr(quantized, w.target) for w in weights)
+    assert first.dtype == torch.int8 and torch.equal(first, second)
+    assert first.data_ptr() != second.data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), module(x), atol=0.05, rtol=0.05)
+
+
 @pytest.mark.slow
 def test_pt2e_weights_take_the_recipes_bits(pt2e_graph):
     graph, _ = pt2e_graph
@@ -254,15 +288,21 @@ def test_compiled_pt2e_int8_follows_float32():
 
 
 @pytest.mark.slow
-def test_int8_feed_forward_fuses_relu_and_residual_with_a_free_token_count():
+@pytest.mark.parametrize("row_blocks", [1, 3])
+def test_int8_feed_forward_fuses_relu_and_residual_with_a_free_token_count(row_blocks):
     """In an AOTInductor package exported with a free image size (a free encoder token
     count), oneDNN's int8 linear1 carries its ReLU (and quantizes its own output) and
     linear2 its residual add: on 3-D input Inductor left both unfused, and linear1's
-    float32 output made the int8 package 1.5x slower (docs/benchmarks.md)."""
-    stdout = run_command([sys.executable, "-m", "tests.deformable_detr.int8_fusion"])
+    float32 output made the int8 package 1.5x slower (docs/benchmarks.md). In row
+    blocks, each block's layers are fused: without a weight copy per block
+    (pt2e_int8.weight_per_use) Inductor merged the blocks' identical weight
+    dequantizations and ran their linear layers in float32."""
+    stdout = run_command(
+        [sys.executable, "-m", "tests.deformable_detr.int8_fusion", str(row_blocks)]
+    )
     fused = json.loads(stdout.strip().splitlines()[-1])
-    assert fused["unary"] == ["relu"], fused
-    assert len(fused["binary"]) == 1, fused
+    assert fused["unary"] == ["relu"] * row_blocks, fused
+    assert len(fused["binary"]) == row_blocks, fused
 
 
 def test_artefact_detector_returns_the_eager_instances_in_original_pixels():
@@ -304,14 +344,21 @@ def test_int8_needs_calibration_images(fmt, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "fmt, file_name", [("onnx", "model_int8.onnx"), ("aoti", "model_int8_aoti.pt2")]
+    "fmt, file_name, overrides",
+    [
+        ("onnx", "model_int8.onnx", []),
+        ("aoti", "model_int8_aoti.pt2", ["model.transformer.encoder_ffn_row_blocks=8"]),
+    ],
+    ids=["onnx", "aoti-encoder-ffn-row-blocks"],
 )
 def test_int8_export_keeps_ap_within_half_a_point(
-    fmt, file_name, synthetic_datasets, multiscale_model, tmp_path, monkeypatch
+    fmt, file_name, overrides, synthetic_datasets, multiscale_model, tmp_path, monkeypatch
 ):
     """The tool's int8 export (in a fresh process, calibrated on 16 training images)
     of the trained synthetic model, evaluated on the synthetic validation set: ONNX
-    for onnxruntime, and the AOTInductor package of PT2E quantization."""
+    for onnxruntime, and the AOTInductor package of PT2E quantization with the encoder
+    FFN's rows in 8 blocks, as the README suggests for CPUs without VNNI (each block's
+    activations calibrated on its own rows)."""
     weights, float32_ap = multiscale_model
     stdout = run_command(
         [
@@ -327,13 +374,14 @@ def test_int8_export_keeps_ap_within_half_a_point(
             str(tmp_path),
             f"train.init_checkpoint={weights}",
             "dataloader.test.num_workers=0",
+            *overrides,
         ],
         env=environment(synthetic_datasets),
     )
     path = tmp_path / file_name
     assert f"wrote {path}" in stdout
     monkeypatch.setenv("D2EXT_DATASETS", str(synthetic_datasets))
-    cfg = load_config(str(MULTISCALE_CONFIG), ["dataloader.test.num_workers=0"])
+    cfg = load_config(str(MULTISCALE_CONFIG), ["dataloader.test.num_workers=0", *overrides])
     detector = ArtefactDetector(load_artefact(str(path), fmt))
     evaluation = inference_on_dataset(
         detector, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)

@@ -65,6 +65,7 @@ def build_model(
     heads=4,
     dropout=0.0,
     norm_groups=None,
+    encoder_ffn_row_blocks=1,
 ):
     """The variant's model with random weights, in training mode."""
     v = VARIANTS[variant]
@@ -78,6 +79,7 @@ def build_model(
         num_feature_levels=v["num_feature_levels"],
         two_stage=v["two_stage"],
         two_stage_num_proposals=num_queries,
+        encoder_ffn_row_blocks=encoder_ffn_row_blocks,
     )
     criterion = L(SetCriterion)(
         num_classes=num_classes,

@@ -34,6 +34,9 @@ def add_deformable_detr_config(cfg: CN) -> None:
     # "fp32", or "bf16": bfloat16 autocast at inference (deformable_detr.export.precision)
     dd.INFERENCE_PRECISION = "fp32"
     dd.MSDA_BACKEND = "auto"
+    # the encoder FFN's rows in this many blocks at inference (1: at once); 4 makes the int8
+    # export faster on CPUs without VNNI (docs/benchmarks.md)
+    dd.ENCODER_FFN_ROW_BLOCKS = 1
     # matcher costs and loss weights
     dd.COST_CLASS = 2.0
     dd.COST_BBOX = 5.0

@@ -29,6 +29,7 @@ to pick on which CPU.
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from typing import List, Optional, Sequence, Tuple
 
@@ -48,6 +49,7 @@ __all__ = [
     "quantize",
     "quantize_graph",
     "sampled_values_in",
+    "weight_per_use",
     "weight_range",
 ]
 
@@ -189,4 +191,38 @@ def quantize_graph(
         prepared = prepare_pt2e(graph, quantizer)
         for inputs in calibration_inputs:
             prepared(*inputs)
-        return convert_pt2e(prepared)
+        return weight_per_use(convert_pt2e(prepared))
+
+
+def weight_per_use(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Gives every dequantize of a weight used by several layers (a layer run on row
+    blocks, a head shared by the decoder layers) its own copy of the int8 weight;
+    returns `graph`, changed in place. Inductor merges identical dequantize nodes into
+    one of several users, which its int8 linear and convolution patterns do not match:
+    those layers would run in float32."""
+    for node in list(graph.graph.nodes):
+        if node.op != "get_attr":
+            continue
+        dequantizes = [user for user in node.users if _dequantizes(user, node)]
+        if len(dequantizes) < 2:
+            continue
+        weight = functools.reduce(getattr, node.target.split("."), graph)
+        for index, user in enumerate(dequantizes[1:], start=1):
+            name = f"{node.target.replace('.', '_')}_use{index}"
+            graph.register_buffer(name, weight.clone())
+            with graph.graph.inserting_before(user):
+                copy = graph.graph.get_attr(name)
+            copy.meta = dict(node.meta)
+            user.replace_input_with(node, copy)
+    graph.recompile()
+    return graph
+
+
+def _dequantizes(node: torch.fx.Node, tensor: torch.fx.Node) -> bool:
+    """Whether `node` dequantizes `tensor` (its first argument; not a scale or zero point)."""
+    return (
+        node.op == "call_function"
+        and "dequantize" in str(node.target)
+        and bool(node.args)
+        and node.args[0] is tensor
+    )

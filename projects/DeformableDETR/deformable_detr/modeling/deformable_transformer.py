@@ -57,15 +57,25 @@ def _clones(module: nn.Module, n: int) -> nn.ModuleList:
 
 
 class FeedForward(nn.Module):
-    """Post-norm FFN block: x + dropout(linear2(dropout(relu(linear1(x))))), then LayerNorm."""
+    """Post-norm FFN block: x + dropout(linear2(dropout(relu(linear1(x))))), then LayerNorm.
 
-    def __init__(self, hidden_dim: int, dim_feedforward: int, dropout: float):
+    Args:
+        row_blocks: at inference (eval mode), the rows run through the two linear layers
+            in this many blocks, which gives the same result: on CPUs whose int8 matrix
+            products accumulate the whole product in a scratch buffer (oneDNN without
+            VNNI), blocks of a few thousand rows keep it in cache. 1: all rows at once.
+    """
+
+    def __init__(self, hidden_dim: int, dim_feedforward: int, dropout: float, row_blocks: int = 1):
         super().__init__()
+        if row_blocks < 1:
+            raise ValueError(f"row_blocks is a count of row blocks, at least 1; got {row_blocks}")
         self.linear1 = nn.Linear(hidden_dim, dim_feedforward)
         self.dropout1 = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, hidden_dim)
         self.dropout2 = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_dim)
+        self.row_blocks = row_blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., hidden_dim), computed as (tokens, hidden_dim) rows."""
@@ -73,8 +83,29 @@ class FeedForward(nn.Module):
         # when the token count is a free size (an exported encoder); on 3-D input it leaves
         # linear1's float32 output for a kernel of its own
         rows = x.reshape(-1, x.shape[-1])
+        if self.training or self.row_blocks == 1:
+            residual = self._residual(rows)
+        else:
+            residual = self._residual_in_blocks(rows)
+        return self.norm(residual).view(x.shape)
+
+    def _residual(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows: (R, hidden_dim). Returns rows + the FFN's output, (R, hidden_dim)."""
         hidden = self.dropout1(F.relu(self.linear1(rows)))
-        return self.norm(rows + self.dropout2(self.linear2(hidden))).view(x.shape)
+        return rows + self.dropout2(self.linear2(hidden))
+
+    def _residual_in_blocks(self, rows: torch.Tensor) -> torch.Tensor:
+        """_residual of rows (R, hidden_dim) in row_blocks blocks of R // row_blocks + 1
+        rows, the last one padded with zeros."""
+        # Blocks of one size, and the padding dropped by an index, not a slice: slices at
+        # multiples of R / row_blocks put guards on R that torch.export cannot prove for a
+        # free image size.
+        count = rows.shape[0]
+        size = count // self.row_blocks + 1
+        padded = F.pad(rows, (0, 0, 0, size * self.row_blocks - count))
+        blocks = padded.view(self.row_blocks, size, rows.shape[1]).unbind(0)
+        residual = torch.cat([self._residual(block) for block in blocks])
+        return residual.index_select(0, torch.arange(count, device=rows.device))
 
 
 class EncoderLayer(nn.Module):
@@ -89,6 +120,7 @@ class EncoderLayer(nn.Module):
         num_heads,
         num_points,
         msda_backend="auto",
+        ffn_row_blocks=1,
     ):
         super().__init__()
         self.self_attn = MSDeformAttn(
@@ -96,7 +128,7 @@ class EncoderLayer(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden_dim)
-        self.ffn = FeedForward(hidden_dim, dim_feedforward, dropout)
+        self.ffn = FeedForward(hidden_dim, dim_feedforward, dropout, ffn_row_blocks)
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask):
         """src, pos: (N, S, C); reference_points: (N, S, L, 2). Returns (N, S, C)."""
@@ -264,6 +296,9 @@ class DeformableTransformer(nn.Module):
         proposal_base_size: width/height of a level-0 proposal (0.05), doubled per level.
         proposal_temperature: base of the frequencies of the proposals' sine embedding.
         msda_backend: backend of the MSDA op (d2ext.ms_deform_attn).
+        encoder_ffn_row_blocks: the encoder FFN's rows run in this many blocks at
+            inference (FeedForward's row_blocks; 1: at once). docs/benchmarks.md says
+            on which CPUs blocks are faster.
     """
 
     def __init__(
@@ -282,6 +317,7 @@ class DeformableTransformer(nn.Module):
         proposal_base_size: float = 0.05,
         proposal_temperature: float = 10000.0,
         msda_backend: str = "auto",
+        encoder_ffn_row_blocks: int = 1,
     ):
         super().__init__()
         self.hidden_dim = hidden_dim
@@ -298,6 +334,7 @@ class DeformableTransformer(nn.Module):
                 num_heads,
                 enc_num_points,
                 msda_backend,
+                encoder_ffn_row_blocks,
             ),
             num_encoder_layers,
         )

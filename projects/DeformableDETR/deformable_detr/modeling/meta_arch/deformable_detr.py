@@ -164,6 +164,7 @@ class DeformableDETR(SetPredictionDetector):
             proposal_base_size=dd.PROPOSAL_BASE_SIZE,
             proposal_temperature=dd.PROPOSAL_TEMPERATURE,
             msda_backend=dd.MSDA_BACKEND,
+            encoder_ffn_row_blocks=dd.ENCODER_FFN_ROW_BLOCKS,
         )
         matcher = HungarianMatcher(
             cost_class=dd.COST_CLASS,
