@@ -78,6 +78,17 @@ def build_ours(variant, backend, num_classes, device, opts=()):
     return build_model(cfg, weights=None, device=device, class_names=labels).train()
 
 
+def add_opts_argument(parser):
+    """--opts KEY=VALUE ...: overrides of our model's config, for build_ours."""
+    parser.add_argument(
+        "--opts",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of our model's config, e.g. model.transformer.encoder_ffn_row_blocks=4",
+    )
+
+
 def build_hf(variant, num_classes, device):
     """HF's model shaped like ours (deformable_detr.checkpoint.hf_peer), with our matcher
     costs and loss weights."""
@@ -422,13 +433,7 @@ def main():
         choices=["ours-cpp", "ours-numba", "ours-torch", "hf"],
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--opts",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides of our model's config, e.g. model.transformer.encoder_ffn_row_blocks=8",
-    )
+    add_opts_argument(parser)
     parser.add_argument(
         "--deploy",
         action="store_true",

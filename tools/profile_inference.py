@@ -12,9 +12,9 @@ kind of work, then the slowest kernels that Inductor generated.
     python tools/profile_inference.py --precision int8 --reuse-freed-memory
     # and the reorders oneDNN runs in one call (weights repacked at every call among them)
     python tools/profile_inference.py --precision int8 --onednn-reorders
-    # the encoder FFN's rows in 8 blocks (any config override of the model)
+    # the encoder FFN's rows in 4 blocks (any config override of the model)
     python tools/profile_inference.py --precision int8 \\
-        --opts model.transformer.encoder_ffn_row_blocks=8
+        --opts model.transformer.encoder_ffn_row_blocks=4
     # smoke test
     python tools/profile_inference.py --height 128 --width 160 --calls 1
 
@@ -152,6 +152,9 @@ def print_reorders(reorders):
 
 
 def main(argv=None):
+    # this folder's: the deployment benchmark's model and its config overrides
+    from benchmark_model import add_opts_argument, build_ours
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--variant", choices=("multi_scale", "box_refine", "two_stage"), default="multi_scale"
@@ -163,13 +166,7 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--no-freezing", action="store_true", help="weights stay graph inputs")
-    parser.add_argument(
-        "--opts",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides of the model's config, e.g. model.transformer.encoder_ffn_row_blocks=8",
-    )
+    add_opts_argument(parser)
     parser.add_argument("--warmup", type=int, default=2, help="calls after the compiling one")
     parser.add_argument("--calls", type=int, default=3, help="profiled calls")
     parser.add_argument("--top", type=int, default=15, help="kernels and operators listed")
@@ -189,8 +186,6 @@ def main(argv=None):
 
         if not reuse_freed_memory():
             parser.error("--reuse-freed-memory needs glibc's malloc")
-
-    from benchmark_model import build_ours  # this folder's: the deployment benchmark's model
 
     from deformable_detr.export import artefacts
     from deformable_detr.export.precision import set_inference_precision
