@@ -25,11 +25,17 @@ install: $(VENV)/.built
 
 # Every test (CI runs this); `make test-quick` leaves out the tests marked slow
 # (training, compiling, AOTInductor, tools end to end): the edit loop's check.
+# Both run in TEST_WORKERS pytest-xdist workers (default one per core, at most 4,
+# for memory; 0: in this process), a test module or the modules sharing a trained
+# model at a time (tests/conftest.py).
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+PYTEST := $(PY) -m pytest tests -n $(TEST_WORKERS)
+
 test: install
-	$(PY) -m pytest tests --durations=20
+	$(PYTEST) --durations=20
 
 test-quick: install
-	$(PY) -m pytest tests -m "not slow" --durations=10
+	$(PYTEST) -m "not slow" --durations=10
 
 # Formatting and lint rules of ruff.toml (black/isort/flake8 rules, line length 100);
 # `make format` applies the formatter and the safe fixes.

@@ -8,6 +8,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+# Under pytest-xdist (`make test` runs the suite in one worker per core), each worker
+# and the processes its tests start get their share of the cores: the workers'
+# thread pools would otherwise contend for every core at once.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    _threads = max(1, (os.cpu_count() or 1) // WORKERS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 if torch.cuda.is_available():
     # (bytes, how many): one large block for the caching allocator's large pool,
@@ -32,6 +40,39 @@ if torch.cuda.is_available():
             block.fill_(255)
         del blocks
         yield
+
+
+# Test modules that use a session fixture which trains a model: one scope of the
+# scheduler below, so that one worker trains it once
+# (tests/test_scheduling.py checks the list).
+MODULES_OF_SHARED_FIXTURES = {
+    "multiscale_model": (
+        "tests/deformable_detr/test_precision.py",
+        "tests/deformable_detr/test_quantization.py",
+        "tests/deformable_detr/test_tta.py",
+    ),
+}
+SCOPE_OF_MODULE = {
+    module: fixture for fixture, modules in MODULES_OF_SHARED_FIXTURES.items() for module in modules
+}
+
+
+def scheduling_scope(nodeid: str) -> str:
+    """The unit of work of a pytest-xdist worker: a test's module (its module
+    fixtures are then made once), or the shared fixture of its module."""
+    module = nodeid.split("::", 1)[0]
+    return SCOPE_OF_MODULE.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return scheduling_scope(nodeid)
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
