@@ -98,6 +98,7 @@ def multiscale_model(synthetic_datasets, tmp_path_factory):
         f"train.output_dir={output_dir}",
         "train.max_iter=300",
         "train.seed=0",
+        timeout=1800,  # on one thread (a test worker's share of 2 cores) it can pass 10 minutes
     )
     return output_dir / "model_final.pth", last_ap(log)
 

@@ -40,8 +40,8 @@ def run(args: list, datasets, *, succeeds: bool = True, timeout: float = 600, **
     return output
 
 
-def train_net(datasets, *args, succeeds: bool = True, **variables) -> str:
-    return run(command(*args), datasets, succeeds=succeeds, **variables)
+def train_net(datasets, *args, succeeds: bool = True, timeout: float = 600, **variables) -> str:
+    return run(command(*args), datasets, succeeds=succeeds, timeout=timeout, **variables)
 
 
 def iterations(output_dir: Path) -> list:
