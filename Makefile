@@ -26,8 +26,7 @@ install: $(VENV)/.built
 # Every test (CI runs this); `make test-quick` leaves out the tests marked slow
 # (training, compiling, AOTInductor, tools end to end): the edit loop's check.
 # Both run in TEST_WORKERS pytest-xdist workers (default one per core, at most 4,
-# for memory; 0: in this process), a test module or the modules sharing a trained
-# model at a time (tests/conftest.py).
+# for memory; 0: in this process), each with its share of the cores (tests/conftest.py).
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 PYTEST := $(PY) -m pytest tests -n $(TEST_WORKERS)
 

@@ -42,39 +42,6 @@ if torch.cuda.is_available():
         yield
 
 
-# Test modules that use a session fixture which trains a model: one scope of the
-# scheduler below, so that one worker trains it once
-# (tests/test_scheduling.py checks the list).
-MODULES_OF_SHARED_FIXTURES = {
-    "multiscale_model": (
-        "tests/deformable_detr/test_precision.py",
-        "tests/deformable_detr/test_quantization.py",
-        "tests/deformable_detr/test_tta.py",
-    ),
-}
-SCOPE_OF_MODULE = {
-    module: fixture for fixture, modules in MODULES_OF_SHARED_FIXTURES.items() for module in modules
-}
-
-
-def scheduling_scope(nodeid: str) -> str:
-    """The unit of work of a pytest-xdist worker: a test's module (its module
-    fixtures are then made once), or the shared fixture of its module."""
-    module = nodeid.split("::", 1)[0]
-    return SCOPE_OF_MODULE.get(module, module)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    from xdist.scheduler import LoadScopeScheduling
-
-    class SharedFixtureScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid):
-            return scheduling_scope(nodeid)
-
-    return SharedFixtureScheduling(config, log)
-
-
 @pytest.fixture(scope="session")
 def synthetic_datasets(tmp_path_factory):
     """The D2EXT_DATASETS directory of the tests that run the synthetic config in
