@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 # thread pools would otherwise contend for every core at once.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
-    _threads = max(1, (os.cpu_count() or 1) // WORKERS)
+    _threads = max(1, len(os.sched_getaffinity(0)) // WORKERS)  # the cores `nproc` counts
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

@@ -13,6 +13,7 @@ from .scripts import ROOT
 CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny.py"
 MULTISCALE_CONFIG = ROOT / "configs" / "synthetic" / "deformable_detr_tiny_multiscale.py"
 TRAIN_NET = ROOT / "tools" / "lazyconfig_train_net.py"
+TIMEOUT = 600  # seconds, of a subprocess run
 
 
 def environment(datasets, **variables) -> dict:
@@ -23,7 +24,9 @@ def command(*args, script=TRAIN_NET, config=CONFIG) -> list:
     return [sys.executable, str(script), "--config-file", str(config), *args]
 
 
-def run(args: list, datasets, *, succeeds: bool = True, timeout: float = 600, **variables) -> str:
+def run(
+    args: list, datasets, *, succeeds: bool = True, timeout: float = TIMEOUT, **variables
+) -> str:
     """Runs `args` (a command) and returns its stdout and stderr; asserts that
     it succeeded, or with succeeds=False that it failed."""
     result = subprocess.run(
@@ -40,7 +43,7 @@ def run(args: list, datasets, *, succeeds: bool = True, timeout: float = 600, **
     return output
 
 
-def train_net(datasets, *args, succeeds: bool = True, timeout: float = 600, **variables) -> str:
+def train_net(datasets, *args, succeeds: bool = True, timeout: float = TIMEOUT, **variables) -> str:
     return run(command(*args), datasets, succeeds=succeeds, timeout=timeout, **variables)
 
 
