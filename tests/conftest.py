@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -49,16 +50,11 @@ def synthetic_datasets(tmp_path_factory):
     return tmp_path_factory.mktemp("datasets")
 
 
-@pytest.fixture(scope="session")
-def multiscale_model(synthetic_datasets, tmp_path_factory):
-    """(model_final.pth, AP on the synthetic validation set) of
-    configs/synthetic/deformable_detr_tiny_multiscale.py trained for 300
-    iterations with seed 0 (AP about 11: a weak but trained model)."""
+def _train_multiscale_model(datasets, output_dir):
     from .train_net_runs import MULTISCALE_CONFIG, last_ap, train_net
 
-    output_dir = tmp_path_factory.mktemp("multiscale") / "output"
     log = train_net(
-        synthetic_datasets,
+        datasets,
         "--config-file",
         str(MULTISCALE_CONFIG),
         "dataloader.test.num_workers=0",
@@ -67,7 +63,32 @@ def multiscale_model(synthetic_datasets, tmp_path_factory):
         "train.seed=0",
         timeout=1800,  # on one thread (a test worker's share of 2 cores) it can pass 10 minutes
     )
-    return output_dir / "model_final.pth", last_ap(log)
+    return last_ap(log)
+
+
+@pytest.fixture(scope="session")
+def multiscale_model(synthetic_datasets, tmp_path_factory):
+    """(model_final.pth, AP on the synthetic validation set) of
+    configs/synthetic/deformable_detr_tiny_multiscale.py trained for 300
+    iterations with seed 0 (AP about 11: a weak but trained model).
+
+    Under pytest-xdist the model is trained once per run, not once per worker:
+    the first worker to need it trains it in the run's shared temporary folder,
+    holding a file lock that the others wait on, and writes its AP beside it."""
+    if WORKERS > 1:
+        from filelock import FileLock
+
+        # the workers' base temporary folders are siblings in the run's own folder
+        shared = tmp_path_factory.getbasetemp().parent / "multiscale"
+        shared.mkdir(exist_ok=True)
+        lock = FileLock(str(shared / "training.lock"))
+    else:
+        shared, lock = tmp_path_factory.mktemp("multiscale"), contextlib.nullcontext()
+    output_dir, ap_file = shared / "output", shared / "ap.txt"
+    with lock:
+        if not ap_file.exists():
+            ap_file.write_text(str(_train_multiscale_model(synthetic_datasets, output_dir)))
+    return output_dir / "model_final.pth", float(ap_file.read_text())
 
 
 @pytest.fixture(autouse=True)
