@@ -360,8 +360,10 @@ def test_profile_inference_profiles_the_int8_graph():
     and matrix products, not as "other"; the header counts the page faults, here with
     malloc keeping freed memory. One encoder and one decoder layer (--opts) halve the
     compile; the backbone stays R-50."""
-    one_layer_each = ["model.transformer.num_encoder_layers=1"]
-    one_layer_each += ["model.transformer.num_decoder_layers=1"]
+    one_layer_each = [
+        "model.transformer.num_encoder_layers=1",
+        "model.transformer.num_decoder_layers=1",
+    ]
     result = subprocess.run(
         [sys.executable, "tools/profile_inference.py", "--precision", "int8", "--height", "96"]
         + ["--width", "128", "--calls", "1", "--warmup", "0", "--calibration-images", "1"]
